@@ -1,0 +1,51 @@
+"""pytest-benchmark set-up: machine info names the device and versions; CUDA is synchronized around timed calls."""
+
+import os
+
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import platform  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return "absent"
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU: {platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["device"] = device_name()
+    machine_info["torch"] = torch.__version__
+    machine_info["cuda"] = torch.version.cuda or "none"
+    for module in ("triton", "onnxruntime", "diffusers", "tensorrt"):
+        machine_info[module] = _version(module)
+
+
+@pytest.fixture
+def timed(benchmark):
+    """Benchmark a callable with CUDA synchronized after each call, so GPU time is what is measured."""
+
+    def run(fn, *args, rounds: int | None = None, **kwargs):
+        def call():
+            out = fn(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return out
+
+        call()  # warm-up: lazy init, autotuning, compilation
+        if rounds is None:
+            return benchmark(call)
+        return benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+
+    return run

@@ -1,0 +1,158 @@
+"""Model directories: a `flowsr.json` manifest, diffusers `save_pretrained` subfolders and the constant
+empty-prompt embeddings. Loading is `from_pretrained` on that folder, safetensors only; writing is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import diffusers
+import safetensors.torch
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+from .presets import Preset, build_transformer, build_vae, get_preset
+from .sr_model import OneStepSR
+
+MANIFEST = "flowsr.json"
+TEXT_EMBEDDINGS = "text_embeddings.safetensors"
+FORMAT_VERSION = 1
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be used; the message says what to do."""
+
+
+@dataclass
+class Manifest:
+    kind: str  # "sr" (one-step super-resolution)
+    preset: str
+    t_star: float
+    latent_shift: float
+    latent_scale: float
+    scale_factors: list[float]
+    guidance: float | None
+    trained: bool
+    stride: int
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = Path(directory) / MANIFEST
+        if not Path(directory).is_dir():
+            raise ModelDirError(f"model directory {directory} does not exist")
+        if not path.is_file():
+            raise ModelDirError(f"{directory} is not a flowsr model directory (no {MANIFEST}); create one with `flowsr model init`")
+        try:
+            data = json.loads(path.read_text())
+            manifest = cls(**data)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ModelDirError(f"{path} is not a valid manifest ({err}); re-create the model directory") from None
+        if manifest.format > FORMAT_VERSION:
+            raise ModelDirError(f"{path} has format {manifest.format}, newer than this flowsr reads ({FORMAT_VERSION}); upgrade flowsr")
+        return manifest
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        flowsr_version = version("flowsr")
+    except PackageNotFoundError:
+        flowsr_version = "unknown"
+    return {"flowsr": flowsr_version, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def init_sr_model(preset: Preset | str, seed: int = 0) -> tuple[OneStepSR, Manifest]:
+    """An untrained SR model with random weights (tests, benchmarks, the start of training)."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    generator = torch.manual_seed(seed)
+    vae, transformer = build_vae(preset), build_transformer(preset)
+    prompt = torch.randn(1, preset.text_tokens, preset.transformer["joint_attention_dim"], generator=generator)
+    pooled = torch.randn(1, preset.transformer["pooled_projection_dim"], generator=generator)
+    model = OneStepSR(vae, transformer, prompt, pooled, preset.default_t_star, preset.guidance)
+    manifest = Manifest(
+        kind="sr",
+        preset=preset.name,
+        t_star=preset.default_t_star,
+        latent_shift=model.normalization.shift,
+        latent_scale=model.normalization.scale,
+        scale_factors=[4.0],
+        guidance=preset.guidance,
+        trained=False,
+        stride=model.stride,
+    )
+    return model.eval(), manifest
+
+
+def save_sr_model(model: OneStepSR, manifest: Manifest, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write the model directory atomically: into a temporary sibling, then renamed into place."""
+    directory = Path(directory)
+    if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
+        raise ModelDirError(f"{directory} already exists; choose another path or pass --overwrite")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    manifest.t_star = model.t_star
+    manifest.versions = _versions()
+    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.vae.save_pretrained(staging / "vae", safe_serialization=True)
+        model.transformer.save_pretrained(staging / "transformer", safe_serialization=True)
+        embeddings = {"prompt_embeds": model.prompt_embeds, "pooled_prompt_embeds": model.pooled_prompt_embeds}
+        safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in embeddings.items()}, staging / TEXT_EMBEDDINGS)
+        (staging / MANIFEST).write_text(manifest.to_json())
+        _replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Move `new` onto `target`; an existing target is only removed once the new one is in place."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    old.rmdir()
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_sr_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[OneStepSR, Manifest]:
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    if manifest.kind != "sr":
+        raise ModelDirError(f"{directory} holds a {manifest.kind!r} model, not a super-resolution model")
+    try:
+        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
+        transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
+        embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
+    except (OSError, EnvironmentError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line}); re-create or re-download it") from None
+    model = OneStepSR(
+        vae,
+        transformer,
+        embeddings["prompt_embeds"],
+        embeddings["pooled_prompt_embeds"],
+        manifest.t_star,
+        manifest.guidance,
+    )
+    return model.to(device).eval(), manifest

@@ -1,0 +1,140 @@
+"""Model presets: diffusers configurations of the VAE and the FLUX-style velocity transformer.
+
+`tiny` is for tests, `small` is the size flowsr trains and ships, `flux-dev` is the exact FLUX.1-dev
+configuration (its weights load from a local diffusers folder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    vae: dict
+    transformer: dict
+    text_tokens: int  # length of the stored empty-prompt embedding
+    guidance: float | None  # guidance-distilled backbones (FLUX.1-dev) take a constant guidance value
+    default_t_star: float  # used until `t*` is estimated from data
+    notes: str = field(default="", compare=False)
+
+    @property
+    def vae_downsample(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def stride(self) -> int:
+        """Image sizes must be multiples of this: VAE downsampling times the 2x2 token packing."""
+        return self.vae_downsample * 2
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae["latent_channels"]
+
+
+def _vae(block_out_channels, layers_per_block, latent_channels, norm_num_groups, shift, scale, sample_size):
+    depth = len(block_out_channels)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * depth,
+        "up_block_types": ["UpDecoderBlock2D"] * depth,
+        "block_out_channels": list(block_out_channels),
+        "layers_per_block": layers_per_block,
+        "act_fn": "silu",
+        "latent_channels": latent_channels,
+        "norm_num_groups": norm_num_groups,
+        "sample_size": sample_size,
+        "scaling_factor": scale,
+        "shift_factor": shift,
+        "force_upcast": True,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+        "mid_block_add_attention": True,
+    }
+
+
+def _transformer(latent_channels, layers, single_layers, heads, head_dim, rope, text_dim, pooled_dim, guidance):
+    return {
+        "patch_size": 1,
+        "in_channels": latent_channels * 4,
+        "num_layers": layers,
+        "num_single_layers": single_layers,
+        "attention_head_dim": head_dim,
+        "num_attention_heads": heads,
+        "joint_attention_dim": text_dim,
+        "pooled_projection_dim": pooled_dim,
+        "guidance_embeds": guidance,
+        "axes_dims_rope": list(rope),
+    }
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        vae=_vae((16, 32, 32, 32), 1, 4, 8, shift=0.0, scale=1.0, sample_size=256),
+        transformer=_transformer(4, 1, 1, 2, 16, (4, 6, 6), 32, 32, guidance=False),
+        text_tokens=4,
+        guidance=None,
+        default_t_star=0.5,
+        notes="a few M parameters, for tests",
+    ),
+    "small": Preset(
+        name="small",
+        vae=_vae((32, 64, 128, 128), 1, 16, 32, shift=0.1159, scale=0.3611, sample_size=512),
+        transformer=_transformer(16, 2, 4, 4, 64, (16, 24, 24), 256, 256, guidance=False),
+        text_tokens=8,
+        guidance=None,
+        default_t_star=0.5,
+        notes="the size flowsr trains and ships",
+    ),
+    "flux-dev": Preset(
+        name="flux-dev",
+        vae=_vae((128, 256, 512, 512), 2, 16, 32, shift=0.1159, scale=0.3611, sample_size=1024),
+        transformer=_transformer(16, 19, 38, 24, 128, (16, 56, 56), 4096, 768, guidance=True),
+        text_tokens=512,
+        guidance=3.5,
+        default_t_star=0.5,
+        notes="FLUX.1-dev: weights from a local diffusers folder",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def build_vae(preset: Preset) -> AutoencoderKL:
+    return AutoencoderKL.from_config(preset.vae)
+
+
+def build_transformer(preset: Preset) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel.from_config(preset.transformer)
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def load_base_components(folder: str, preset: Preset, dtype: torch.dtype = torch.float32) -> tuple[AutoencoderKL, FluxTransformer2DModel]:
+    """VAE and transformer from a local diffusers pipeline folder (e.g. FLUX.1-dev), checked against the preset.
+
+    Safetensors only; a folder whose architecture differs from the preset is refused rather than half-loaded.
+    """
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
+    transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
+    for part, expected, module in (("vae", preset.vae, vae), ("transformer", preset.transformer, transformer)):
+        for key, value in expected.items():
+            found = module.config.get(key)
+            if key in ("scaling_factor", "shift_factor", "sample_size", "force_upcast"):
+                continue  # calibration and tiling hints, not architecture
+            if (list(found) if isinstance(found, (list, tuple)) else found) != value:
+                raise ValueError(f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; pick the matching --preset")
+    return vae, transformer

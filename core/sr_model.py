@@ -1,0 +1,80 @@
+"""The one-step SR model: image -> latent -> velocity at t* -> one Euler step -> image.
+
+The three stages are separate methods because every backend (eager, compiled, ONNX, TensorRT) and the
+latent tiler run them separately: encode the whole image, restore the latent tile by tile, decode.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+from torch import nn
+
+from . import flow, latents
+from .latents import LatentNormalization
+
+
+class OneStepSR(nn.Module):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        transformer: FluxTransformer2DModel,
+        prompt_embeds: torch.Tensor,
+        pooled_prompt_embeds: torch.Tensor,
+        t_star: float,
+        guidance: float | None = None,
+    ):
+        super().__init__()
+        self.vae = vae
+        self.transformer = transformer
+        # Constant empty-prompt conditioning, computed once when the model was made (no text encoder at run time).
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
+        self.register_buffer("pooled_prompt_embeds", pooled_prompt_embeds, persistent=False)
+        self.t_star = float(t_star)
+        self.guidance = guidance
+        self.normalization = LatentNormalization(vae.config.shift_factor or 0.0, vae.config.scaling_factor)
+
+    @property
+    def stride(self) -> int:
+        """Image sides must be multiples of this (VAE downsampling x 2x2 packing)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) * latents.PATCH
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Image (B, 3, H, W) in [-1, 1] -> normalized latent (B, C, H/8, W/8); the posterior mean, no sampling."""
+        raw = self.vae.encode(image).latent_dist.mode()
+        return self.normalization.normalize(raw)
+
+    def velocity(self, tokens: torch.Tensor, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """v(z_t, t) on packed tokens of a height x width latent: the one network evaluation."""
+        batch = tokens.shape[0]
+        dtype = tokens.dtype
+        guidance = None
+        if self.guidance is not None:
+            guidance = torch.full((batch,), self.guidance, device=tokens.device, dtype=dtype)
+        return self.transformer(
+            hidden_states=tokens,
+            encoder_hidden_states=self.prompt_embeds.to(dtype).expand(batch, -1, -1),
+            pooled_projections=self.pooled_prompt_embeds.to(dtype).expand(batch, -1),
+            timestep=t.to(dtype),
+            img_ids=latents.image_position_ids(height, width, device=tokens.device, dtype=dtype),
+            txt_ids=latents.text_position_ids(self.prompt_embeds.shape[1], device=tokens.device, dtype=dtype),
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+
+    def restore(self, z_lr: torch.Tensor) -> torch.Tensor:
+        """Normalized LR latent -> raw (VAE-scale) HR latent with exactly one velocity evaluation."""
+        batch, _, height, width = z_lr.shape
+        tokens = latents.pack(z_lr)
+        t_star = torch.full((batch,), self.t_star, device=z_lr.device, dtype=torch.float32)
+        velocity = self.velocity(tokens, t_star, height, width)
+        z_hr = latents.unpack(flow.one_step_sr(tokens, velocity, t_star.to(tokens.dtype)), height, width)
+        return self.normalization.denormalize(z_hr)
+
+    def decode(self, raw_latent: torch.Tensor) -> torch.Tensor:
+        """Raw latent -> image in [-1, 1] (unclamped, as the decoder gives it)."""
+        return self.vae.decode(raw_latent, return_dict=False)[0]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """LR image already resized to the target size (sides multiples of `stride`) -> SR image."""
+        return self.decode(self.restore(self.encode(image)))

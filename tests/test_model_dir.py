@@ -1,0 +1,75 @@
+"""Model directories: save -> load round trip, safetensors only, clear errors, atomic writes."""
+
+import json
+
+import pytest
+import torch
+
+from flowsr.core.model_dir import MANIFEST, ModelDirError, init_sr_model, load_sr_model, save_sr_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return init_sr_model("tiny", seed=3)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):
+    model, manifest = tiny
+    model.t_star = 0.37
+    save_sr_model(model, manifest, tmp_path / "m")
+    loaded, loaded_manifest = load_sr_model(tmp_path / "m")
+    assert loaded_manifest.t_star == 0.37 and loaded.t_star == 0.37
+    assert loaded_manifest.trained is False and loaded_manifest.preset == "tiny"
+    assert loaded_manifest.versions["torch"] == torch.__version__
+    x = torch.rand(2, 3, 48, 64) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded(x))
+    files = {p.name for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in files)
+    assert "diffusion_pytorch_model.safetensors" in files
+
+
+def test_existing_directory_is_kept_unless_overwrite(tiny, tmp_path):
+    model, manifest = tiny
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(ModelDirError, match="already exists"):
+        save_sr_model(model, manifest, target)
+    assert (target / "keep.txt").read_text() == "user data"
+    save_sr_model(model, manifest, target, overwrite=True)
+    assert (target / MANIFEST).is_file() and not (target / "keep.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging leftovers
+
+
+def test_failed_save_leaves_nothing_behind(tiny, tmp_path, monkeypatch):
+    model, manifest = tiny
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_sr_model(model, manifest, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_errors_are_one_line(tiny, tmp_path):
+    with pytest.raises(ModelDirError, match="does not exist"):
+        load_sr_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelDirError, match="flowsr model init"):
+        load_sr_model(tmp_path / "empty")
+    model, manifest = tiny
+    save_sr_model(model, manifest, tmp_path / "m")
+    (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelDirError, match="incomplete or corrupt") as err:
+        load_sr_model(tmp_path / "m")
+    assert "\n" not in str(err.value)
+    (tmp_path / "m" / MANIFEST).write_text("{not json")
+    with pytest.raises(ModelDirError, match="not a valid manifest"):
+        load_sr_model(tmp_path / "m")
+    data = {**json.loads(manifest.to_json()), "format": 99}
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match="upgrade flowsr"):
+        load_sr_model(tmp_path / "m")

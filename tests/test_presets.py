@@ -1,0 +1,47 @@
+"""Presets build the intended diffusers architectures; base weights load from a local diffusers folder."""
+
+import pytest
+import torch
+
+from flowsr.core.presets import build_transformer, build_vae, get_preset, load_base_components, parameter_count
+
+
+def test_flux_dev_parameter_count_on_meta_device():
+    preset = get_preset("flux-dev")
+    with torch.device("meta"):
+        transformer = build_transformer(preset)
+        vae = build_vae(preset)
+    assert next(transformer.parameters()).device.type == "meta"
+    # FLUX.1-dev: 11.90B transformer parameters, 83.8M VAE parameters.
+    assert parameter_count(transformer) == 11_901_408_320
+    assert round(parameter_count(vae) / 1e6, 1) == 83.8
+    assert preset.stride == 16 and preset.transformer["in_channels"] == 64
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_small_presets_build_and_run(name):
+    preset = get_preset(name)
+    vae = build_vae(preset)
+    assert preset.vae_downsample == 8
+    with torch.no_grad():
+        latent = vae.encode(torch.zeros(1, 3, 32, 48)).latent_dist.mode()
+    assert latent.shape == (1, preset.latent_channels, 4, 6)
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ValueError, match="tiny, small, flux-dev"):
+        get_preset("huge")
+
+
+def test_base_components_load_from_diffusers_folder(tmp_path):
+    preset = get_preset("tiny")
+    torch.manual_seed(0)
+    vae, transformer = build_vae(preset), build_transformer(preset)
+    vae.save_pretrained(tmp_path / "vae")
+    transformer.save_pretrained(tmp_path / "transformer")
+    loaded_vae, loaded_transformer = load_base_components(str(tmp_path), preset)
+    for original, loaded in ((vae, loaded_vae), (transformer, loaded_transformer)):
+        for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
+            assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="preset 'small' needs"):
+        load_base_components(str(tmp_path), get_preset("small"))
