@@ -1,0 +1,55 @@
+"""The tiler: tiles cover the input, weights cross-fade, local maps are reproduced exactly."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flowsr.runtime.tiling import Span, ramp, spans, tiled_map
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(100, 32, 8), (64, 64, 16), (65, 32, 0), (10, 32, 4), (96, 40, 30)])
+def test_spans_cover_with_required_overlap(length, tile, overlap):
+    result = spans(length, tile, overlap)
+    covered = torch.zeros(length, dtype=torch.bool)
+    for span in result:
+        assert 0 <= span.start and span.start + span.size <= length and span.size == min(tile, length)
+        covered[span.start : span.start + span.size] = True
+    assert covered.all()
+    for left, right in zip(result, result[1:]):
+        assert left.start + left.size - right.start >= overlap
+
+
+def test_ramp_by_hand():
+    assert ramp(Span(0, 6), 6, 2).tolist() == [1, 1, 1, 1, 1, 1]
+    assert ramp(Span(0, 6), 10, 2).tolist() == pytest.approx([1, 1, 1, 1, 2 / 3, 1 / 3])
+    assert ramp(Span(4, 6), 10, 2).tolist() == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1])
+
+
+def test_pointwise_map_is_reproduced_exactly():
+    x = torch.randn(2, 3, 50, 70)
+    out = tiled_map(x, lambda t: t * 2 + 1, tile=16, overlap=4)
+    torch.testing.assert_close(out, x * 2 + 1)
+
+
+@pytest.mark.parametrize("scale", [8, 1 / 8])
+def test_scaled_maps_are_reproduced_exactly(scale):
+    x = torch.randn(1, 2, 64, 96) if scale == 8 else torch.randn(1, 2, 512, 768)
+    if scale == 8:
+        fn = lambda t: F.interpolate(t, scale_factor=8, mode="nearest")  # noqa: E731
+        out = tiled_map(x, fn, tile=32, overlap=8, scale=8)
+    else:
+        fn = lambda t: F.avg_pool2d(t, 8)  # noqa: E731
+        out = tiled_map(x, fn, tile=256, overlap=64, scale=1 / 8)
+    torch.testing.assert_close(out, fn(x))
+
+
+def test_single_tile_calls_once_on_whole_input():
+    calls = []
+    x = torch.randn(1, 1, 20, 20)
+    tiled_map(x, lambda t: calls.append(t.shape) or t, tile=32, overlap=8)
+    assert calls == [x.shape]
+
+
+def test_geometry_not_divisible_by_scale_is_refused():
+    with pytest.raises(ValueError, match="multiples of the model stride"):
+        tiled_map(torch.zeros(1, 1, 60, 60), lambda t: t[..., ::8, ::8], tile=20, overlap=4, scale=1 / 8)
