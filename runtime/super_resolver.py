@@ -1,0 +1,207 @@
+"""`SuperResolver`: any image in, the image upscaled by any factor out, with one velocity evaluation per tile.
+
+LR image -> bicubic resize to the target size -> pad to the model stride -> encode (tiled) ->
+restore, one NFE per latent tile, blended -> decode (tiled) -> crop -> same type as the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from flowsr.core import images
+from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
+from flowsr.core.sr_model import OneStepSR
+
+from .backends import create_backend
+from .tiling import tiled_map
+
+DEFAULT_MAX_MEGAPIXELS = 100.0
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class SuperResolver:
+    """Upscale images with a one-step flow SR model.
+
+    Sizes are in output pixels, multiples of the model stride. `tile` bounds the transformer's tokens (one
+    velocity evaluation per latent tile); `vae_tile` bounds the VAE's activations. The VAE tile is larger by
+    default because its GroupNorm statistics are per tile, so VAE tiles differ more from the whole image
+    than latent tiles do. 0 turns either off; memory then grows with the image.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | OneStepSR,
+        *,
+        scale: float = 4.0,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        backend: str = "torch",
+        tile: int = 1024,
+        overlap: int = 128,
+        vae_tile: int = 2048,
+        batch_size: int = 1,
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        manifest: Manifest | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(self.device)
+        if isinstance(model, (str, Path)):
+            model, manifest = load_sr_model(model)
+        self.manifest = manifest
+        self.stride = model.stride
+        self.latent_factor = self.stride // 2
+        if scale < 1:
+            raise ValueError(f"scale {scale} is below 1; flowsr upscales (use a scale of at least 1)")
+        for size in (tile, vae_tile):
+            if size and (size % self.stride or overlap % self.stride or not 0 <= overlap < size):
+                raise ValueError(
+                    f"tile {size} and overlap {overlap} must be multiples of the model stride {self.stride} with overlap < tile"
+                )
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.scale = float(scale)
+        self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
+        self.batch_size = batch_size
+        self.max_pixels = int(max_megapixels * 1e6)
+        self.backend = create_backend(backend, model, self.device, self.dtype)
+
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> SuperResolver:
+        """Random weights of a preset: for tests and benchmarks, never for real images."""
+        model, manifest = init_sr_model(preset, seed)
+        return cls(model, manifest=manifest, **kwargs)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse work that would exceed the memory limit, before any is done."""
+        out_h, out_w = self.output_size(height, width)
+        if out_h * out_w > self.max_pixels:
+            raise images.ImageError(
+                f"output would be {out_w}x{out_h} ({out_h * out_w / 1e6:.1f} MP), over the "
+                f"{self.max_pixels / 1e6:g} MP limit; use a smaller --scale or raise --max-megapixels"
+            )
+
+    @torch.inference_mode()
+    def upscale_tensor(self, lr: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) float in [-1, 1] -> (B, 3, round(h*scale), round(w*scale)) float32 in [-1, 1]."""
+        if lr.ndim != 4 or lr.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) image batch, got shape {tuple(lr.shape)}")
+        self.check_size(lr.shape[2], lr.shape[3])
+        out_h, out_w = self.output_size(lr.shape[2], lr.shape[3])
+        x = lr.to(self.device, torch.float32)
+        x = F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False).clamp_(-1, 1)
+        x = _pad_to_multiple(x, self.stride)
+        f = self.latent_factor
+        z = tiled_map(x, self.backend.encode, self.vae_tile, self.overlap, scale=1 / f)
+        raw = tiled_map(z, self.backend.restore, self.tile // f, self.overlap // f)
+        y = tiled_map(raw, self.backend.decode, self.vae_tile // f, self.overlap // f, scale=f)
+        return y[:, :, :out_h, :out_w].float().clamp_(-1, 1)
+
+    def __call__(self, image):
+        """Upscale one image or a list: PIL, numpy uint8/uint16 HWC, torch uint8 HWC or float (B,)3HW in [0, 1].
+
+        The result has the input's type and layout; an alpha channel is carried through (bicubic).
+        """
+        if isinstance(image, (list, tuple)):
+            return self.upscale_many(image)
+        return self.upscale_many([image])[0]
+
+    def upscale_many(self, inputs: Sequence) -> list:
+        """Batches images of equal size `batch_size` at a time; results keep the input order."""
+        outputs: list = [None] * len(inputs)
+        pictures: dict[int, images.Picture] = {}
+        for index, item in enumerate(inputs):
+            if isinstance(item, torch.Tensor) and item.is_floating_point():
+                outputs[index] = self._upscale_float(item)
+            else:
+                pictures[index] = _to_picture(item)
+        by_size: dict[tuple, list[int]] = {}
+        for index, picture in pictures.items():
+            by_size.setdefault(picture.rgb.shape[:2], []).append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                batch = torch.cat([images.to_tensor(pictures[i].rgb) for i in chunk])
+                for i, sr in zip(chunk, self.upscale_tensor(batch)):
+                    outputs[i] = _from_picture(self._finish(pictures[i], sr), like=inputs[i])
+        return outputs
+
+    def upscale_picture(self, picture: images.Picture) -> images.Picture:
+        """File-level entry (the CLI's): keeps bit depth and alpha."""
+        return self._finish(picture, self.upscale_tensor(images.to_tensor(picture.rgb))[0])
+
+    def _finish(self, picture: images.Picture, sr: torch.Tensor) -> images.Picture:
+        rgb = images.from_tensor(sr, bit_depth=picture.bit_depth)
+        alpha = None
+        if picture.alpha is not None:
+            alpha = images.resize_alpha(picture.alpha, rgb.shape[0], rgb.shape[1])
+        return images.Picture(rgb=rgb, alpha=alpha)
+
+    def _upscale_float(self, image: torch.Tensor) -> torch.Tensor:
+        """Float (3, H, W) or (B, 3, H, W) in [0, 1]: upscaled in float, no 8-bit rounding on the way."""
+        if image.ndim not in (3, 4) or image.shape[-3] != 3:
+            raise ValueError(f"float tensors must be (3, H, W) or (B, 3, H, W) in [0, 1], got shape {tuple(image.shape)}")
+        batch = image if image.ndim == 4 else image[None]
+        chunks = [self.upscale_tensor(part.float() * 2 - 1) for part in batch.split(self.batch_size)]
+        result = ((torch.cat(chunks) + 1) / 2).to(image.device, image.dtype)
+        return result if image.ndim == 4 else result[0]
+
+
+def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+    return names[dtype]
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple of the stride; reflection avoids a dark border, replicate covers tiny images."""
+    pad_h, pad_w = -x.shape[2] % multiple, -x.shape[3] % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < x.shape[2] and pad_w < x.shape[3] else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def _to_picture(item) -> images.Picture:
+    if isinstance(item, Image.Image):
+        return images.from_pil(item)
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if isinstance(item, np.ndarray):
+        if item.dtype not in (np.uint8, np.uint16) or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
+            raise ValueError(
+                f"numpy/tensor images must be uint8 or uint16 with shape (H, W), (H, W, 3) or (H, W, 4); "
+                f"got {item.dtype} {item.shape}"
+            )
+        if item.ndim == 2 or item.shape[2] == 1:
+            return images.Picture(rgb=images.gray_to_rgb(item.reshape(item.shape[:2])))
+        return images.Picture(rgb=np.ascontiguousarray(item[..., :3]), alpha=item[..., 3] if item.shape[2] == 4 else None)
+    raise TypeError(f"cannot upscale a {type(item).__name__}; pass a PIL image, a numpy array or a torch tensor")
+
+
+def _from_picture(picture: images.Picture, like):
+    array = picture.rgb if picture.alpha is None else np.dstack([picture.rgb, picture.alpha])
+    if isinstance(like, Image.Image):
+        return Image.fromarray(array)
+    if isinstance(like, torch.Tensor):
+        return torch.from_numpy(array).to(like.device)
+    return array

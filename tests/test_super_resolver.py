@@ -1,0 +1,148 @@
+"""SuperResolver: sizes, input types, batching, one NFE per tile, tiled vs whole."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage import data, transform
+
+from flowsr.core import images
+from flowsr.runtime.super_resolver import SuperResolver, _pad_to_multiple
+from flowsr.runtime.tiling import spans
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A real photo (skimage's astronaut) at 256x256."""
+    return (transform.resize(data.astronaut(), (256, 256), anti_aliasing=True) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def resolver():
+    return SuperResolver.from_preset("tiny", scale=2, tile=0, vae_tile=0)
+
+
+def count_velocity_samples(resolver):
+    """Number of latent tiles the transformer has evaluated: batch size summed over calls."""
+    seen = []
+    resolver.backend.model.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    return seen
+
+
+@pytest.mark.parametrize("size,scale", [((37, 53), 4.0), ((32, 32), 2.5), ((20, 31), 1.0), ((16, 48), 3.3)])
+def test_output_size_for_any_scale(size, scale):
+    r = SuperResolver.from_preset("tiny", scale=scale, tile=0)
+    out = r(np.zeros((*size, 3), np.uint8))
+    assert out.shape == (round(size[0] * scale), round(size[1] * scale), 3) and out.dtype == np.uint8
+
+
+def test_pipeline_order_resize_pad_encode_restore_decode_crop(photo):
+    """With the velocity forced to zero, SR must equal decode(encode(bicubic(LR))) of the padded image, cropped."""
+    r = SuperResolver.from_preset("tiny", scale=1.5, tile=0, vae_tile=0)
+    model = r.backend.model
+    torch.nn.init.zeros_(model.transformer.proj_out.weight)
+    torch.nn.init.zeros_(model.transformer.proj_out.bias)
+    lr = images.to_tensor(photo[:50, :70])
+    out = r.upscale_tensor(lr)
+    with torch.inference_mode():
+        up = F.interpolate(lr, size=(75, 105), mode="bicubic", align_corners=False).clamp(-1, 1)
+        padded = F.pad(up, (0, 7, 0, 5), mode="reflect")
+        expected = model.vae.decode(model.vae.encode(padded).latent_dist.mode()).sample[:, :, :75, :105].clamp(-1, 1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_one_velocity_evaluation_per_tile(photo):
+    r = SuperResolver.from_preset("tiny", scale=4, tile=256, overlap=64, vae_tile=0, batch_size=2)
+    seen = count_velocity_samples(r)
+    r([photo[:100, :150]] * 3)  # 400x600 output -> 50x75 latent, padded to 50x76
+    tiles = len(spans(50, 32, 8)) * len(spans(76, 32, 8))
+    assert tiles == 6
+    assert sum(seen) == 3 * tiles
+    seen.clear()
+    r.tile = 0  # untiled: one evaluation per image
+    r(photo[:100, :150])
+    assert seen == [1]
+
+
+def test_tiled_matches_whole_image_without_seams(photo):
+    """1024x1024 output, 512 px latent tiles with 128 px overlap vs the whole image in one tile."""
+    whole = SuperResolver.from_preset("tiny", scale=4, tile=0, vae_tile=0).upscale_tensor(images.to_tensor(photo))
+    tiled = SuperResolver.from_preset("tiny", scale=4, tile=512, overlap=128, vae_tile=0).upscale_tensor(images.to_tensor(photo))
+    error = (whole - tiled).abs()[0].mean(0)  # per pixel, in [-1, 1] units (2.0 = full range)
+    assert error.mean() < 0.01 and error.flatten().quantile(0.99) < 0.06
+    border = torch.zeros_like(error, dtype=torch.bool)
+    for span in spans(1024, 512, 128)[1:]:
+        for edge in (span.start, span.start + span.size):
+            if 0 < edge < 1024:
+                border[:, edge - 8 : edge + 8] = True
+                border[edge - 8 : edge + 8, :] = True
+    # A seam would concentrate the error where tiles meet.
+    assert error[border].mean() < 1.2 * error[~border].mean()
+
+
+def test_input_types_round_trip(photo, resolver):
+    small = photo[:24, :40]
+    out = resolver(Image.fromarray(small))
+    assert isinstance(out, Image.Image) and out.size == (80, 48) and out.mode == "RGB"
+    rgba = np.dstack([small, np.full(small.shape[:2], 200, np.uint8)])
+    out = resolver(Image.fromarray(rgba))
+    assert out.mode == "RGBA" and np.asarray(out)[..., 3].min() >= 199
+    out16 = resolver(small.astype(np.uint16) * 257)
+    assert out16.dtype == np.uint16 and out16.shape == (48, 80, 3)
+    gray = resolver(small[..., 0])
+    assert gray.shape == (48, 80, 3)
+    hwc = resolver(torch.from_numpy(small))
+    assert hwc.dtype == torch.uint8 and hwc.shape == (48, 80, 3)
+    chw = torch.from_numpy(small).permute(2, 0, 1).float() / 255
+    out = resolver(chw)
+    assert out.shape == (3, 48, 80) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    batch = resolver(torch.stack([chw, chw.flip(-1)]))
+    assert batch.shape == (2, 3, 48, 80)
+    torch.testing.assert_close(batch[0], out)
+    # uint8 output is the float output rounded
+    assert np.abs(resolver(small).astype(int) - (out.permute(1, 2, 0).numpy() * 255)).max() <= 1.0
+
+
+def test_batched_list_keeps_order_and_matches_single_images(photo):
+    r = SuperResolver.from_preset("tiny", scale=2, tile=0, batch_size=3)
+    inputs = [photo[:32, :48], photo[50:82, :40], photo[100:132, 10:58], photo[:32, :40]]
+    batched = r(inputs)
+    r.batch_size = 1
+    single = [r(x) for x in inputs]
+    for a, b in zip(batched, single):
+        assert a.shape == b.shape
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_padding_covers_tiny_images():
+    x = torch.randn(1, 3, 5, 7)
+    assert _pad_to_multiple(x, 16).shape == (1, 3, 16, 16)
+    assert torch.equal(_pad_to_multiple(x, 16)[..., :5, :7], x)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (np.zeros((8, 8, 3), np.float64), "uint8 or uint16"),
+        (np.zeros((8, 8, 2), np.uint8), "uint8 or uint16"),
+        (torch.zeros(2, 8, 8), r"\(3, H, W\)"),
+        ("photo.png", "cannot upscale a str"),
+    ],
+)
+def test_bad_api_inputs_say_what_to_pass(resolver, bad, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        resolver(bad)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="multiples of the model stride"):
+        SuperResolver.from_preset("tiny", tile=100)
+    with pytest.raises(ValueError, match="at least 1"):
+        SuperResolver.from_preset("tiny", scale=0.5)
+    with pytest.raises(ValueError, match="unknown backend"):
+        SuperResolver.from_preset("tiny", backend="tensorflow")
+    with pytest.raises(images.ImageError, match="over the 1 MP limit"):
+        SuperResolver.from_preset("tiny", max_megapixels=1)(np.zeros((300, 300, 3), np.uint8))
