@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -83,6 +84,7 @@ def run_sr(args: argparse.Namespace) -> int:
         raise UsageError(str(err).splitlines()[0]) from None
     jobs, failures = _collect_inputs(args.inputs, out_dir, args.format)
     skipped = done = 0
+    started = time.perf_counter()
     input_limit = int(args.max_megapixels * 1e6)
     for source, target in tqdm(jobs, desc="flowsr sr", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr):
         if target.exists() and not args.overwrite:
@@ -100,6 +102,8 @@ def run_sr(args: argparse.Namespace) -> int:
             _error(f"{source}: failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
             failures += 1
     summary = f"{done} written to {out_dir}"
+    if done:
+        summary += f" ({(time.perf_counter() - started) / done:.2f} s per image)"
     if skipped:
         summary += f", {skipped} skipped (output exists; --overwrite replaces)"
     if failures:
