@@ -7,11 +7,17 @@ latent tiler run them separately: encode the whole image, restore the latent til
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import nn
 
 from . import flow, latents
 from .latents import LatentNormalization
+
+
+def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The SR model's input: the LR image (in [-1, 1]) brought to the output size, bicubic, in training and serving alike."""
+    return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 class OneStepSR(nn.Module):

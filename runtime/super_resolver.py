@@ -16,7 +16,7 @@ from PIL import Image
 
 from flowsr.core import images
 from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
-from flowsr.core.sr_model import OneStepSR
+from flowsr.core.sr_model import OneStepSR, resize_to
 
 from .backends import create_backend
 from .tiling import tiled_map
@@ -104,7 +104,7 @@ class SuperResolver:
         self.check_size(lr.shape[2], lr.shape[3])
         out_h, out_w = self.output_size(lr.shape[2], lr.shape[3])
         x = lr.to(self.device, torch.float32)
-        x = F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=False).clamp_(-1, 1)
+        x = resize_to(x, out_h, out_w)
         x = _pad_to_multiple(x, self.stride)
         f = self.latent_factor
         z = tiled_map(x, self.backend.encode, self.vae_tile, self.overlap, scale=1 / f)

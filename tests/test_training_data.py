@@ -1,0 +1,72 @@
+"""Training pairs: shapes, alignment, reproducibility, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from flowsr.training.data import DataError, DegradedFolder, PairedFolders
+
+
+@pytest.fixture
+def hr_folder(tmp_path):
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    Image.fromarray(data.astronaut()[:200, :240]).save(folder / "astronaut.png")
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg", quality=95)
+    return folder
+
+
+def test_degraded_folder_pairs(hr_folder):
+    dataset = DegradedFolder(hr_folder, crop=64, scale=4, seed=1)
+    lr, hr = dataset[0]
+    assert lr.shape == hr.shape == (3, 64, 64) and lr.dtype == hr.dtype == torch.float32
+    assert -1 <= lr.min() and lr.max() <= 1 and -1 <= hr.min() and hr.max() <= 1
+    again_lr, again_hr = DegradedFolder(hr_folder, crop=64, scale=4, seed=1)[0]
+    assert torch.equal(lr, again_lr) and torch.equal(hr, again_hr)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[0][1], hr)  # a new epoch, a new crop
+    # The HR crop is a real crop of the photo, up to the dihedral transform.
+    photo = torch.from_numpy(data.astronaut()[:200, :240].astype(np.float32) / 255 * 2 - 1).permute(2, 0, 1)
+    windows = photo.unfold(1, 64, 1).unfold(2, 64, 1)  # (3, H-63, W-63, 64, 64)
+    candidates = [hr, hr.flip(-1), hr.rot90(1, (1, 2)), hr.rot90(2, (1, 2)), hr.rot90(3, (1, 2))]
+    candidates += [c.flip(-1) for c in candidates[2:]]
+    assert any((windows == c[:, None, None]).all(-1).all(-1).all(0).any() for c in candidates)
+
+
+def test_paired_folders_align_lr_and_hr(tmp_path):
+    hr = data.astronaut()[:256, :256]
+    lr = np.asarray(Image.fromarray(hr).resize((64, 64), Image.BICUBIC))
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "lr").mkdir()
+    Image.fromarray(hr).save(tmp_path / "hr" / "a.png")
+    Image.fromarray(lr).save(tmp_path / "lr" / "a.png")
+    dataset = PairedFolders(tmp_path / "lr", tmp_path / "hr", crop=128, seed=0)
+    for epoch in range(4):
+        dataset.set_epoch(epoch)
+        lr_up, hr_crop = dataset[0]
+        assert lr_up.shape == hr_crop.shape == (3, 128, 128)
+        # The upsampled LR must look like the HR crop (same area), far more than like a shifted crop.
+        aligned = (lr_up - hr_crop).abs().mean()
+        shifted = (lr_up[:, 16:, 16:] - hr_crop[:, :-16, :-16]).abs().mean()
+        assert aligned < 0.6 * shifted
+
+
+def test_errors_name_the_problem(tmp_path, hr_folder):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        DegradedFolder(tmp_path / "empty")
+    with pytest.raises(DataError, match="smaller than the 512 px crop"):
+        DegradedFolder(hr_folder, crop=512)
+    (hr_folder / "broken.png").write_text("not a picture")
+    with pytest.raises(DataError, match="broken.png: cannot read"):
+        DegradedFolder(hr_folder, crop=64)
+    (hr_folder / "broken.png").unlink()
+    (tmp_path / "lr").mkdir()
+    Image.fromarray(data.astronaut()[:50, :60]).save(tmp_path / "lr" / "astronaut.png")
+    with pytest.raises(DataError, match="no LR image"):
+        PairedFolders(tmp_path / "lr", hr_folder, crop=64)
+    Image.fromarray(data.chelsea()[:70, :70]).save(tmp_path / "lr" / "chelsea.png")
+    with pytest.raises(DataError, match="integer factor"):
+        PairedFolders(tmp_path / "lr", hr_folder, crop=64)

@@ -1,0 +1,150 @@
+"""Training pairs for one-step SR: (LR resized to the HR size, HR), both float (3, H, W) in [-1, 1].
+
+Two sources: paired LR/HR folders, or HR-only folders degraded on the fly (training/degradations.py).
+Every random choice derives from (seed, epoch, index), so a run, a resume and every DDP rank see the
+same samples for the same step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from flowsr.core import images
+from flowsr.core.sr_model import resize_to
+
+from .degradations import DegradationConfig, degrade
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the file or folder and what to do."""
+
+
+def list_images(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder of images")
+    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not found:
+        raise DataError(f"{root}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the header, without decoding; unreadable files fail here, before training starts."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception as err:  # Pillow raises many types for bad files; every one is a bad dataset entry
+        raise DataError(f"{path}: cannot read this image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    return height, width
+
+
+def _check_crop(path: Path, size: tuple[int, int], crop: int) -> None:
+    if min(size) < crop:
+        raise DataError(f"{path}: {size[1]}x{size[0]} is smaller than the {crop} px crop; use a smaller --crop or remove the image")
+
+
+def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def _dihedral(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random flip and 90-degree rotation for every array of a sample."""
+    flip, turns = rng.integers(2), int(rng.integers(4))
+    return [np.rot90(a[:, ::-1] if flip else a, turns) for a in arrays]
+
+
+def _to_float(array: np.ndarray) -> np.ndarray:
+    scale = 65535.0 if array.dtype == np.uint16 else 255.0
+    return np.ascontiguousarray(array, dtype=np.float32) / scale
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1) * 2 - 1
+
+
+class _EpochDataset(Dataset):
+    def __init__(self, seed: int):
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call at the start of every epoch (as with DistributedSampler) to get new crops and degradations."""
+        self.epoch = epoch
+
+
+class DegradedFolder(_EpochDataset):
+    """HR-only folder: random HR crop, random dihedral transform, Real-ESRGAN-style degradation to LR."""
+
+    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: DegradationConfig = DegradationConfig()):
+        super().__init__(seed)
+        self.paths = list_images(root)
+        for path in self.paths:
+            _check_crop(path, _image_size(path), crop)
+        self.crop, self.scale, self.config = crop, scale, config
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.paths[index]
+        try:
+            rgb = images.read_image(path).rgb
+        except images.ImageError as err:
+            raise DataError(f"{path}: {err}") from None
+        rng = _rng(self.seed, self.epoch, index)
+        top = int(rng.integers(rgb.shape[0] - self.crop + 1))
+        left = int(rng.integers(rgb.shape[1] - self.crop + 1))
+        (hr,) = _dihedral([_to_float(rgb[top : top + self.crop, left : left + self.crop])], rng)
+        lr = degrade(np.ascontiguousarray(hr), self.scale, seed=int(rng.integers(2**31)), config=self.config)
+        return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
+
+
+class PairedFolders(_EpochDataset):
+    """Paired LR/HR folders matched by file stem; LR either at HR size (aligned) or an integer factor smaller."""
+
+    def __init__(self, lr_root, hr_root, crop: int = 256, seed: int = 0):
+        super().__init__(seed)
+        hr_paths = {p.relative_to(hr_root).with_suffix(""): p for p in list_images(hr_root)}
+        lr_paths = {p.relative_to(lr_root).with_suffix(""): p for p in list_images(lr_root)}
+        missing = sorted(set(hr_paths) - set(lr_paths))
+        if missing:
+            raise DataError(f"{Path(lr_root) / missing[0]}.*: no LR image for HR {hr_paths[missing[0]]} ({len(missing)} missing in all)")
+        self.pairs, self.factors = [], []
+        for key in sorted(hr_paths):
+            hr_size, lr_size = _image_size(hr_paths[key]), _image_size(lr_paths[key])
+            _check_crop(hr_paths[key], hr_size, crop)
+            factor = hr_size[0] // lr_size[0] if lr_size[0] else 0
+            if factor < 1 or (lr_size[0] * factor, lr_size[1] * factor) != hr_size or crop % factor:
+                raise DataError(
+                    f"{lr_paths[key]}: {lr_size[1]}x{lr_size[0]} does not match HR {hr_size[1]}x{hr_size[0]} by an integer "
+                    f"factor dividing the {crop} px crop"
+                )
+            self.pairs.append((lr_paths[key], hr_paths[key]))
+            self.factors.append(factor)
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        (lr_path, hr_path), factor = self.pairs[index], self.factors[index]
+        try:
+            lr, hr = images.read_image(lr_path).rgb, images.read_image(hr_path).rgb
+        except images.ImageError as err:
+            raise DataError(f"{lr_path} / {hr_path}: {err}") from None
+        rng = _rng(self.seed, self.epoch, index)
+        # Crop on the LR grid so LR and HR crops cover exactly the same area.
+        top = int(rng.integers((hr.shape[0] - self.crop) // factor + 1)) * factor
+        left = int(rng.integers((hr.shape[1] - self.crop) // factor + 1)) * factor
+        hr = hr[top : top + self.crop, left : left + self.crop]
+        small = self.crop // factor
+        lr = lr[top // factor : top // factor + small, left // factor : left // factor + small]
+        lr, hr = _dihedral([_to_float(lr), _to_float(hr)], rng)
+        return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
