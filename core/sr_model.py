@@ -74,6 +74,12 @@ class OneStepSR(nn.Module):
         tokens = latents.pack(z_lr)
         t_star = torch.full((batch,), self.t_star, device=z_lr.device, dtype=torch.float32)
         velocity = self.velocity(tokens, t_star, height, width)
+        if z_lr.is_cuda and not torch.compiler.is_exporting():
+            # Step, unpack, denormalize and cast in one pass; exported graphs keep the plain ops for ONNX/TensorRT.
+            from flowsr.kernels.euler_update import fused_euler_unpack
+
+            norm = self.normalization
+            return fused_euler_unpack(velocity, tokens, -t_star, height, width, norm.shift, norm.scale, z_lr.dtype)
         z_hr = latents.unpack(flow.one_step_sr(tokens, velocity, t_star.to(tokens.dtype)), height, width)
         return self.normalization.denormalize(z_hr)
 
