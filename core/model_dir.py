@@ -156,3 +156,17 @@ def load_sr_model(directory: str | Path, device: str | torch.device = "cpu", dty
         manifest.guidance,
     )
     return model.to(device).eval(), manifest
+
+
+def update_manifest(directory: str | Path, **fields) -> Manifest:
+    """Change manifest fields in place (e.g. t* after estimation), atomically."""
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    for key, value in fields.items():
+        if not hasattr(manifest, key):
+            raise ValueError(f"manifest has no field {key!r}")
+        setattr(manifest, key, value)
+    staging = directory / f".{MANIFEST}.tmp"
+    staging.write_text(manifest.to_json())
+    os.replace(staging, directory / MANIFEST)
+    return manifest

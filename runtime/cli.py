@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     init.set_defaults(run=run_model_init)
+
+    from flowsr.training.cli import add_commands as add_train_commands
+
+    add_train_commands(commands)
     return parser
 
 

@@ -8,7 +8,9 @@ same samples for the same step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -70,39 +72,87 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1) * 2 - 1
 
 
+class EpochKey(NamedTuple):
+    """A sample address that carries its epoch, so data loader workers need no shared epoch state."""
+
+    epoch: int
+    index: int
+
+
 class _EpochDataset(Dataset):
+    """Indexed by an int (the current epoch, see `set_epoch`) or an EpochKey; `sample` gets a seeded generator."""
+
     def __init__(self, seed: int):
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Call at the start of every epoch (as with DistributedSampler) to get new crops and degradations."""
         self.epoch = epoch
 
+    def __getitem__(self, key: int | EpochKey):
+        epoch, index = key if isinstance(key, EpochKey) else (self.epoch, key)
+        return self.sample(index, _rng(self.seed, epoch, index))
 
-class DegradedFolder(_EpochDataset):
-    """HR-only folder: random HR crop, random dihedral transform, Real-ESRGAN-style degradation to LR."""
 
-    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: DegradationConfig = DegradationConfig()):
+class HRCrops(_EpochDataset):
+    """Random HR crops (with a random dihedral transform) from a folder of images.
+
+    Decoded images are kept in memory (`cache`), optionally shrunk so their longer side is at most `max_side`
+    (area filter): large photos are smooth at the pixel level, shrinking them gives crops with more detail.
+    `repeats` crops are drawn from every image per epoch.
+    """
+
+    def __init__(self, root, crop: int = 256, seed: int = 0, repeats: int = 1, max_side: int | None = None, cache: bool = True):
         super().__init__(seed)
         self.paths = list_images(root)
         for path in self.paths:
-            _check_crop(path, _image_size(path), crop)
-        self.crop, self.scale, self.config = crop, scale, config
+            size = _image_size(path)
+            if max_side and max(size) > max_side:
+                size = tuple(round(side * max_side / max(size)) for side in size)
+            _check_crop(path, size, crop)
+        self.crop, self.repeats, self.max_side = crop, repeats, max_side
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.paths) * self.repeats
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _image(self, index: int) -> np.ndarray:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         path = self.paths[index]
         try:
             rgb = images.read_image(path).rgb
         except images.ImageError as err:
             raise DataError(f"{path}: {err}") from None
-        rng = _rng(self.seed, self.epoch, index)
-        top = int(rng.integers(rgb.shape[0] - self.crop + 1))
-        left = int(rng.integers(rgb.shape[1] - self.crop + 1))
-        (hr,) = _dihedral([_to_float(rgb[top : top + self.crop, left : left + self.crop])], rng)
-        lr = degrade(np.ascontiguousarray(hr), self.scale, seed=int(rng.integers(2**31)), config=self.config)
+        image = _to_float(rgb)
+        if self.max_side and max(image.shape[:2]) > self.max_side:
+            factor = self.max_side / max(image.shape[:2])
+            size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if self._cache is not None:
+            self._cache[index] = image
+        return image
+
+    def hr_crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        image = self._image(index % len(self.paths))
+        top = int(rng.integers(image.shape[0] - self.crop + 1))
+        left = int(rng.integers(image.shape[1] - self.crop + 1))
+        (hr,) = _dihedral([image[top : top + self.crop, left : left + self.crop]], rng)
+        return np.ascontiguousarray(hr)
+
+    def sample(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        return _tensor(self.hr_crop(index, rng))
+
+
+class DegradedFolder(HRCrops):
+    """HR-only folder: random HR crop, then Real-ESRGAN-style degradation to LR; yields (LR at HR size, HR)."""
+
+    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: DegradationConfig = DegradationConfig(), **crops):
+        super().__init__(root, crop=crop, seed=seed, **crops)
+        self.scale, self.config = scale, config
+
+    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        hr = self.hr_crop(index, rng)
+        lr = degrade(hr, self.scale, seed=int(rng.integers(2**31)), config=self.config)
         return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
 
 
@@ -133,13 +183,12 @@ class PairedFolders(_EpochDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         (lr_path, hr_path), factor = self.pairs[index], self.factors[index]
         try:
             lr, hr = images.read_image(lr_path).rgb, images.read_image(hr_path).rgb
         except images.ImageError as err:
             raise DataError(f"{lr_path} / {hr_path}: {err}") from None
-        rng = _rng(self.seed, self.epoch, index)
         # Crop on the LR grid so LR and HR crops cover exactly the same area.
         top = int(rng.integers((hr.shape[0] - self.crop) // factor + 1)) * factor
         left = int(rng.integers((hr.shape[1] - self.crop) // factor + 1)) * factor

@@ -1,0 +1,152 @@
+"""AlloSR² fine-tuning: LoRA on the VAE encoder and the transformer, losses Rec + FATC + ATM (DESIGN.md).
+
+The decoder stays frozen; z_H comes from the frozen base encoder (the same encoder with its adapters off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+
+from flowsr.core import flow, latents
+from flowsr.core.model_dir import Manifest
+from flowsr.core.sr_model import OneStepSR
+
+# Attention and MLP projections of the FLUX blocks; convolutions and attention of the VAE encoder.
+TRANSFORMER_TARGETS = r".*(transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out))$"
+ENCODER_TARGETS = r"^encoder\.(conv_in|conv_out|.*\.(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0))$"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 64
+    alpha: float = 64.0
+    transformer_targets: str = TRANSFORMER_TARGETS
+    encoder_targets: str = ENCODER_TARGETS
+
+
+LORA_PRESETS = {
+    "tiny": LoraSettings(rank=4, alpha=4.0),
+    "small": LoraSettings(rank=16, alpha=16.0),
+    "flux-dev": LoraSettings(rank=64, alpha=64.0),  # the paper's setting
+}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Each term can be switched off (weight 0): the paper's ablations are fatc=0 ("w/o FATC") and atm=0."""
+
+    latent_mse: float = 1.0
+    lpips: float = 0.0
+    fatc: float = 1.0
+    atm: float = 1.0
+
+
+def add_lora(model: OneStepSR, settings: LoraSettings) -> None:
+    """Freeze the model, then add trainable LoRA adapters (peft, through diffusers) to the encoder and transformer."""
+    model.requires_grad_(False)
+    common = {"r": settings.rank, "lora_alpha": settings.alpha, "init_lora_weights": True}
+    model.transformer.add_adapter(LoraConfig(target_modules=settings.transformer_targets, **common))
+    model.vae.add_adapter(LoraConfig(target_modules=settings.encoder_targets, **common))
+
+
+@contextlib.contextmanager
+def base_encoder(model: OneStepSR):
+    """The frozen base encoder E_phi: the LoRA encoder with its adapters switched off."""
+    model.vae.disable_adapters()
+    try:
+        yield
+    finally:
+        model.vae.enable_adapters()
+
+
+class AlloSR2Objective(nn.Module):
+    """One training step's losses for a batch (LR resized to HR size, HR), both in [-1, 1]."""
+
+    def __init__(self, model: OneStepSR, weights: LossWeights = LossWeights(), lpips: nn.Module | None = None):
+        super().__init__()
+        if weights.lpips and lpips is None:
+            raise ValueError("the LPIPS term needs an LPIPS network; load one or set its weight to 0")
+        self.model, self.weights, self.lpips = model, weights, lpips
+
+    def velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return latents.unpack(self.model.velocity(latents.pack(z), t, z.shape[2], z.shape[3]), z.shape[2], z.shape[3])
+
+    def forward(self, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        lr, hr = batch
+        model, weights = self.model, self.weights
+        z_lr = model.encode(lr)
+        with torch.no_grad(), base_encoder(model):
+            z_hr = model.encode(hr)
+        size = z_lr.shape[0]
+        t_star = torch.full((size,), model.t_star, device=z_lr.device)
+        z_hr_hat = flow.one_step_sr(z_lr, self.velocity(z_lr, t_star), t_star)
+
+        losses = {"latent_mse": (z_hr_hat.float() - z_hr.float()).pow(2).mean()}
+        if weights.lpips:
+            decoded = model.decode(model.normalization.denormalize(z_hr_hat))
+            losses["lpips"] = self.lpips(decoded.float(), hr.float()).mean()
+
+        t = torch.rand(size, generator=generator, device=z_lr.device) * model.t_star
+        z_sr, target = flow.fatc_point(z_hr, z_lr, t, t_star)
+        v_sr = None
+        if weights.fatc:
+            v_sr = self.velocity(z_sr, t)
+            losses["fatc"] = (v_sr.float() - target.float()).pow(2).mean()
+        if weights.atm:
+            noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
+            z_gen = flow.interpolate(z_hr, noise, t)
+            with torch.no_grad():
+                v_sr = self.velocity(z_sr, t) if v_sr is None else v_sr
+                v_gen = self.velocity(z_gen, t)
+            direction = flow.atm_direction(z_sr, z_gen, v_sr, v_gen, t, z_hr_hat, z_hr)
+            # Surrogate whose parameter gradient is direction . dz_H_hat/dtheta (per element, averaged).
+            losses["atm"] = (direction.detach().float() * z_hr_hat.float()).mean()
+        scale = {"latent_mse": weights.latent_mse, "lpips": weights.lpips, "fatc": weights.fatc, "atm": weights.atm}
+        losses["loss"] = sum(scale[name] * value for name, value in losses.items())
+        return losses
+
+
+@torch.no_grad()
+def estimate_t_star(model: OneStepSR, pairs, batch_size: int = 8, grid_size: int = 1000) -> float:
+    """SNR-guided t* from (LR at HR size, HR) pairs, both encoded by the frozen encoder."""
+    signals, degradations = [], []
+    for start in range(0, len(pairs), batch_size):
+        lr, hr = (torch.stack(part) for part in zip(*(pairs[i] for i in range(start, min(start + batch_size, len(pairs))))))
+        signal, degradation = flow.snr_statistics(model.encode(lr), model.encode(hr))
+        signals.append(signal)
+        degradations.append(degradation)
+    return flow.snr_start_time(torch.cat(signals), torch.cat(degradations), grid_size)
+
+
+def save_adapters(model: OneStepSR, directory: str | Path, manifest: Manifest) -> Path:
+    """LoRA adapters as peft folders (`transformer/`, `vae/`: adapter_config.json + adapter_model.safetensors)
+    plus `adapters.json` (t*, preset), written to a temporary sibling and renamed into place."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for part, module in (("transformer", model.transformer), ("vae", model.vae)):
+            (staging / part).mkdir()
+            state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(module).items()}
+            safetensors.torch.save_file(state, staging / part / "adapter_model.safetensors")
+            module.peft_config["default"].save_pretrained(staging / part)
+        (staging / "adapters.json").write_text(json.dumps({"t_star": model.t_star, "preset": manifest.preset}, indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory

@@ -1,0 +1,171 @@
+"""`flowsr train ...`: the corpus, base-model pre-training, t* estimation and AlloSR² fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _loop_config(args):
+    from .loop import LoopConfig
+
+    return LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
+                      checkpoint_every=args.checkpoint_every)
+
+
+def _load_or_init(args):
+    from flowsr.core.model_dir import init_sr_model, load_sr_model
+
+    if getattr(args, "model", None):
+        return load_sr_model(args.model)
+    return init_sr_model(args.preset, seed=args.seed)
+
+
+def run_photos(args) -> int:
+    from .photos import write_corpus
+
+    train, holdout = write_corpus(args.output)
+    print(f"wrote {train} training images to {Path(args.output) / 'train'} and {holdout} held-out photos to {Path(args.output) / 'holdout'}")
+    return 0
+
+
+def run_vae(args) -> int:
+    import torch
+
+    from flowsr.core.model_dir import save_sr_model
+
+    from .data import HRCrops
+    from .loop import distributed, run
+    from .pretrain import VAEObjective, calibrate_latents
+
+    model, manifest = _load_or_init(args)
+    dataset = HRCrops(args.data, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
+    run(VAEObjective(model), dataset, _loop_config(args), args.output, resume=not args.restart, description="train vae")
+    if distributed()[0] == 0:
+        model.cpu().eval()
+        crops = torch.stack([dataset[i] for i in range(min(len(dataset), 64))])
+        shift, scale = calibrate_latents(model, crops)
+        manifest.latent_shift, manifest.latent_scale = shift, scale
+        save_sr_model(model, manifest, Path(args.output) / "model", overwrite=True)
+        print(f"VAE trained; latent shift {shift:.4f}, scale {scale:.4f}; model directory: {Path(args.output) / 'model'}")
+    return 0
+
+
+def run_flow(args) -> int:
+    from flowsr.core.model_dir import save_sr_model
+
+    from .data import HRCrops
+    from .loop import distributed, run
+    from .pretrain import FlowObjective
+
+    model, manifest = _load_or_init(args)
+    dataset = HRCrops(args.data, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
+    run(FlowObjective(model), dataset, _loop_config(args), args.output, resume=not args.restart, description="train flow")
+    if distributed()[0] == 0:
+        save_sr_model(model.cpu().eval(), manifest, Path(args.output) / "model", overwrite=True)
+        print(f"generative flow trained; model directory: {Path(args.output) / 'model'}")
+    return 0
+
+
+def _sr_pairs(args):
+    from .data import DegradedFolder, PairedFolders
+
+    if args.lr_data:
+        return PairedFolders(args.lr_data, args.data, crop=args.crop, seed=args.seed)
+    return DegradedFolder(args.data, crop=args.crop, scale=args.scale, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
+
+
+def run_estimate_tstar(args) -> int:
+    from flowsr.core.model_dir import load_sr_model, update_manifest
+
+    from .allosr2 import estimate_t_star
+
+    model, _ = load_sr_model(args.model)
+    pairs = _sr_pairs(args)
+    count = min(args.samples, len(pairs))
+    t_star = estimate_t_star(model, [pairs[i] for i in range(count)])
+    update_manifest(args.model, t_star=t_star)
+    print(f"t* = {t_star:.4f} from {count} pairs, written to {args.model}")
+    return 0
+
+
+def run_allosr2(args) -> int:
+    from flowsr.core.model_dir import load_sr_model
+
+    from .allosr2 import LORA_PRESETS, AlloSR2Objective, LoraSettings, LossWeights, add_lora, save_adapters
+    from .loop import distributed, run
+
+    model, manifest = load_sr_model(args.model)
+    preset = LORA_PRESETS.get(manifest.preset, LoraSettings())
+    add_lora(model, LoraSettings(rank=args.rank or preset.rank, alpha=args.alpha or args.rank or preset.alpha))
+    weights = LossWeights(latent_mse=1.0, lpips=args.lpips_weight, fatc=0.0 if args.no_fatc else 1.0, atm=0.0 if args.no_atm else 1.0)
+    lpips = None
+    if weights.lpips:
+        from .perceptual import load_lpips
+
+        lpips = load_lpips(args.lpips_weights)
+    objective = AlloSR2Objective(model, weights, lpips)
+    run(objective, _sr_pairs(args), _loop_config(args), args.output, resume=not args.restart, description="train allosr2")
+    if distributed()[0] == 0:
+        adapters = save_adapters(model.cpu(), Path(args.output) / "adapters", manifest)
+        print(f"LoRA adapters: {adapters}")
+    return 0
+
+
+def _add_data_options(parser, crop: int, sr_pairs: bool) -> None:
+    parser.add_argument("--data", required=True, help="folder of HR images")
+    parser.add_argument("--crop", type=int, default=crop, help="HR crop size in pixels")
+    parser.add_argument("--repeats", type=int, default=64, help="crops per image per epoch")
+    parser.add_argument("--max-side", type=int, default=1600, help="shrink larger images to this longer side first")
+    parser.add_argument("--seed", type=int, default=0)
+    if sr_pairs:
+        parser.add_argument("--lr-data", help="folder of LR images paired with --data by file name (default: degrade --data on the fly)")
+        parser.add_argument("--scale", type=float, default=4.0, help="degradation scale for HR-only data (default 4)")
+
+
+def _add_loop_options(parser, steps: int, batch_size: int, lr: float) -> None:
+    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder: checkpoint, losses.jsonl, results")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--workers", type=int, default=0, help="data loader processes")
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in RUN_DIR")
+
+
+def add_commands(commands) -> None:
+    train = commands.add_parser("train", help="train models").add_subparsers(dest="train_command", required=True)
+
+    photos = train.add_parser("photos", help="write the packaged photo corpus (train/ and holdout/)")
+    photos.add_argument("output", metavar="OUT")
+    photos.set_defaults(run=run_photos)
+
+    vae = train.add_parser("vae", help="pre-train the VAE of a preset on HR crops")
+    vae.add_argument("--preset", default="small")
+    vae.add_argument("--model", help="continue from this model directory instead of a fresh preset")
+    _add_data_options(vae, crop=128, sr_pairs=False)
+    _add_loop_options(vae, steps=2000, batch_size=8, lr=2e-4)
+    vae.set_defaults(run=run_vae)
+
+    flow = train.add_parser("flow", help="pre-train the transformer as a generative flow in the VAE's latent space")
+    flow.add_argument("model", metavar="MODEL_DIR", help="model directory with a trained VAE")
+    _add_data_options(flow, crop=128, sr_pairs=False)
+    _add_loop_options(flow, steps=3000, batch_size=16, lr=3e-4)
+    flow.set_defaults(run=run_flow)
+
+    tstar = train.add_parser("estimate-tstar", help="estimate the SNR-guided start time t* and write it into the manifest")
+    tstar.add_argument("model", metavar="MODEL_DIR")
+    _add_data_options(tstar, crop=128, sr_pairs=True)
+    tstar.add_argument("--samples", type=int, default=256, help="pairs to estimate from")
+    tstar.set_defaults(run=run_estimate_tstar)
+
+    allosr2 = train.add_parser("allosr2", help="AlloSR² LoRA fine-tuning (Rec + FATC + ATM): adapters and a merged model")
+    allosr2.add_argument("model", metavar="MODEL_DIR", help="base model directory (trained VAE and flow, t* estimated)")
+    _add_data_options(allosr2, crop=128, sr_pairs=True)
+    _add_loop_options(allosr2, steps=1000, batch_size=8, lr=5e-5)
+    allosr2.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the preset's)")
+    allosr2.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    allosr2.add_argument("--no-fatc", action="store_true", help="ablation: drop the FATC term")
+    allosr2.add_argument("--no-atm", action="store_true", help="ablation: drop the ATM term")
+    allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
+    allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
+    allosr2.set_defaults(run=run_allosr2)

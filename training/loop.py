@@ -1,0 +1,176 @@
+"""The training loop every flowsr trainer shares: data order, DDP, AdamW, checkpoints, resume, logging.
+
+Reproducible by construction: step s of rank r always sees the same samples (the batch sampler derives them
+from (seed, epoch, position)) and the same noise (the objective gets a generator seeded by (seed, step, rank)),
+so a resumed run continues the loss curve it was interrupted in. Checkpoints are safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from .data import EpochKey
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 1000
+    batch_size: int = 8  # per process
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+
+
+class StepBatchSampler(Sampler):
+    """Batches of (epoch, index) keys, a fresh permutation every epoch, this rank's share, from `start_step` on."""
+
+    def __init__(self, length: int, batch_size: int, seed: int, rank: int, world: int, start_step: int, steps: int):
+        per_rank = length // world
+        if per_rank < batch_size:
+            raise ValueError(f"the dataset has {length} samples: too few for {world} process(es) x batch {batch_size}")
+        self.length, self.batch_size, self.seed, self.rank, self.world = length, batch_size, seed, rank, world
+        self.batches_per_epoch = per_rank // batch_size
+        self.start_step, self.steps = start_step, steps
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def __iter__(self) -> Iterator[list[EpochKey]]:
+        for step in range(self.start_step, self.steps):
+            epoch, position = divmod(step, self.batches_per_epoch)
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.length)[self.rank :: self.world]
+            chosen = order[position * self.batch_size : (position + 1) * self.batch_size]
+            yield [EpochKey(epoch, int(index)) for index in chosen]
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train_device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _write_checkpoint(directory: Path, step: int, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+    """Parameters and optimizer moments as safetensors, the rest as JSON; written to a temp folder, then renamed."""
+    state = optimizer.state_dict()
+    tensors = {f"param/{name}": p.detach().cpu().contiguous() for name, p in params.items()}
+    for index, moments in state["state"].items():
+        for key, value in moments.items():
+            tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).cpu().contiguous()
+    staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=directory.parent))
+    try:
+        safetensors.torch.save_file(tensors, staging / "state.safetensors")
+        (staging / "state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}))
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(staging, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _read_checkpoint(directory: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
+    meta = json.loads((directory / "state.json").read_text())
+    tensors = safetensors.torch.load_file(directory / "state.safetensors")
+    missing = [name for name in params if f"param/{name}" not in tensors]
+    if missing:
+        raise ValueError(f"checkpoint {directory} does not match this model (no {missing[0]}); resume with the same settings")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[f"param/{name}"])
+    moments: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            moments.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def run(
+    objective: nn.Module,
+    dataset,
+    config: LoopConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    description: str = "train",
+) -> list[dict]:
+    """Train the parameters of `objective` that require grad; `objective(batch, generator)` returns a dict of
+    scalar losses whose "loss" entry is optimized. Returns the logged rows of this process (rank 0 writes them).
+    """
+    rank, world = distributed()
+    device = train_device(rank)
+    out_dir = Path(out_dir)
+    checkpoint = out_dir / "checkpoint"
+    objective.to(device)
+    params = {name: p for name, p in objective.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    start = _read_checkpoint(checkpoint, params, optimizer) if resume and checkpoint.is_dir() else 0
+    model = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
+    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, rank, world, start, config.steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, persistent_workers=config.workers > 0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    rows, log = [], None
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log = open(out_dir / "losses.jsonl", "a")
+    progress = tqdm(total=config.steps, initial=start, desc=description, disable=rank != 0 or None, dynamic_ncols=True)
+    try:
+        for step, batch in enumerate(loader, start=start):
+            generator = torch.Generator(device).manual_seed(int(np.random.SeedSequence([config.seed, step, rank]).generate_state(1)[0]))
+            batch = [part.to(device, non_blocking=True) for part in batch] if isinstance(batch, (list, tuple)) else batch.to(device)
+            with autocast:
+                losses = model(batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), config.grad_clip)
+            optimizer.step()
+            row = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
+            rows.append(row)
+            if log is not None:
+                log.write(json.dumps(row) + "\n")
+                if (step + 1) % config.log_every == 0:
+                    log.flush()
+                    progress.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
+            progress.update(1)
+            done = step + 1
+            if rank == 0 and (done % config.checkpoint_every == 0 or done == config.steps):
+                _write_checkpoint(checkpoint, done, params, optimizer)
+    finally:
+        progress.close()
+        if log is not None:
+            log.close()
+    if world > 1:
+        dist.barrier()
+    return rows

@@ -1,0 +1,64 @@
+"""Base-model pre-training for presets without public weights: the VAE on HR crops, then the transformer as a
+generative flow (conditional flow matching on the linear path) in that VAE's latent space.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowsr.core import flow, latents
+from flowsr.core.sr_model import OneStepSR
+
+
+def logit_normal_time(batch: int, generator: torch.Generator, device) -> torch.Tensor:
+    """t = sigmoid(n), n ~ N(0, 1): more weight on the middle of the path, where velocity is hardest (SD3)."""
+    return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
+
+
+class VAEObjective(nn.Module):
+    """Reconstruction (L1 + MSE) with a small KL term that keeps the latent well-scaled (LDM's weighting)."""
+
+    def __init__(self, model: OneStepSR, kl_weight: float = 1e-6):
+        super().__init__()
+        self.model, self.kl_weight = model, kl_weight
+        model.requires_grad_(False)
+        model.vae.requires_grad_(True)
+
+    def forward(self, hr: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        posterior = self.model.vae.encode(hr).latent_dist
+        z = posterior.sample(generator=generator)
+        recon = self.model.vae.decode(z).sample
+        l1, mse = (recon - hr).abs().mean(), (recon - hr).pow(2).mean()
+        kl = posterior.kl().mean()
+        return {"loss": l1 + mse + self.kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+
+
+class FlowObjective(nn.Module):
+    """Conditional flow matching: v(z_t, t) regresses eps - z_0 on z_t = (1 - t) z_0 + t eps; the VAE is frozen."""
+
+    def __init__(self, model: OneStepSR):
+        super().__init__()
+        self.model = model
+        model.requires_grad_(False)
+        model.transformer.requires_grad_(True)
+
+    def forward(self, hr: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            z0 = self.model.encode(hr)
+        t = logit_normal_time(z0.shape[0], generator, z0.device)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        z_t, target = flow.linear_path(z0, noise, t)
+        velocity = self.model.velocity(latents.pack(z_t), t, z0.shape[2], z0.shape[3])
+        loss = (velocity.float() - latents.pack(target).float()).pow(2).mean()
+        return {"loss": loss}
+
+
+@torch.no_grad()
+def calibrate_latents(model: OneStepSR, crops: torch.Tensor, batch_size: int = 16) -> tuple[float, float]:
+    """Set the VAE's shift/scale so normalized latents have mean 0 and std 1 over `crops`; returns (shift, scale)."""
+    raw = torch.cat([model.vae.encode(part).latent_dist.mode().float() for part in crops.split(batch_size)])
+    shift, scale = raw.mean().item(), 1.0 / raw.std().item()
+    model.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    model.normalization = type(model.normalization)(shift, scale)
+    return shift, scale
