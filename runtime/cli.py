@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     init.set_defaults(run=run_model_init)
 
-    from flowsr.training.cli import add_commands as add_train_commands
+    from flowsr.training.cli import add_commands as add_train_commands, add_eval_command
 
     add_train_commands(commands)
+    add_eval_command(commands)
     return parser
 
 

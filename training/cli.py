@@ -111,6 +111,24 @@ def run_allosr2(args) -> int:
     return 0
 
 
+def run_eval(args) -> int:
+    from flowsr.runtime.super_resolver import SuperResolver
+
+    from .evaluate import evaluate, summarize, write_csv
+
+    models = {}
+    for spec in args.model:
+        name, _, path = spec.rpartition("=")
+        models[name or Path(path).name] = SuperResolver(path, scale=args.scale, device=args.device, tile=0, vae_tile=0)
+    rows = evaluate(args.data, models, scale=args.scale, seed=args.seed)
+    write_csv(rows, args.csv)
+    print(f"x{args.scale}, Real-ESRGAN-style degradation seeded per image from {args.seed}; per-image scores: {args.csv}")
+    print(f"{'method':<24} {'PSNR':>8} {'SSIM':>8} images")
+    for name, scores in summarize(rows).items():
+        print(f"{name:<24} {scores['psnr']:8.3f} {scores['ssim']:8.4f} {scores['images']}")
+    return 0
+
+
 def _add_data_options(parser, crop: int, sr_pairs: bool) -> None:
     parser.add_argument("--data", required=True, help="folder of HR images")
     parser.add_argument("--crop", type=int, default=crop, help="HR crop size in pixels")
@@ -169,3 +187,14 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
     allosr2.set_defaults(run=run_allosr2)
+
+
+def add_eval_command(commands) -> None:
+    evaluation = commands.add_parser("eval", help="score SR models against bicubic on degraded HR images (PSNR/SSIM)")
+    evaluation.add_argument("data", metavar="HR_DIR", help="folder of HR images")
+    evaluation.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR", help="model directory; repeat to compare (e.g. ablations)")
+    evaluation.add_argument("--scale", type=int, default=4)
+    evaluation.add_argument("--seed", type=int, default=0, help="degradation seed of the first image (then +1 per image)")
+    evaluation.add_argument("--csv", default="eval.csv", help="per-image scores (default eval.csv)")
+    evaluation.add_argument("--device", default=None)
+    evaluation.set_defaults(run=run_eval)

@@ -1,0 +1,68 @@
+"""`flowsr eval`: degrade HR images reproducibly, restore them, and score against bicubic upscaling.
+
+PSNR and SSIM (scikit-image) on 8-bit RGB, per image and averaged; one CSV row per image and method.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from flowsr.core import images
+from flowsr.core.sr_model import resize_to
+
+from .data import list_images
+from .degradations import DegradationConfig, degrade
+
+
+def _score(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    return {
+        "psnr": peak_signal_noise_ratio(reference, restored, data_range=255),
+        "ssim": structural_similarity(reference, restored, channel_axis=2, data_range=255),
+    }
+
+
+def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, config: DegradationConfig = DegradationConfig()) -> list[dict]:
+    """Rows of (image, method, psnr, ssim); `models` maps a method name to a SuperResolver at `scale`."""
+    rows = []
+    for index, path in enumerate(list_images(hr_root)):
+        hr = images.read_image(path).rgb
+        if hr.dtype != np.uint8:
+            hr = (hr.astype(np.float32) / 257).round().astype(np.uint8)
+        height, width = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+        hr = np.ascontiguousarray(hr[:height, :width])
+        lr = degrade(hr.astype(np.float32) / 255, scale, seed=seed + index, config=config)
+        lr_tensor = torch.from_numpy(lr).permute(2, 0, 1)[None] * 2 - 1
+        outputs = {"bicubic": resize_to(lr_tensor, height, width)[0]}
+        for name, resolver in models.items():
+            outputs[name] = resolver.upscale_tensor(lr_tensor)[0]
+        for name, output in outputs.items():
+            rows.append({"image": path.name, "method": name, **_score(images.from_tensor(output), hr)})
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
+    methods: dict[str, list[dict]] = {}
+    for row in rows:
+        methods.setdefault(row["method"], []).append(row)
+    return {name: {"psnr": float(np.mean([r["psnr"] for r in group])), "ssim": float(np.mean([r["ssim"] for r in group])), "images": len(group)}
+            for name, group in methods.items()}
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """Atomically: the CSV appears whole or not at all."""
+    path = Path(path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["image", "method", "psnr", "ssim"])
+    writer.writeheader()
+    writer.writerows({**r, "psnr": f"{r['psnr']:.4f}", "ssim": f"{r['ssim']:.5f}"} for r in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(buffer.getvalue())
+    os.replace(staging, path)
