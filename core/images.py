@@ -6,9 +6,7 @@ uint8 or uint16 HWC RGB, with any alpha plane carried separately (the model only
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .atomic import atomic_file
 
 ORIENTATION = 0x0112  # EXIF tag
 
@@ -198,20 +198,11 @@ def write_image(path: str | os.PathLike, picture: Picture) -> None:
     limit = _MAX_SIDE.get(fmt)
     if limit is not None and max(height, width) > limit:
         raise ImageError(f"image is {width}x{height}, over the {fmt} limit of {limit} pixels a side; write .png or .tif")
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "xb") as f:  # honours the umask, unlike tempfile.mkstemp's 0600
+        with atomic_file(path) as f:
             _encode(picture, fmt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):  # never mask the original error (temp may not exist)
-            temp.unlink()
-        if isinstance(e, OSError):
-            raise ImageError(f"cannot write file: {e.strerror or e}") from e
-        raise
+    except OSError as e:
+        raise ImageError(f"cannot write file: {e.strerror or e}") from e
 
 
 def _encode(picture: Picture, fmt: str, f: BinaryIO) -> None:

@@ -5,9 +5,6 @@ empty-prompt embeddings. Loading is `from_pretrained` on that folder, safetensor
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +14,7 @@ import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
+from .atomic import atomic_directory, atomic_file
 from .presets import Preset, build_transformer, build_vae, get_preset
 from .sr_model import OneStepSR
 
@@ -101,38 +99,16 @@ def save_sr_model(model: OneStepSR, manifest: Manifest, directory: str | Path, o
     directory = Path(directory)
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise ModelDirError(f"{directory} already exists; choose another path or pass --overwrite")
-    directory.parent.mkdir(parents=True, exist_ok=True)
     manifest.t_star = model.t_star
     manifest.versions = _versions()
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         model.vae.save_pretrained(staging / "vae", safe_serialization=True)
         model.transformer.save_pretrained(staging / "transformer", safe_serialization=True)
         embeddings = {"prompt_embeds": model.prompt_embeds, "pooled_prompt_embeds": model.pooled_prompt_embeds}
         safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in embeddings.items()}, staging / TEXT_EMBEDDINGS)
         (staging / MANIFEST).write_text(manifest.to_json())
-        _replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
-
-
-def _replace_directory(new: Path, target: Path) -> None:
-    """Move `new` onto `target`; an existing target is only removed once the new one is in place."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    old.rmdir()
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_sr_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[OneStepSR, Manifest]:
@@ -166,7 +142,6 @@ def update_manifest(directory: str | Path, **fields) -> Manifest:
         if not hasattr(manifest, key):
             raise ValueError(f"manifest has no field {key!r}")
         setattr(manifest, key, value)
-    staging = directory / f".{MANIFEST}.tmp"
-    staging.write_text(manifest.to_json())
-    os.replace(staging, directory / MANIFEST)
+    with atomic_file(directory / MANIFEST, "w") as f:
+        f.write(manifest.to_json())
     return manifest

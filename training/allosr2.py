@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from flowsr.core import flow, latents
+from flowsr.core.atomic import atomic_directory
 from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
 
@@ -133,20 +131,11 @@ def estimate_t_star(model: OneStepSR, pairs, batch_size: int = 8, grid_size: int
 def save_adapters(model: OneStepSR, directory: str | Path, manifest: Manifest) -> Path:
     """LoRA adapters as peft folders (`transformer/`, `vae/`: adapter_config.json + adapter_model.safetensors)
     plus `adapters.json` (t*, preset), written to a temporary sibling and renamed into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         for part, module in (("transformer", model.transformer), ("vae", model.vae)):
             (staging / part).mkdir()
             state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(module).items()}
             safetensors.torch.save_file(state, staging / part / "adapter_model.safetensors")
             module.peft_config["default"].save_pretrained(staging / part)
         (staging / "adapters.json").write_text(json.dumps({"t_star": model.t_star, "preset": manifest.preset}, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from flowsr.core import images
+from flowsr.core.atomic import atomic_file
 from flowsr.core.sr_model import resize_to
 
 from .data import list_images
@@ -62,7 +62,5 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=["image", "method", "psnr", "ssim"])
     writer.writeheader()
     writer.writerows({**r, "psnr": f"{r['psnr']:.4f}", "ssim": f"{r['ssim']:.5f}"} for r in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(buffer.getvalue())
-    os.replace(staging, path)
+    with atomic_file(path, "w") as f:
+        f.write(buffer.getvalue())

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
+
+from flowsr.core.atomic import atomic_directory
 
 from .data import EpochKey
 
@@ -84,18 +84,9 @@ def _write_checkpoint(directory: Path, step: int, params: dict[str, nn.Parameter
     for index, moments in state["state"].items():
         for key, value in moments.items():
             tensors[f"optim/{index}/{key}"] = torch.as_tensor(value).cpu().contiguous()
-    staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         safetensors.torch.save_file(tensors, staging / "state.safetensors")
         (staging / "state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"]}))
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(staging, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _read_checkpoint(directory: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> int:
