@@ -28,40 +28,43 @@ def run_photos(args) -> int:
     return 0
 
 
+def _pretrain(args, objective_class, description: str):
+    """`train vae` and `train flow`: HR crops through the shared loop; rank 0 gets (model, manifest, dataset)."""
+    from .data import HRCrops
+    from .loop import distributed, run
+
+    model, manifest = _load_or_init(args)
+    dataset = HRCrops(args.data, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
+    run(objective_class(model), dataset, _loop_config(args), args.output, resume=not args.restart, description=description)
+    return (model.cpu().eval(), manifest, dataset) if distributed()[0] == 0 else None
+
+
 def run_vae(args) -> int:
     import torch
 
     from flowsr.core.model_dir import save_sr_model
 
-    from .data import HRCrops
-    from .loop import distributed, run
     from .pretrain import VAEObjective, calibrate_latents
 
-    model, manifest = _load_or_init(args)
-    dataset = HRCrops(args.data, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
-    run(VAEObjective(model), dataset, _loop_config(args), args.output, resume=not args.restart, description="train vae")
-    if distributed()[0] == 0:
-        model.cpu().eval()
+    trained = _pretrain(args, VAEObjective, "train vae")
+    if trained:
+        model, manifest, dataset = trained
         crops = torch.stack([dataset[i] for i in range(min(len(dataset), 64))])
-        shift, scale = calibrate_latents(model, crops)
-        manifest.latent_shift, manifest.latent_scale = shift, scale
+        manifest.latent_shift, manifest.latent_scale = calibrate_latents(model, crops)
         save_sr_model(model, manifest, Path(args.output) / "model", overwrite=True)
-        print(f"VAE trained; latent shift {shift:.4f}, scale {scale:.4f}; model directory: {Path(args.output) / 'model'}")
+        print(f"VAE trained; latent shift {manifest.latent_shift:.4f}, scale {manifest.latent_scale:.4f}; "
+              f"model directory: {Path(args.output) / 'model'}")
     return 0
 
 
 def run_flow(args) -> int:
     from flowsr.core.model_dir import save_sr_model
 
-    from .data import HRCrops
-    from .loop import distributed, run
     from .pretrain import FlowObjective
 
-    model, manifest = _load_or_init(args)
-    dataset = HRCrops(args.data, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
-    run(FlowObjective(model), dataset, _loop_config(args), args.output, resume=not args.restart, description="train flow")
-    if distributed()[0] == 0:
-        save_sr_model(model.cpu().eval(), manifest, Path(args.output) / "model", overwrite=True)
+    trained = _pretrain(args, FlowObjective, "train flow")
+    if trained:
+        save_sr_model(trained[0], trained[1], Path(args.output) / "model", overwrite=True)
         print(f"generative flow trained; model directory: {Path(args.output) / 'model'}")
     return 0
 
