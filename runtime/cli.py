@@ -124,6 +124,47 @@ def run_model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from flowsr.core.model_dir import ModelDirError, load_sr_model
+    from flowsr.export.onnx_export import ExportError, export_onnx, parse_dtype, parse_parts
+
+    out = Path(args.output) if args.output else Path(args.model) / "onnx" / args.dtype
+    try:
+        dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
+        if out.exists() and not args.overwrite:
+            raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
+        model, manifest = load_sr_model(args.model)
+        spec = export_onnx(model, out, dtype=dtype, parts=parts, opset=args.opset, manifest=manifest, overwrite=args.overwrite)
+    except (ModelDirError, ExportError) as err:
+        raise UsageError(str(err)) from None
+    for entry in spec["parts"].values():
+        check = entry["verification"]
+        if "psnr_db" in check:
+            status = f"onnxruntime vs torch {check['psnr_db']:.1f} dB PSNR (>= {check['min_psnr_db']:g}) on {' and '.join(check['inputs'])}"
+        else:
+            status = f"written and checked, not run: {check['skipped']}"
+        print(f"{out / entry['file']}: {status}")
+    return 0
+
+
+def run_export_trt(args: argparse.Namespace) -> int:
+    from flowsr.core.model_dir import ModelDirError, load_sr_model
+    from flowsr.export.onnx_export import ExportError, onnx_dir_for, parse_dtype, parse_parts
+    from flowsr.export.tensorrt_engine import EngineBuildError, TensorRTUnavailable, ensure_engine, require_tensorrt
+
+    try:
+        require_tensorrt()
+        dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
+        model, _ = load_sr_model(args.model)
+        folder = onnx_dir_for(model, dtype, args.opset, parts)
+        print(f"ONNX: {folder}")
+        for part in parts:
+            print(f"{part}: {ensure_engine(folder, part)}")
+    except (ModelDirError, ExportError, TensorRTUnavailable, EngineBuildError) as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowsr", description="One-step flow-matching super-resolution.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--vae-tile", type=int, default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
     sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     sr.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
-    sr.add_argument("--backend", default="torch", help="execution backend (default torch)")
+    sr.add_argument(
+        "--backend",
+        default="torch",
+        help="execution backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), onnxruntime (CPU or CUDA), "
+        "tensorrt (NVIDIA GPU); ONNX graphs and engines are made on first use and cached (default torch)",
+    )
     sr.add_argument("--format", default="png", choices=OUTPUT_FORMATS, help="output file format (default png)")
     sr.add_argument("--max-megapixels", type=float, default=100.0, help="refuse inputs or outputs larger than this (default 100)")
     sr.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
@@ -147,10 +193,27 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="model directories").add_subparsers(dest="model_command", required=True)
     init = model.add_parser("init", help="write an untrained model directory of a preset")
     init.add_argument("output", metavar="OUT")
-    init.add_argument("--preset", default="small", help="tiny, small or flux-dev (default small)")
+    # flux-dev is not offered: 12B random parameters help no one; its weights come from a FLUX.1-dev folder.
+    init.add_argument("--preset", default="small", choices=["tiny", "small"], help="default small")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     init.set_defaults(run=run_model_init)
+
+    export = commands.add_parser("export", help="ONNX graphs and TensorRT engines").add_subparsers(dest="export_command", required=True)
+    onnx = export.add_parser("onnx", help="export ONNX graphs with dynamic batch and size, verified against torch")
+    onnx.add_argument("model", metavar="MODEL_DIR")
+    onnx.add_argument("output", metavar="OUT", nargs="?", help="output folder (default MODEL_DIR/onnx/<dtype>)")
+    onnx.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="default float32")
+    onnx.add_argument("--parts", default="sr,encoder,transformer,decoder", help="comma-separated parts (default all four)")
+    onnx.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 22 for bfloat16)")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    onnx.set_defaults(run=run_export_onnx)
+    trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
+    trt.add_argument("model", metavar="MODEL_DIR")
+    trt.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="graph and engine precision (default float16)")
+    trt.add_argument("--parts", default="encoder,transformer,decoder", help="comma-separated parts (default the three stages)")
+    trt.add_argument("--opset", type=int, default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
+    trt.set_defaults(run=run_export_trt)
 
     from flowsr.training.cli import add_commands as add_train_commands, add_eval_command
 
