@@ -1,0 +1,100 @@
+"""Fold LoRA adapters into the base weights, so the deployed model needs no peft and no extra matmuls.
+
+Adapter folder (what AlloSR² training writes, what `merge_adapters` reads):
+
+    ADAPTERS/
+      adapters.json    {"t_star": 0.43, "preset": "small"}: the start time the adapters were trained
+                       with (it becomes the merged model's t*) and the preset of the base model
+      transformer/     peft LoRA of the FluxTransformer2DModel: adapter_config.json (a peft LoraConfig)
+                       and adapter_model.safetensors (peft's state dict of the module, keys relative to
+                       it, e.g. `transformer_blocks.0.attn.to_q.lora_A.weight`)
+      vae/             the same for the AutoencoderKL; its target modules lie in `encoder.` (the decoder
+                       is not tuned)
+
+Either part folder may be missing (that component was not tuned). Loading goes through diffusers'
+`PeftAdapterMixin` (`add_adapter`, which injects the peft layers) and peft's `set_peft_model_state_dict`;
+merging through `fuse_lora` (peft's `merge` on every LoRA layer) and `unload_lora` (the base layers replace
+the LoRA wrappers). In float32, merged and adapter models agree to float rounding: within
+`MERGE_TOLERANCE` on images in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import set_peft_model_state_dict
+
+from flowsr.core.model_dir import load_sr_model, save_sr_model
+from flowsr.core.sr_model import OneStepSR
+
+ADAPTERS_JSON = "adapters.json"
+ADAPTER_PARTS = ("transformer", "vae")
+MERGE_TOLERANCE = 1e-4  # max |merged - adapters| on decoded images, float32
+
+
+class MergeError(ValueError):
+    """Adapters that cannot be merged into this base model; the message says why."""
+
+
+@dataclass(frozen=True)
+class Adapters:
+    folder: Path
+    t_star: float
+    preset: str
+    parts: tuple[str, ...]  # the ADAPTER_PARTS present
+
+
+def read_adapters(folder: str | Path) -> Adapters:
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / ADAPTERS_JSON).read_text())
+        t_star, preset = float(meta["t_star"]), str(meta["preset"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MergeError(f"{folder} is not a flowsr adapter folder ({ADAPTERS_JSON} missing or invalid: {err})") from None
+    if not 0 < t_star < 1:
+        raise MergeError(f"{folder / ADAPTERS_JSON} has t_star {t_star}, outside (0, 1)")
+    parts = tuple(part for part in ADAPTER_PARTS if (folder / part / "adapter_config.json").is_file())
+    if not parts:
+        raise MergeError(f"{folder} holds no adapters: expected {' and/or '.join(f'{p}/adapter_config.json' for p in ADAPTER_PARTS)}")
+    return Adapters(folder, t_star, preset, parts)
+
+
+def attach_adapters(model: OneStepSR, adapters: Adapters) -> OneStepSR:
+    """Load the adapters into `model` (unmerged: base + LoRA layers) and set the t* they were trained with."""
+    for part in adapters.parts:
+        module = getattr(model, part)
+        folder = adapters.folder / part
+        module.add_adapter(LoraConfig.from_pretrained(folder))
+        state = safetensors.torch.load_file(folder / "adapter_model.safetensors")
+        try:
+            result = set_peft_model_state_dict(module, state)
+        except RuntimeError as err:  # shape mismatch: adapters of another architecture
+            raise MergeError(f"{folder} does not fit this base model's {part} ({str(err).strip().splitlines()[-1].strip()})") from None
+        missing = [key for key in result.missing_keys if "lora_" in key]
+        if result.unexpected_keys or missing:
+            first = (result.unexpected_keys or missing)[0]
+            raise MergeError(f"{folder} does not fit this base model's {part} (e.g. {first}); merge into the model it was trained on")
+    model.t_star = adapters.t_star
+    return model
+
+
+def merge_adapters(model_dir: str | Path, adapters_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Base model directory + adapters -> a merged model directory (written atomically) that loads without peft."""
+    adapters = read_adapters(adapters_dir)
+    if Path(out_dir).exists() and not overwrite:
+        raise MergeError(f"{out_dir} already exists; choose another path or pass overwrite=True")
+    model, manifest = load_sr_model(model_dir)
+    if adapters.preset != manifest.preset:
+        raise MergeError(f"the adapters in {adapters_dir} are for preset {adapters.preset!r}, but {model_dir} is {manifest.preset!r}")
+    attach_adapters(model, adapters)
+    for part in adapters.parts:
+        getattr(model, part).fuse_lora()
+        getattr(model, part).unload_lora()
+    if any(isinstance(module, BaseTunerLayer) for module in model.modules()):
+        raise MergeError("LoRA layers remained after merging; the installed peft/diffusers cannot unload them")
+    return save_sr_model(model, manifest, out_dir, overwrite=overwrite)

@@ -1,0 +1,102 @@
+"""TensorRT engines built from the exported ONNX parts (TensorRT 10 Python API), cached on disk.
+
+One engine per part with one optimization profile: the min/opt/max input shapes of the export spec. The
+precision is the ONNX dtype: float32 graphs build in float32 (TF32 off); float16 and bfloat16 graphs build
+strongly typed, so the engine keeps exactly the graph's types. Builds share a timing cache file per TensorRT
+version and GPU, so tactics timed once are not timed again. Engines live in `$FLOWSR_CACHE/tensorrt/` (default `~/.cache/flowsr`), keyed by the part's ONNX files' sha256, the
+shapes, the precision, the TensorRT version and the GPU name: the same inputs never build twice, and another
+GPU or TensorRT version builds its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from flowsr.core.atomic import atomic_file
+from flowsr.export.onnx_export import cache_root, read_spec
+
+
+class TensorRTUnavailable(RuntimeError):
+    """No TensorRT or no GPU here; the message says which and what to do."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse or build a graph."""
+
+
+def require_tensorrt():
+    """The tensorrt module, once a CUDA GPU and TensorRT 10 are known to be present."""
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("TensorRT needs an NVIDIA GPU and none is visible here (torch.cuda.is_available() is False)")
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable("TensorRT is not installed; pip install 'flowsr[gpu]' (tensorrt>=10)") from None
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old; flowsr builds engines with TensorRT 10 or newer")
+    return trt
+
+
+def build_engine(onnx_path: Path, input_name: str, shapes: dict, dtype: str, timing_cache: Path) -> bytes:
+    """Parse the ONNX file, build a serialized engine for one profile, and save the updated timing cache."""
+    trt = require_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0 if dtype == "float32" else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the path, so external weight files are found
+        errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors[0] if errors else 'no error reported'}")
+    config = builder.create_builder_config()
+    if dtype == "float32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # float32 means float32: the engine matches what onnxruntime verified
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
+    with atomic_file(timing_cache) as file:
+        file.write(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def engine_path(onnx_dir: Path, part: str) -> Path:
+    """Where the engine of `part` of this export lives for this GPU and TensorRT version (built or not)."""
+    trt = require_tensorrt()
+    spec = _spec(onnx_dir, part)
+    files = {name: sha for name, sha in spec["files"].items() if name.startswith(f"{part}.onnx")}  # graph + external weights
+    shapes = {key: spec["parts"][part]["input"][key] for key in ("min", "opt", "max")}
+    identity = [files, shapes, spec["dtype"], trt.__version__, torch.cuda.get_device_name()]
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / "tensorrt" / f"{part}-{spec['dtype']}-{key}.engine"
+
+
+def ensure_engine(onnx_dir: Path, part: str) -> Path:
+    """The cached engine of `part`, built first if this GPU and TensorRT version have none for these inputs."""
+    trt = require_tensorrt()
+    path = engine_path(onnx_dir, part)
+    if not path.is_file():
+        spec = _spec(onnx_dir, part)
+        gpu = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-")
+        timing_cache = path.parent / f"timing-{trt.__version__}-{gpu}.cache"
+        entry = spec["parts"][part]
+        engine = build_engine(onnx_dir / entry["file"], entry["input"]["name"], entry["input"], spec["dtype"], timing_cache)
+        with atomic_file(path) as file:
+            file.write(engine)
+    return path
+
+
+def _spec(onnx_dir: Path, part: str) -> dict:
+    spec = read_spec(onnx_dir)
+    if spec is None or part not in spec["parts"]:
+        raise EngineBuildError(f"{onnx_dir} has no complete ONNX export of the {part} part; run `flowsr export onnx` first")
+    return spec

@@ -1,0 +1,75 @@
+"""TensorRT engines and backend: built from the ONNX export, cached, CUDA graphs per shape; a clear line without a GPU."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from flowsr.core.model_dir import init_sr_model, save_sr_model
+from flowsr.export.onnx_export import psnr, reference_photo
+from flowsr.runtime.cli import main
+
+HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+needs_tensorrt = pytest.mark.skipif(
+    not HAVE_TENSORRT,
+    reason="TensorRT engines need an NVIDIA GPU and the tensorrt package (pip install 'flowsr[gpu]'); neither is required elsewhere",
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model, manifest = init_sr_model("tiny")
+    return save_sr_model(model, manifest, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """One cache for the module's engines, so each is built once."""
+    monkeypatch.setenv("FLOWSR_CACHE", str(tmp_path_factory.getbasetemp() / "tensorrt-test-cache"))
+
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="the error path is for machines without TensorRT or a GPU")
+def test_export_trt_without_tensorrt_is_one_clear_line(model_dir, capsys):
+    assert main(["export", "trt", str(model_dir)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowsr: error: TensorRT") and ("GPU" in lines[0] or "not installed" in lines[0])
+
+
+@needs_tensorrt
+def test_export_trt_builds_cached_engines_and_a_timing_cache(model_dir, tmp_path_factory, capsys):
+    from flowsr.export.onnx_export import cache_root
+
+    assert main(["export", "trt", str(model_dir), "--dtype", "float32"]) == 0
+    engines = sorted((cache_root() / "tensorrt").glob("*.engine"))
+    assert [e.name.split("-")[0] for e in engines] == ["decoder", "encoder", "transformer"]
+    assert list((cache_root() / "tensorrt").glob("timing-*.cache"))
+    built = {e: e.stat().st_mtime_ns for e in engines}
+    assert main(["export", "trt", str(model_dir), "--dtype", "float32"]) == 0  # cached: nothing is rebuilt
+    assert {e: e.stat().st_mtime_ns for e in engines} == built
+
+
+@needs_tensorrt
+@pytest.mark.parametrize("dtype,min_psnr", [("float32", 50.0), ("float16", 35.0)])
+def test_tensorrt_backend_matches_torch_tiled(model_dir, dtype, min_psnr):
+    from flowsr.runtime.super_resolver import SuperResolver
+
+    settings = {"device": "cuda", "dtype": dtype, "tile": 128, "overlap": 32, "vae_tile": 256}
+    lr = reference_photo(2, 48, 72).cuda()
+    expected = SuperResolver(model_dir, backend="torch", **settings).upscale_tensor(lr)
+    assert psnr(expected, SuperResolver(model_dir, backend="tensorrt", **settings).upscale_tensor(lr)) >= min_psnr
+
+
+@needs_tensorrt
+def test_cuda_graphs_replay_per_shape(model_dir):
+    """Alternating shapes replays each shape's graph with its own bindings: same results as the first calls."""
+    from flowsr.core.model_dir import load_sr_model
+    from flowsr.runtime.backend_tensorrt import TensorRTBackend
+
+    model, _ = load_sr_model(model_dir)
+    backend = TensorRTBackend(model, torch.device("cuda"), torch.float32)
+    a, b = reference_photo(1, 64, 64).cuda(), reference_photo(2, 96, 64).cuda()
+    first_a, first_b = backend.encode(a), backend.encode(b)
+    assert torch.equal(backend.encode(a), first_a) and torch.equal(backend.encode(b), first_b)
+    assert len(backend.encode.graphs) == 2
+    with pytest.raises(RuntimeError, match="outside the engine's profile"):
+        backend.encode(reference_photo(5, 64, 64).cuda())  # the profile's largest batch is 4
