@@ -1,0 +1,123 @@
+"""Backends behind one interface: compile and onnxruntime give the torch backend's image; tensorrt says when it cannot run."""
+
+import contextlib
+import importlib.util
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from flowsr.core.model_dir import load_sr_model
+from flowsr.export.onnx_export import SPEC, STAGE_PARTS, model_sha256, onnx_dir_for, psnr, read_spec, reference_photo
+from flowsr.runtime.cli import main
+from flowsr.runtime.super_resolver import SuperResolver
+
+MIN_PSNR_DB = 50.0  # any backend vs eager torch, float32, through SuperResolver
+HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model directory with its three stages exported by `flowsr export onnx` (and what the command printed)."""
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    assert main(["model", "init", "--preset", "tiny", str(path)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", "onnx", str(path), "--parts", ",".join(STAGE_PARTS)]) == 0
+    return path, printed.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def model_dir(exported):
+    return exported[0]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Exports made on first use go to this test's own cache folder."""
+    monkeypatch.setenv("FLOWSR_CACHE", str(tmp_path / "cache"))
+
+
+def upscale(model_dir, backend, lr, **settings):
+    return SuperResolver(model_dir, backend=backend, device="cpu", dtype="float32", **settings).upscale_tensor(lr)
+
+
+def test_export_command_prints_its_verification(exported):
+    path, lines = exported
+    spec = read_spec(path / "onnx" / "float32")
+    assert set(spec["parts"]) == set(STAGE_PARTS) and len(lines) == len(STAGE_PARTS)
+    for name, line in zip(STAGE_PARTS, lines):
+        assert line.startswith(f"{path / 'onnx' / 'float32' / name}.onnx: onnxruntime vs torch ")
+        recorded = spec["parts"][name]["verification"]["psnr_db"]
+        assert recorded >= 50 and f" vs torch {recorded:.1f} dB PSNR (>= 50)" in line
+
+
+@pytest.mark.parametrize("settings", [{"tile": 0, "vae_tile": 0}, {"tile": 128, "overlap": 32, "vae_tile": 256}], ids=["whole", "tiled"])
+def test_onnxruntime_matches_torch(model_dir, settings):
+    lr = reference_photo(2, 48, 72)  # x4: 192x288 output, several tiles in the tiled run
+    resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32", **settings)
+    assert resolver.backend.folder == model_dir / "onnx" / "float32"  # the directory's own export, no re-export
+    assert psnr(upscale(model_dir, "torch", lr, **settings), resolver.upscale_tensor(lr)) >= MIN_PSNR_DB
+
+
+def test_sr_command_with_onnxruntime_backend(model_dir, tmp_path, capsys):
+    photo = (reference_photo(1, 40, 56)[0].permute(1, 2, 0).numpy() + 1) * 127.5
+    Image.fromarray(photo.round().astype(np.uint8)).save(tmp_path / "photo.png")
+    for backend in ("torch", "onnxruntime"):
+        argv = ["sr", str(tmp_path / "photo.png"), "-o", str(tmp_path / backend), "--model", str(model_dir), "--backend", backend, "--device", "cpu"]
+        assert main(argv) == 0
+    eager, onnx = (np.asarray(Image.open(tmp_path / backend / "photo.png")).astype(int) for backend in ("torch", "onnxruntime"))
+    assert eager.shape == onnx.shape == (160, 224, 3)
+    assert np.abs(eager - onnx).max() <= 1  # 8-bit rounding is the only difference
+    assert not (tmp_path / "cache").exists()
+
+
+def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path):
+    model, _ = load_sr_model(model_dir)
+    with torch.no_grad():
+        model.vae.encoder.conv_in.bias.add_(0.1)  # other weights: the directory's export does not apply
+    digest = model_sha256(model)
+    folder = onnx_dir_for(model, torch.float32, parts=("encoder",))
+    assert folder == tmp_path / "cache" / "onnx" / f"{digest[:16]}-float32-opset20"
+    assert read_spec(folder)["model_sha256"] == digest
+    written = (folder / SPEC).stat().st_mtime_ns
+    model, _ = load_sr_model(model_dir)
+    with torch.no_grad():
+        model.vae.encoder.conv_in.bias.add_(0.1)
+    assert onnx_dir_for(model, torch.float32, parts=("encoder",)) == folder  # found again, not re-exported
+    assert (folder / SPEC).stat().st_mtime_ns == written
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging folders left behind
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="the error path is for a CPU-only onnxruntime")
+def test_onnxruntime_on_cuda_needs_the_cuda_provider(model_dir, tmp_path):
+    with pytest.raises(RuntimeError, match="no CUDAExecutionProvider"):
+        SuperResolver(model_dir, backend="onnxruntime", device=torch.device("cuda"), dtype="float32")
+    assert not (tmp_path / "cache").exists()  # refused before exporting anything
+
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="the error path is for machines without TensorRT or a GPU")
+def test_tensorrt_without_gpu_is_one_clear_line(model_dir, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    assert main(["sr", str(photo), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "tensorrt"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowsr: error")]
+    assert len(lines) == 1 and ("GPU" in lines[0] or "not installed" in lines[0])
+
+
+@pytest.mark.slow
+def test_compile_matches_torch_and_reuses_its_graphs(model_dir):
+    """Inductor on CPU; with fixed tiles, a second image of another size compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    settings = {"scale": 2, "tile": 64, "overlap": 32, "vae_tile": 64}
+    resolver = SuperResolver(model_dir, backend="compile", device="cpu", dtype="float32", **settings)
+    first = reference_photo(1, 48, 64)
+    assert psnr(upscale(model_dir, "torch", first, **settings), resolver.upscale_tensor(first)) >= MIN_PSNR_DB
+    compiled = counters["stats"]["unique_graphs"]
+    second = reference_photo(1, 64, 40)
+    assert psnr(upscale(model_dir, "torch", second, **settings), resolver.upscale_tensor(second)) >= MIN_PSNR_DB
+    assert counters["stats"]["unique_graphs"] == compiled
