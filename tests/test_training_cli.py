@@ -58,6 +58,9 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     adapters = tmp_path / "sr" / "adapters"
     assert (adapters / "transformer" / "adapter_model.safetensors").is_file()
     assert json.loads((adapters / "adapters.json").read_text())["t_star"] == pytest.approx(t_star)
+    merged, manifest = load_sr_model(tmp_path / "sr" / "model")
+    assert manifest.trained and merged.t_star == pytest.approx(t_star)
+    assert not any("lora" in name for name in merged.state_dict())
 
 
 def test_eval_scores_bicubic_and_models(photos, tmp_path, capsys):

@@ -92,7 +92,8 @@ def run_estimate_tstar(args) -> int:
 
 
 def run_allosr2(args) -> int:
-    from flowsr.core.model_dir import load_sr_model
+    from flowsr.core.model_dir import load_sr_model, update_manifest
+    from flowsr.export.merge import merge_adapters
 
     from .allosr2 import LORA_PRESETS, AlloSR2Objective, LoraSettings, LossWeights, add_lora, save_adapters
     from .loop import distributed, run
@@ -110,7 +111,9 @@ def run_allosr2(args) -> int:
     run(objective, _sr_pairs(args), _loop_config(args), args.output, resume=not args.restart, description="train allosr2")
     if distributed()[0] == 0:
         adapters = save_adapters(model.cpu(), Path(args.output) / "adapters", manifest)
-        print(f"LoRA adapters: {adapters}")
+        merged = merge_adapters(args.model, adapters, Path(args.output) / "model", overwrite=True)
+        update_manifest(merged, trained=True, scale_factors=[args.scale])
+        print(f"LoRA adapters: {adapters}; merged model directory: {merged}")
     return 0
 
 
