@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import atomic_file
+from .errors import FlowsrError
 
 ORIENTATION = 0x0112  # EXIF tag
 
@@ -40,7 +41,7 @@ _MAX_SIDE = {"JPEG": 65500, "WEBP": 16383}  # beyond these the encoders fail wit
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, cv2.error)
 
 
-class ImageError(ValueError):
+class ImageError(FlowsrError):
     """An image file that cannot be read or written; the one-line message omits the path, which callers prefix."""
 
 

@@ -14,6 +14,7 @@ import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
+from .errors import FlowsrError
 from .atomic import atomic_directory, atomic_file
 from .presets import Preset, build_transformer, build_vae, get_preset
 from .sr_model import OneStepSR
@@ -23,7 +24,7 @@ TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 FORMAT_VERSION = 1
 
 
-class ModelDirError(ValueError):
+class ModelDirError(FlowsrError):
     """A model directory that cannot be used; the message says what to do."""
 
 

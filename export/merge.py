@@ -29,6 +29,7 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import set_peft_model_state_dict
 
+from flowsr.core.errors import FlowsrError
 from flowsr.core.model_dir import load_sr_model, save_sr_model
 from flowsr.core.sr_model import OneStepSR
 
@@ -37,7 +38,7 @@ ADAPTER_PARTS = ("transformer", "vae")
 MERGE_TOLERANCE = 1e-4  # max |merged - adapters| on decoded images, float32
 
 
-class MergeError(ValueError):
+class MergeError(FlowsrError):
     """Adapters that cannot be merged into this base model; the message says why."""
 
 

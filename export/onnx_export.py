@@ -31,6 +31,7 @@ from torch import nn
 from torch.export import Dim
 
 from flowsr.core.atomic import atomic_directory
+from flowsr.core.errors import FlowsrError
 from flowsr.core.latents import PATCH
 from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
@@ -49,7 +50,7 @@ MIN_PSNR_DB = {torch.float32: 50.0, torch.float16: 40.0, torch.bfloat16: 30.0}
 VERIFY_SIZES = ((1, 128, 128), (2, 96, 160))  # (batch, height, width) in output pixels: two sizes, two batches
 
 
-class ExportError(ValueError):
+class ExportError(FlowsrError):
     """An export that cannot be done or did not verify; the message says what to do."""
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flowsr.core.errors import FlowsrError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
 
@@ -228,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UsageError as err:
         print(f"flowsr: error: {err}", file=sys.stderr)
+        return 2
+    except FlowsrError as err:  # bad data, model or adapter folders met by train/eval/export
+        print(f"flowsr: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flowsr: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from flowsr.core import images
+from flowsr.core.errors import FlowsrError
 from flowsr.core.sr_model import resize_to
 
 from .degradations import DegradationConfig, degrade
@@ -24,7 +25,7 @@ from .degradations import DegradationConfig, degrade
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
 
-class DataError(ValueError):
+class DataError(FlowsrError):
     """A dataset that cannot be used; the message names the file or folder and what to do."""
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from flowsr.core.atomic import atomic_directory
 
-from .data import EpochKey
+from .data import DataError, EpochKey
 
 
 @dataclass
@@ -45,7 +45,7 @@ class StepBatchSampler(Sampler):
     def __init__(self, length: int, batch_size: int, seed: int, rank: int, world: int, start_step: int, steps: int):
         per_rank = length // world
         if per_rank < batch_size:
-            raise ValueError(f"the dataset has {length} samples: too few for {world} process(es) x batch {batch_size}")
+            raise DataError(f"the dataset has {length} samples: too few for {world} process(es) x batch {batch_size}")
         self.length, self.batch_size, self.seed, self.rank, self.world = length, batch_size, seed, rank, world
         self.batches_per_epoch = per_rank // batch_size
         self.start_step, self.steps = start_step, steps
