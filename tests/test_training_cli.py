@@ -80,7 +80,7 @@ def test_eval_scores_bicubic_and_models(photos, tmp_path, capsys):
 def test_bad_training_input_is_one_line(photos, tmp_path, capsys):
     assert main(["train", "vae", "--preset", "tiny", "--data", str(tmp_path / "missing"), "-o", str(tmp_path / "run")]) == 2
     assert main(["train", "allosr2", str(tmp_path / "missing"), "--data", str(photos), "-o", str(tmp_path / "run")]) == 2
-    assert main(["train", "vae", "--preset", "tiny", "--data", str(photos), "-o", str(tmp_path / "run"), "--repeats", "1", "--batch-size", "4"]) == 2
+    assert main(["train", "vae", "--preset", "tiny", "--data", str(photos), "-o", str(tmp_path / "run"), "--crop", "32", "--repeats", "1", "--batch-size", "4"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("flowsr: error: ") for line in lines)
     assert "not a folder" in lines[0] and "does not exist" in lines[1] and "too few" in lines[2]
