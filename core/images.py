@@ -22,6 +22,8 @@ from .atomic import atomic_file
 from .errors import FlowsrError
 
 ORIENTATION = 0x0112  # EXIF tag
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what folders are searched for
+NO_IMAGES = f"no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})"
 
 # EXIF orientation -> the array operation that displays the image upright (as PIL.ImageOps.exif_transpose).
 _UPRIGHT = {
@@ -153,6 +155,16 @@ def _scale(dtype: np.dtype) -> float:
     raise ValueError(f"expected uint8 or uint16 pixels, got {dtype}")
 
 
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under `folder`, recursively and sorted, hidden files skipped (an empty list if none)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def to_unit_float(array: np.ndarray) -> np.ndarray:
+    """uint8/uint16 pixels -> float32 in [0, 1]."""
+    return np.ascontiguousarray(array, dtype=np.float32) / _scale(array.dtype)
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """HWC uint8/uint16 RGB -> float32 (1, 3, H, W) in [-1, 1]."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -217,16 +229,16 @@ def _encode(picture: Picture, fmt: str, f: BinaryIO) -> None:
             raise ImageError(f"OpenCV could not encode the image as {fmt}")
         f.write(encoded.tobytes())
         return
-    rgb = _to_8bit(picture.rgb)
+    rgb = to_8bit(picture.rgb)
     if fmt == "JPEG":  # JPEG has no alpha: it is dropped
         Image.fromarray(rgb).save(f, "JPEG", quality=95, subsampling=0)  # 4:4:4: keep restored chroma detail
         return
-    pixels = rgb if picture.alpha is None else np.dstack([rgb, _to_8bit(picture.alpha)])
+    pixels = rgb if picture.alpha is None else np.dstack([rgb, to_8bit(picture.alpha)])
     # WebP: lossless, and exact=True keeps the RGB under fully transparent pixels instead of discarding it.
     Image.fromarray(pixels).save(f, fmt, **({"lossless": True, "exact": True} if fmt == "WEBP" else {}))
 
 
-def _to_8bit(a: np.ndarray) -> np.ndarray:
+def to_8bit(a: np.ndarray) -> np.ndarray:
     """Round 16-bit levels to the nearest 8-bit level (x / 257), for formats that only hold 8 bit."""
     if a.dtype == np.uint8:
         return a

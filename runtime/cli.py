@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 from flowsr.core.errors import FlowsrError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
 
 
@@ -29,13 +28,15 @@ class UsageError(Exception):
 
 def _collect_inputs(paths: list[str], out_dir: Path, out_format: str) -> tuple[list[tuple[Path, Path]], int]:
     """Pair every input file with its output path; named files are always tried, folders contribute their images."""
+    from flowsr.core import images
+
     jobs, failures, claimed = [], 0, {}
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            found = images.find_images(path)
             if not found:
-                _error(f"{path}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                _error(f"{path}: {images.NO_IMAGES}")
                 failures += 1
             pairs = [(p, out_dir / p.relative_to(path).with_suffix(f".{out_format}")) for p in found]
         elif path.is_file():

@@ -22,7 +22,6 @@ from flowsr.core.sr_model import resize_to
 
 from .degradations import DegradationConfig, degrade
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
 
 class DataError(FlowsrError):
@@ -33,9 +32,9 @@ def list_images(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of images")
-    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    found = images.find_images(root)
     if not found:
-        raise DataError(f"{root}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(f"{root}: {images.NO_IMAGES}")
     return found
 
 
@@ -62,11 +61,6 @@ def _dihedral(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.nda
     """The same random flip and 90-degree rotation for every array of a sample."""
     flip, turns = rng.integers(2), int(rng.integers(4))
     return [np.rot90(a[:, ::-1] if flip else a, turns) for a in arrays]
-
-
-def _to_float(array: np.ndarray) -> np.ndarray:
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0
-    return np.ascontiguousarray(array, dtype=np.float32) / scale
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -124,7 +118,7 @@ class HRCrops(_EpochDataset):
             rgb = images.read_image(path).rgb
         except images.ImageError as err:
             raise DataError(f"{path}: {err}") from None
-        image = _to_float(rgb)
+        image = images.to_unit_float(rgb)
         if self.max_side and max(image.shape[:2]) > self.max_side:
             factor = self.max_side / max(image.shape[:2])
             size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
@@ -196,5 +190,5 @@ class PairedFolders(_EpochDataset):
         hr = hr[top : top + self.crop, left : left + self.crop]
         small = self.crop // factor
         lr = lr[top // factor : top // factor + small, left // factor : left // factor + small]
-        lr, hr = _dihedral([_to_float(lr), _to_float(hr)], rng)
+        lr, hr = _dihedral([images.to_unit_float(lr), images.to_unit_float(hr)], rng)
         return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)

@@ -33,8 +33,7 @@ def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, 
     rows = []
     for index, path in enumerate(list_images(hr_root)):
         hr = images.read_image(path).rgb
-        if hr.dtype != np.uint8:
-            hr = (hr.astype(np.float32) / 257).round().astype(np.uint8)
+        hr = images.to_8bit(hr)
         height, width = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
         hr = np.ascontiguousarray(hr[:height, :width])
         lr = degrade(hr.astype(np.float32) / 255, scale, seed=seed + index, config=config)
