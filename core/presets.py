@@ -36,7 +36,7 @@ class Preset:
         return self.vae["latent_channels"]
 
 
-def _vae(block_out_channels, layers_per_block, latent_channels, norm_num_groups, shift, scale, sample_size):
+def _vae(block_out_channels, layers_per_block, latent_channels, norm_num_groups, shift, scale, sample_size, mid_attention=True):
     depth = len(block_out_channels)
     return {
         "in_channels": 3,
@@ -54,7 +54,7 @@ def _vae(block_out_channels, layers_per_block, latent_channels, norm_num_groups,
         "force_upcast": True,
         "use_quant_conv": False,
         "use_post_quant_conv": False,
-        "mid_block_add_attention": True,
+        "mid_block_add_attention": mid_attention,
     }
 
 
@@ -85,7 +85,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         name="small",
-        vae=_vae((32, 64, 128, 128), 1, 16, 32, shift=0.1159, scale=0.3611, sample_size=512),
+        vae=_vae((32, 64, 128), 1, 16, 32, shift=0.1159, scale=0.3611, sample_size=512, mid_attention=False),
         transformer=_transformer(16, 2, 4, 4, 64, (16, 24, 24), 256, 256, guidance=False),
         text_tokens=8,
         guidance=None,

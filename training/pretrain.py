@@ -55,6 +55,14 @@ class FlowObjective(nn.Module):
 
 
 @torch.no_grad()
+def narrow_posterior(vae, log_variance: float = -6.0) -> None:
+    """Start a fresh VAE with a small posterior std: at log-variance 0 the sampled latent is mostly noise and the
+    decoder stalls for hundreds of steps until the encoder learns to shrink it."""
+    channels = vae.config.latent_channels
+    vae.encoder.conv_out.bias[channels:].fill_(log_variance)
+
+
+@torch.no_grad()
 def calibrate_latents(model: OneStepSR, crops: torch.Tensor, batch_size: int = 16) -> tuple[float, float]:
     """Set the VAE's shift/scale so normalized latents have mean 0 and std 1 over `crops`; returns (shift, scale)."""
     raw = torch.cat([model.vae.encode(part).latent_dist.mode().float() for part in crops.split(batch_size)])
