@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from flowsr.core import images
@@ -19,7 +18,8 @@ from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
 from flowsr.core.sr_model import OneStepSR, resize_to
 
 from .backends import create_backend
-from .tiling import tiled_map
+from .default_models import default_sr_model
+from .tiling import pad_to_multiple, tiled_map
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
 
@@ -43,7 +43,7 @@ class SuperResolver:
 
     def __init__(
         self,
-        model: str | Path | OneStepSR,
+        model: str | Path | OneStepSR | None = None,
         *,
         scale: float = 4.0,
         device: str | torch.device | None = None,
@@ -58,6 +58,8 @@ class SuperResolver:
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(self.device)
+        if model is None:
+            model = default_sr_model()
         if isinstance(model, (str, Path)):
             model, manifest = load_sr_model(model)
         self.manifest = manifest
@@ -105,7 +107,7 @@ class SuperResolver:
         out_h, out_w = self.output_size(lr.shape[2], lr.shape[3])
         x = lr.to(self.device, torch.float32)
         x = resize_to(x, out_h, out_w)
-        x = _pad_to_multiple(x, self.stride)
+        x = pad_to_multiple(x, self.stride)
         f = self.latent_factor
         z = tiled_map(x, self.backend.encode, self.vae_tile, self.overlap, scale=1 / f)
         raw = tiled_map(z, self.backend.restore, self.tile // f, self.overlap // f)
@@ -170,15 +172,6 @@ def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     return names[dtype]
-
-
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right to a multiple of the stride; reflection avoids a dark border, replicate covers tiny images."""
-    pad_h, pad_w = -x.shape[2] % multiple, -x.shape[3] % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < x.shape[2] and pad_w < x.shape[3] else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def _to_picture(item) -> images.Picture:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data
 
-from flowsr.core.model_dir import Manifest
+from flowsr.core.model_dir import Manifest, load_sr_model
+from flowsr.runtime import default_models
 from flowsr.runtime.cli import main
 
 
@@ -46,10 +48,26 @@ def test_model_init_is_labelled_untrained(model_dir, capsys):
     assert len(lines) == 1 and "already exists" in lines[0] and "--overwrite" in lines[0]
 
 
-def test_sr_without_model_says_so(photos, tmp_path, capsys):
+def test_sr_without_packaged_model_says_so(photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(default_models, "DEFAULT_SR_MODEL", tmp_path / "missing")
     assert main(["sr", str(photos), "-o", str(tmp_path / "out")]) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and "--model" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_convert_to_float16(model_dir, tmp_path):
+    half = tmp_path / "half"
+    assert main(["model", "convert", str(model_dir), str(half)]) == 0
+    weights = "transformer/diffusion_pytorch_model.safetensors"
+    assert (half / weights).stat().st_size < 0.6 * (model_dir / weights).stat().st_size
+    assert Manifest.read(half).t_star == Manifest.read(model_dir).t_star
+    reference, _ = load_sr_model(model_dir)
+    converted, _ = load_sr_model(half)  # loaded back as float32
+    image = torch.from_numpy(data.astronaut()[:64, :64]).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        error = (converted(image) - reference(image)).abs().max().item()
+    assert 0 < error < 0.02  # fp16 rounding of the weights, nothing more
 
 
 def test_sr_folder_and_files(model_dir, photos, tmp_path, capsys):
