@@ -8,15 +8,23 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import diffusers
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DModel
 
-from .errors import FlowsrError
 from .atomic import atomic_directory, atomic_file
+from .degradation_model import (
+    DegradationModel,
+    DegradationPreset,
+    build_degradation_model,
+    get_degradation_preset,
+)
+from .errors import FlowsrError
 from .presets import Preset, build_transformer, build_vae, get_preset
+from .rae import ResidualAutoencoder
 from .sr_model import OneStepSR
 
 MANIFEST = "flowsr.json"
@@ -28,9 +36,39 @@ class ModelDirError(FlowsrError):
     """A model directory that cannot be used; the message says what to do."""
 
 
+class _ManifestFile:
+    """`flowsr.json`: what a model directory holds, read with a one-line error for anything unusable."""
+
+    KIND: ClassVar[str]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def read(cls, directory: Path):
+        path = Path(directory) / MANIFEST
+        if not Path(directory).is_dir():
+            raise ModelDirError(f"model directory {directory} does not exist")
+        if not path.is_file():
+            raise ModelDirError(f"{directory} is not a flowsr model directory (no {MANIFEST}); create one with `flowsr model init`")
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and data.get("kind", cls.KIND) != cls.KIND:
+                raise ModelDirError(f"{directory} holds a {data['kind']!r} model, not a {cls.KIND!r} model; pass the matching model directory")
+            manifest = cls(**data)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ModelDirError(f"{path} is not a valid manifest ({err}); re-create the model directory") from None
+        if manifest.format > FORMAT_VERSION:
+            raise ModelDirError(f"{path} has format {manifest.format}, newer than this flowsr reads ({FORMAT_VERSION}); upgrade flowsr")
+        return manifest
+
+
 @dataclass
-class Manifest:
-    kind: str  # "sr" (one-step super-resolution)
+class Manifest(_ManifestFile):
+    """A one-step super-resolution model directory."""
+
+    KIND: ClassVar[str] = "sr"
+    kind: str
     preset: str
     t_star: float
     latent_shift: float
@@ -43,24 +81,21 @@ class Manifest:
     created: str = ""
     format: int = FORMAT_VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
 
-    @classmethod
-    def read(cls, directory: Path) -> Manifest:
-        path = Path(directory) / MANIFEST
-        if not Path(directory).is_dir():
-            raise ModelDirError(f"model directory {directory} does not exist")
-        if not path.is_file():
-            raise ModelDirError(f"{directory} is not a flowsr model directory (no {MANIFEST}); create one with `flowsr model init`")
-        try:
-            data = json.loads(path.read_text())
-            manifest = cls(**data)
-        except (json.JSONDecodeError, TypeError) as err:
-            raise ModelDirError(f"{path} is not a valid manifest ({err}); re-create the model directory") from None
-        if manifest.format > FORMAT_VERSION:
-            raise ModelDirError(f"{path} has format {manifest.format}, newer than this flowsr reads ({FORMAT_VERSION}); upgrade flowsr")
-        return manifest
+@dataclass
+class DegradationManifest(_ManifestFile):
+    """A DegFlow degradation model directory: RAE and velocity UNet, the knot scales it was trained on."""
+
+    KIND: ClassVar[str] = "degradation"
+    kind: str
+    preset: str
+    s_max: float
+    knot_scales: list[float]
+    trained: bool
+    stride: int
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    format: int = FORMAT_VERSION
 
 
 def _versions() -> dict:
@@ -146,3 +181,39 @@ def update_manifest(directory: str | Path, **fields) -> Manifest:
     with atomic_file(directory / MANIFEST, "w") as f:
         f.write(manifest.to_json())
     return manifest
+
+
+def init_degradation_model(preset: DegradationPreset | str, seed: int = 0) -> tuple[DegradationModel, DegradationManifest]:
+    """An untrained DegFlow model with random weights (tests, the start of training)."""
+    preset = get_degradation_preset(preset) if isinstance(preset, str) else preset
+    torch.manual_seed(seed)
+    model = build_degradation_model(preset)
+    manifest = DegradationManifest(kind="degradation", preset=preset.name, s_max=model.s_max, knot_scales=list(model.knot_scales),
+                                   trained=False, stride=model.stride)
+    return model.eval(), manifest
+
+
+def save_degradation_model(model: DegradationModel, manifest: DegradationManifest, directory: str | Path, overwrite: bool = False) -> Path:
+    directory = Path(directory)
+    if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
+        raise ModelDirError(f"{directory} already exists; choose another path or pass --overwrite")
+    manifest.versions = _versions()
+    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with atomic_directory(directory) as staging:
+        model.rae.save_pretrained(staging / "rae", safe_serialization=True)
+        model.unet.save_pretrained(staging / "unet", safe_serialization=True)
+        (staging / MANIFEST).write_text(manifest.to_json())
+    return directory
+
+
+def load_degradation_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[DegradationModel, DegradationManifest]:
+    directory = Path(directory)
+    manifest = DegradationManifest.read(directory)
+    try:
+        rae = ResidualAutoencoder.from_pretrained(directory, subfolder="rae", use_safetensors=True, torch_dtype=dtype)
+        unet = UNet2DModel.from_pretrained(directory, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
+    except (OSError, EnvironmentError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line}); re-create or re-download it") from None
+    model = DegradationModel(rae, unet, manifest.knot_scales, manifest.s_max)
+    return model.to(device).eval(), manifest

@@ -157,14 +157,19 @@ def parse_parts(text: str) -> tuple[str, ...]:
     return names
 
 
-def model_sha256(model: OneStepSR) -> str:
-    """Content hash of the weights and of the constants baked into the graphs (t*, guidance, normalization)."""
-    digest = hashlib.sha256(json.dumps([model.t_star, model.guidance, model.normalization.shift, model.normalization.scale]).encode())
-    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+def weights_sha256(module: nn.Module, constants: list) -> str:
+    """Content hash of the weights and of the constants baked into the graphs."""
+    digest = hashlib.sha256(json.dumps(constants).encode())
+    for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def model_sha256(model: OneStepSR) -> str:
+    """The SR graphs bake in t*, guidance and the latent normalization besides the weights."""
+    return weights_sha256(model, [model.t_star, model.guidance, model.normalization.shift, model.normalization.scale])
 
 
 def file_sha256(path: Path) -> str:

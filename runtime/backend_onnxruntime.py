@@ -15,7 +15,10 @@ import onnxruntime as ort
 import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
+from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.sr_model import OneStepSR
+from flowsr.export.degrader_onnx import FILE as DEGRADER_FILE
+from flowsr.export.degrader_onnx import degrader_onnx_dir
 from flowsr.export.onnx_export import ONNX_ELEMENT_TYPES, PARTS, Geometry, Part, dtype_name, onnx_dir_for
 
 
@@ -86,3 +89,33 @@ class OnnxRuntimeBackend:
             )
         except OnnxRuntimeUnavailable as err:
             raise OnnxRuntimeUnavailable(f"{err}; use another --dtype or backend") from None
+
+
+class DegraderSession:
+    """The exported single-NFE degradation graph, `(hr, r) -> degraded`, bound to torch tensors like `OnnxPart`."""
+
+    def __init__(self, model: DegradationModel, device: torch.device, dtype: torch.dtype):
+        providers = providers_for(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.folder = degrader_onnx_dir(model, dtype)
+        self.device, self.dtype, self.element_type = device, dtype, ONNX_ELEMENT_TYPES[dtype]
+        try:
+            self.session = ort.InferenceSession(str(self.folder / DEGRADER_FILE), session_options(), providers=providers)
+        except (ort_errors.NotImplemented, ort_errors.InvalidGraph) as err:
+            raise OnnxRuntimeUnavailable(f"onnxruntime's {device.type} provider cannot run the {dtype_name(dtype)} degrader graph "
+                                         f"({str(err).strip().splitlines()[0]}); use another --dtype or backend") from None
+
+    def __call__(self, hr: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        hr = hr.to(self.device, self.dtype).contiguous()
+        r = r.to(self.device, torch.float32).contiguous()
+        out = torch.empty_like(hr)
+        binding, index = self.session.io_binding(), self.device.index or 0
+        binding.bind_input("hr", self.device.type, index, self.element_type, tuple(hr.shape), hr.data_ptr())
+        binding.bind_input("r", self.device.type, index, ONNX_ELEMENT_TYPES[torch.float32], tuple(r.shape), r.data_ptr())
+        binding.bind_output("degraded", self.device.type, index, self.element_type, tuple(out.shape), out.data_ptr())
+        try:
+            self.session.run_with_iobinding(binding)
+        except (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.RuntimeException) as err:
+            raise RuntimeError(f"onnxruntime failed on the degrader graph: {str(err).strip().splitlines()[0]}") from None
+        return out

@@ -1,4 +1,4 @@
-"""The `flowsr` command line: `flowsr sr`, `flowsr model init`.
+"""The `flowsr` command line: `flowsr sr`, `flowsr degrade`, `flowsr model`, `flowsr export` (and `train`, `eval`).
 
 Every failure is one line on stderr naming what failed and what to do; one bad file never stops the others,
 and the exit code says whether any failed (0 all done, 1 some failed, 2 nothing could start).
@@ -58,18 +58,16 @@ def _collect_inputs(paths: list[str], out_dir: Path, out_format: str) -> tuple[l
 
 def run_sr(args: argparse.Namespace) -> int:
     from flowsr.core import images
-    from flowsr.core.model_dir import ModelDirError, Manifest
+    from flowsr.core.model_dir import Manifest, ModelDirError
+    from flowsr.runtime.default_models import default_sr_model
     from flowsr.runtime.super_resolver import SuperResolver
 
-    if args.model is None:
-        raise UsageError(
-            "no trained default model ships with this version yet; pass --model DIR "
-            "(`flowsr model init --preset small DIR` makes an untrained one for testing)"
-        )
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output {out_dir} exists and is not a folder; choose a folder for -o")
     try:
+        if args.model is None:
+            args.model = default_sr_model()
         if not Manifest.read(args.model).trained:
             _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
         resolver = SuperResolver(
@@ -116,20 +114,56 @@ def run_sr(args: argparse.Namespace) -> int:
 
 
 def run_model_init(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import ModelDirError, init_sr_model, save_sr_model
+    from flowsr.core.model_dir import ModelDirError, init_degradation_model, init_sr_model, save_degradation_model, save_sr_model
 
     try:
-        model, manifest = init_sr_model(args.preset, seed=args.seed)
-        save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
+        if args.kind == "degradation":
+            model, manifest = init_degradation_model(args.preset, seed=args.seed)
+            save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
+        else:
+            model, manifest = init_sr_model(args.preset, seed=args.seed)
+            save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
     except (ModelDirError, ValueError) as err:
         raise UsageError(str(err)) from None
     print(f"wrote an UNTRAINED {args.preset} model (random weights, for tests and benchmarks) to {args.output}")
     return 0
 
 
+def run_model_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowsr.core.model_dir import ModelDirError, load_sr_model, save_sr_model
+
+    try:
+        model, manifest = load_sr_model(args.model, dtype=getattr(torch, args.dtype))
+        save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
+    except ModelDirError as err:
+        raise UsageError(str(err)) from None
+    print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
+    return 0
+
+
+def run_degrade(args: argparse.Namespace) -> int:
+    from flowsr.core.model_dir import ModelDirError
+    from flowsr.runtime.generate import run_degrade as generate
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"output {out_dir} exists and is not a folder; choose a folder for -o")
+    try:
+        return generate(args, _collect_inputs, _error)
+    except (ModelDirError, ValueError) as err:
+        raise UsageError(str(err).splitlines()[0]) from None
+
+
 def run_export_onnx(args: argparse.Namespace) -> int:
     from flowsr.core.model_dir import ModelDirError, load_sr_model
-    from flowsr.export.onnx_export import ExportError, export_onnx, parse_dtype, parse_parts
+    from flowsr.export.onnx_export import (
+        ExportError,
+        export_onnx,
+        parse_dtype,
+        parse_parts,
+    )
 
     out = Path(args.output) if args.output else Path(args.model) / "onnx" / args.dtype
     try:
@@ -152,8 +186,18 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 def run_export_trt(args: argparse.Namespace) -> int:
     from flowsr.core.model_dir import ModelDirError, load_sr_model
-    from flowsr.export.onnx_export import ExportError, onnx_dir_for, parse_dtype, parse_parts
-    from flowsr.export.tensorrt_engine import EngineBuildError, TensorRTUnavailable, ensure_engine, require_tensorrt
+    from flowsr.export.onnx_export import (
+        ExportError,
+        onnx_dir_for,
+        parse_dtype,
+        parse_parts,
+    )
+    from flowsr.export.tensorrt_engine import (
+        EngineBuildError,
+        TensorRTUnavailable,
+        ensure_engine,
+        require_tensorrt,
+    )
 
     try:
         require_tensorrt()
@@ -176,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     sr.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     sr.add_argument("--scale", type=float, default=4.0, help="output size / input size (default 4)")
-    sr.add_argument("--model", metavar="DIR", help="flowsr model directory")
+    sr.add_argument("--model", metavar="DIR", help="flowsr model directory (default: the packaged sr-small-x4 model)")
     sr.add_argument("--tile", type=int, default=1024, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 1024)")
     sr.add_argument("--overlap", type=int, default=128, help="tile overlap in output pixels (default 128)")
     sr.add_argument("--vae-tile", type=int, default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
@@ -193,14 +237,34 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     sr.set_defaults(run=run_sr)
 
+    degrade = commands.add_parser("degrade", help="synthesize realistic degraded images at any scale in [1, 4], one network evaluation per scale")
+    degrade.add_argument("inputs", nargs="+", metavar="HR", help="HR image files or folders")
+    degrade.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder: OUT/{s}/{name}_HR.png and {name}_LR{s}.png")
+    degrade.add_argument("--scale", default="4", help="one scale (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5); default 4")
+    degrade.add_argument("--model", metavar="DIR", help="degradation model directory (default: the packaged degradation-small model)")
+    degrade.add_argument("--solver", default="one-step", choices=["one-step", "euler", "adaptive"],
+                         help="one-step (1 NFE per scale, default), euler (--steps NFEs) or adaptive (dopri5): the multi-step references")
+    degrade.add_argument("--steps", type=int, default=32, help="Euler steps for --solver euler (default 32)")
+    degrade.add_argument("--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size")
+    degrade.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)")
+    degrade.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime"], help="default torch")
+    degrade.set_defaults(run=run_degrade)
+
     model = commands.add_parser("model", help="model directories").add_subparsers(dest="model_command", required=True)
     init = model.add_parser("init", help="write an untrained model directory of a preset")
     init.add_argument("output", metavar="OUT")
     # flux-dev is not offered: 12B random parameters help no one; its weights come from a FLUX.1-dev folder.
     init.add_argument("--preset", default="small", choices=["tiny", "small"], help="default small")
+    init.add_argument("--kind", default="sr", choices=["sr", "degradation"], help="super-resolution (default) or DegFlow degradation model")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     init.set_defaults(run=run_model_init)
+    convert = model.add_parser("convert", help="copy a model directory with its weights stored in another precision")
+    convert.add_argument("model", metavar="MODEL_DIR")
+    convert.add_argument("output", metavar="OUT")
+    convert.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="default float16 (half the size)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    convert.set_defaults(run=run_model_convert)
 
     export = commands.add_parser("export", help="ONNX graphs and TensorRT engines").add_subparsers(dest="export_command", required=True)
     onnx = export.add_parser("onnx", help="export ONNX graphs with dynamic batch and size, verified against torch")
@@ -218,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--opset", type=int, default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
     trt.set_defaults(run=run_export_trt)
 
-    from flowsr.training.cli import add_commands as add_train_commands, add_eval_command
+    from flowsr.training.cli import add_commands as add_train_commands
+    from flowsr.training.cli import add_eval_command
 
     add_train_commands(commands)
     add_eval_command(commands)

@@ -32,8 +32,11 @@ def _pretrain(args, objective_class, description: str):
     """`train vae` and `train flow`: HR crops through the shared loop; rank 0 gets (model, manifest, dataset)."""
     from .data import HRCrops
     from .loop import distributed, run
+    from .pretrain import VAEObjective, narrow_posterior
 
     model, manifest = _load_or_init(args)
+    if objective_class is VAEObjective and not args.model:
+        narrow_posterior(model.vae)
     dataset = HRCrops(args.data, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
     run(objective_class(model), dataset, _loop_config(args), args.output, resume=not args.restart, description=description)
     return (model.cpu().eval(), manifest, dataset) if distributed()[0] == 0 else None
@@ -95,7 +98,14 @@ def run_allosr2(args) -> int:
     from flowsr.core.model_dir import load_sr_model, update_manifest
     from flowsr.export.merge import merge_adapters
 
-    from .allosr2 import LORA_PRESETS, AlloSR2Objective, LoraSettings, LossWeights, add_lora, save_adapters
+    from .allosr2 import (
+        LORA_PRESETS,
+        AlloSR2Objective,
+        LoraSettings,
+        LossWeights,
+        add_lora,
+        save_adapters,
+    )
     from .loop import distributed, run
 
     model, manifest = load_sr_model(args.model)
@@ -115,6 +125,80 @@ def run_allosr2(args) -> int:
         update_manifest(merged, trained=True, scale_factors=[args.scale])
         print(f"LoRA adapters: {adapters}; merged model directory: {merged}")
     return 0
+
+
+def _scale_samples(args):
+    from .data import DataError
+    from .degflow_data import RealSRScales, SynthesizedScales
+
+    scales = [float(s) for s in args.scales.split(",")]
+    if args.realsr:
+        return RealSRScales(args.realsr, split="Train", scales=scales, crop=args.crop, seed=args.seed)
+    if not args.data:
+        raise DataError("pass --data HR_DIR (degraded on the fly) or --realsr ROOT (RealSR v2 ordered layout)")
+    return SynthesizedScales(args.data, scales=scales, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
+
+
+def run_rae(args) -> int:
+    import torch
+
+    from flowsr.core.model_dir import (
+        init_degradation_model,
+        load_degradation_model,
+        save_degradation_model,
+    )
+
+    from .data import DataError
+    from .degflow import RAEObjective, calibrate_rae_latents
+    from .loop import distributed, run
+
+    model, manifest = load_degradation_model(args.model) if args.model else init_degradation_model(args.preset, seed=args.seed)
+    samples = _scale_samples(args)
+    if manifest.knot_scales[1:] != list(samples.scales):
+        raise DataError(f"the data gives scales {list(samples.scales)} but the model's knots are {manifest.knot_scales[1:]}; pass --scales to match")
+    run(RAEObjective(model), samples, _loop_config(args), args.output, resume=not args.restart, description="train rae")
+    if distributed()[0] == 0:
+        model = model.cpu().eval()
+        shift, scale = calibrate_rae_latents(model.rae, torch.stack([samples[i] for i in range(min(len(samples), 64))]))
+        save_degradation_model(model, manifest, Path(args.output) / "model", overwrite=True)
+        print(f"RAE trained; latent shift {shift:.4f}, scale {scale:.4f}; model directory: {Path(args.output) / 'model'}")
+    return 0
+
+
+def run_degflow(args) -> int:
+    from flowsr.core.model_dir import load_degradation_model, save_degradation_model
+
+    from .data import DataError
+    from .degflow import DegFlowObjective, FlowSettings, LPIPSDistance, PixelL1
+    from .loop import distributed, run
+
+    model, manifest = load_degradation_model(args.model)
+    samples = _scale_samples(args)
+    if manifest.knot_scales[1:] != list(samples.scales):
+        raise DataError(f"the data gives scales {list(samples.scales)} but the model's knots are {manifest.knot_scales[1:]}; pass --scales to match")
+    if args.lookahead == "lpips":
+        from .perceptual import load_lpips
+
+        distance = LPIPSDistance(load_lpips(args.lpips_weights))
+    else:
+        distance = PixelL1()
+    settings = FlowSettings(lookahead=0.0 if args.lookahead == "off" else args.lookahead_weight, lookahead_weighting=not args.uniform_weighting)
+    run(DegFlowObjective(model, settings, distance), samples, _loop_config(args), args.output, resume=not args.restart, description="train degflow")
+    if distributed()[0] == 0:
+        manifest.trained = True
+        save_degradation_model(model.cpu().eval(), manifest, Path(args.output) / "model", overwrite=True)
+        print(f"degradation flow trained; model directory: {Path(args.output) / 'model'}")
+    return 0
+
+
+def _add_scale_data_options(parser) -> None:
+    parser.add_argument("--data", help="folder of HR images, degraded on the fly at every knot scale (Real-ESRGAN-style)")
+    parser.add_argument("--realsr", metavar="ROOT", help="RealSR v2 ordered layout: ROOT/{Camera}/Train/{2,3,4}/")
+    parser.add_argument("--scales", default="2,4", help="knot scales besides x1 (default 2,4; x3 stays out as the unseen scale)")
+    parser.add_argument("--crop", type=int, default=128, help="HR crop size in pixels")
+    parser.add_argument("--repeats", type=int, default=64, help="crops per HR image per epoch (--data)")
+    parser.add_argument("--max-side", type=int, default=1600, help="shrink larger images to this longer side first (--data)")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def run_eval(args) -> int:
@@ -193,6 +277,24 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
     allosr2.set_defaults(run=run_allosr2)
+
+
+    rae = train.add_parser("rae", help="DegFlow: train the residual autoencoder on {HR, x2, x4}")
+    rae.add_argument("--preset", default="small", help="degradation model preset (tiny, small)")
+    rae.add_argument("--model", help="continue from this degradation model directory")
+    _add_scale_data_options(rae)
+    _add_loop_options(rae, steps=3000, batch_size=8, lr=5e-4)
+    rae.set_defaults(run=run_rae)
+
+    degflow = train.add_parser("degflow", help="DegFlow: train the (t, r) velocity UNet on the spline through the knot latents")
+    degflow.add_argument("model", metavar="MODEL_DIR", help="degradation model directory with a trained RAE")
+    _add_scale_data_options(degflow)
+    _add_loop_options(degflow, steps=3000, batch_size=8, lr=3e-4)
+    degflow.add_argument("--lookahead", default="lpips", choices=["lpips", "l1", "off"], help="distance of the look-ahead term (default lpips)")
+    degflow.add_argument("--lookahead-weight", type=float, default=1.0)
+    degflow.add_argument("--uniform-weighting", action="store_true", help="ablation: drop the segment-normalized 1/t weight")
+    degflow.add_argument("--lpips-weights", help="folder with the LPIPS backbone weights (for --lookahead lpips)")
+    degflow.set_defaults(run=run_degflow)
 
 
 def add_eval_command(commands) -> None:

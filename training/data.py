@@ -23,7 +23,6 @@ from flowsr.core.sr_model import resize_to
 from .degradations import DegradationConfig, degrade
 
 
-
 class DataError(FlowsrError):
     """A dataset that cannot be used; the message names the file or folder and what to do."""
 

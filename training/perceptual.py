@@ -7,10 +7,16 @@ from pathlib import Path
 
 from torch import nn
 
+from flowsr.core.errors import FlowsrError
+
 HOW_TO = (
     "put the torchvision backbone checkpoint (e.g. hub/checkpoints/vgg16-397923af.pth) under a folder and pass it "
     "as --lpips-weights, or turn the term off with --lpips-weight 0"
 )
+
+
+class LPIPSUnavailable(FlowsrError):
+    """The LPIPS term was asked for, but its package or weights are not here."""
 
 
 def load_lpips(weights_dir: str | Path | None, net: str = "vgg") -> nn.Module:
@@ -19,15 +25,15 @@ def load_lpips(weights_dir: str | Path | None, net: str = "vgg") -> nn.Module:
     try:
         import lpips
     except ImportError:
-        raise ValueError(f"the LPIPS term needs the `lpips` package (and torchvision): install them, or {HOW_TO.split(', or ')[1]}") from None
+        raise LPIPSUnavailable(f"the LPIPS term needs the `lpips` package (and torchvision): install them, or {HOW_TO.split(', or ')[1]}") from None
     if not weights_dir or not (Path(weights_dir) / "hub" / "checkpoints").is_dir():
-        raise ValueError(f"LPIPS backbone weights not found in {weights_dir}: {HOW_TO}")
+        raise LPIPSUnavailable(f"LPIPS backbone weights not found in {weights_dir}: {HOW_TO}")
     previous = os.environ.get("TORCH_HOME")
     os.environ["TORCH_HOME"] = str(weights_dir)
     try:
         return lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False)
     except Exception as err:  # torchvision raises URLError/RuntimeError when the file is missing or wrong
-        raise ValueError(f"cannot load LPIPS ({type(err).__name__}: {str(err).splitlines()[0]}): {HOW_TO}") from None
+        raise LPIPSUnavailable(f"cannot load LPIPS ({type(err).__name__}: {str(err).splitlines()[0]}): {HOW_TO}") from None
     finally:
         if previous is None:
             os.environ.pop("TORCH_HOME", None)

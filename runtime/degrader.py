@@ -1,0 +1,117 @@
+"""`Degrader`: one HR image in, realistic degraded images at any scales in [1, s_max] out, aligned at HR size,
+with one velocity evaluation per scale.
+
+HR image -> pad to the model stride -> (batch of scales) RAE encode -> u(z(0), 0, r) once -> z(r) -> RAE decode
+with the HR skips -> crop -> optional resize to the LR grid. `steps` switches to the multi-step reference solver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowsr.core import images
+from flowsr.core.degflow import scale_to_time
+from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.model_dir import DegradationManifest, load_degradation_model
+from flowsr.core.sr_model import resize_to
+
+from .default_models import default_degradation_model
+from .super_resolver import default_device
+from .tiling import pad_to_multiple
+
+SOLVERS = ("one-step", "euler", "adaptive")
+
+
+class Degrader:
+    """Synthesize degraded versions of HR images.
+
+    `solver`: "one-step" (the average velocity, 1 NFE per scale), "euler" (`steps` Euler steps of the
+    instantaneous velocity) or "adaptive" (torchdiffeq's dopri5; the reference). `backend`: "torch",
+    "compile" or "onnxruntime" (one-step only: the exported single-NFE graph).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | DegradationModel | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = torch.float32,
+        backend: str = "torch",
+        solver: str = "one-step",
+        steps: int = 32,
+        batch_size: int = 4,
+        manifest: DegradationManifest | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if model is None:
+            model = default_degradation_model()
+        if isinstance(model, (str, Path)):
+            model, manifest = load_degradation_model(model)
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+        if solver != "one-step" and backend != "torch":
+            raise ValueError(f"the {solver} reference solver runs on the torch backend only; pass --backend torch")
+        if steps < 1 or batch_size < 1:
+            raise ValueError(f"steps and batch size must be at least 1, got {steps} and {batch_size}")
+        self.model, self.manifest = model.to(self.device, self.dtype).eval(), manifest
+        self.solver, self.steps, self.batch_size = solver, steps, batch_size
+        self.s_max, self.stride = model.s_max, model.stride
+        self.evaluations = 0  # velocity evaluations so far: one per scale for the one-step solver
+        self.run = _single_step_backend(backend, self.model, self.device, self.dtype)
+
+    def times(self, scales: Sequence[float]) -> list[float]:
+        return [scale_to_time(float(scale), self.s_max) for scale in scales]
+
+    @torch.inference_mode()
+    def degrade_tensor(self, hr: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+        """(1, 3, H, W) in [-1, 1] -> (S, 3, H, W) in [-1, 1], one image per scale, at HR size."""
+        if hr.ndim != 4 or hr.shape[:2] != (1, 3):
+            raise ValueError(f"expected one (1, 3, H, W) image, got shape {tuple(hr.shape)}")
+        times = self.times(scales)
+        height, width = hr.shape[2:]
+        x = pad_to_multiple(hr.to(self.device, torch.float32), self.stride).to(self.dtype)
+        outputs = []
+        if self.solver == "one-step":
+            for start in range(0, len(times), self.batch_size):
+                r = torch.tensor(times[start : start + self.batch_size], device=self.device, dtype=torch.float32)
+                outputs.append(self.run(x.expand(len(r), -1, -1, -1), r))
+                self.evaluations += len(r)
+        else:
+            for r in times:
+                image, count = self.model.solve(x, r, steps=self.steps if self.solver == "euler" else None)
+                outputs.append(image)
+                self.evaluations += count
+        return torch.cat(outputs)[:, :, :height, :width].float().clamp_(-1, 1)
+
+    def __call__(self, image, scales: Sequence[float], lr_grid: bool = False) -> list[np.ndarray]:
+        """A PIL image or HWC uint8/uint16 array -> one array per scale, same dtype; at HR size, or at the LR
+        size round(H/s) x round(W/s) when `lr_grid` (bicubic, antialiased)."""
+        picture = images.from_pil(image) if not isinstance(image, (np.ndarray, images.Picture)) else image
+        rgb = picture.rgb if isinstance(picture, images.Picture) else picture
+        if rgb.ndim == 2:
+            rgb = images.gray_to_rgb(rgb)
+        out = self.degrade_tensor(images.to_tensor(rgb), scales)
+        results = []
+        for scale, degraded in zip(scales, out):
+            if lr_grid:
+                degraded = resize_to(degraded[None], max(1, round(rgb.shape[0] / scale)), max(1, round(rgb.shape[1] / scale)))[0]
+            results.append(images.from_tensor(degraded, bit_depth=16 if rgb.dtype == np.uint16 else 8))
+        return results
+
+
+def _single_step_backend(name: str, model: DegradationModel, device: torch.device, dtype: torch.dtype):
+    """The one-NFE graph `(hr, r) -> images` on the chosen backend."""
+    if name == "torch":
+        return model
+    if name == "compile":
+        return torch.compile(model, dynamic=False)
+    if name == "onnxruntime":
+        from .backend_onnxruntime import DegraderSession
+
+        return DegraderSession(model, device, dtype)
+    raise ValueError(f"unknown backend {name!r} for the degrader; choose torch, compile or onnxruntime")

@@ -1,0 +1,136 @@
+"""`flowsr degrade`: degraded images at continuous scales from HR images, written in the dataset layout
+
+    OUT/{s}/{name}_HR.png   the HR image
+    OUT/{s}/{name}_LR{s}.png   its degradation at scale s, aligned at HR size (or on the LR grid with --lr-grid)
+
+with s written like "1.1", "2", "2.7". Files are written atomically, so a run that stops leaves only complete
+files, and running the same command again skips them (resume). Under torchrun every process takes its share
+of the images (image i goes to rank i mod world size), so no file is missing or written twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from flowsr.core import images
+from flowsr.core.atomic import atomic_file
+
+
+def parse_scales(text: str, s_max: float | None = None) -> list[float]:
+    """"2.7" | "2,2.7,4" | "1.5:4:0.5" (start:stop:step, stop included) -> sorted unique scales."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            count = int((stop - start) / step + 1e-9) + 1
+            scales = [start + i * step for i in range(count)]
+        else:
+            scales = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"cannot read scales {text!r}; give one (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5)") from None
+    scales = sorted({round(scale, 4) for scale in scales})
+    if not scales or scales[0] < 1 or (s_max is not None and scales[-1] > s_max + 1e-9):
+        raise ValueError(f"scales {text!r} must lie in [1, {s_max if s_max is not None else 'inf'}]")
+    return scales
+
+
+def scale_name(scale: float) -> str:
+    return f"{scale:g}"
+
+
+def output_paths(out_dir: Path, name: str, scale: float) -> tuple[Path, Path]:
+    folder = out_dir / scale_name(scale)
+    return folder / f"{name}_HR.png", folder / f"{name}_LR{scale_name(scale)}.png"
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    return items[rank::world]
+
+
+def _write_png(path: Path, pixels) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images.write_image(path, images.Picture(pixels))
+
+
+def _copy_hr(source: Path, target: Path, picture: images.Picture) -> None:
+    """The HR image as PNG: a byte copy when it already is one, so nothing of it changes."""
+    if source.suffix.lower() == ".png" and picture.alpha is None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(target, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+    else:
+        _write_png(target, picture.rgb)
+
+
+def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list[float], lr_grid: bool, error) -> tuple[int, int, int]:
+    """Degrade every (source, name) at every scale; returns (images done, skipped, failed)."""
+    done = skipped = failed = 0
+    for source, name in tqdm(jobs, desc="flowsr degrade", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr):
+        todo = [s for s in scales if not all(p.exists() for p in output_paths(out_dir, name, s))]
+        if not todo:
+            skipped += 1
+            continue
+        try:
+            picture = images.read_image(source)
+            for scale, pixels in zip(todo, degrader(picture.rgb, todo, lr_grid=lr_grid)):
+                hr_path, lr_path = output_paths(out_dir, name, scale)
+                _write_png(lr_path, pixels)
+                if not hr_path.exists():
+                    _copy_hr(source, hr_path, picture)
+            done += 1
+        except images.ImageError as err:
+            error(f"{source}: {err}")
+            failed += 1
+        except (RuntimeError, MemoryError) as err:
+            error(f"{source}: failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            failed += 1
+    return done, skipped, failed
+
+
+def run_degrade(args, collect_inputs, error) -> int:
+    """The `flowsr degrade` command (argument parsing and input collection live in `runtime/cli.py`)."""
+    from flowsr.runtime.default_models import default_degradation_model
+    from flowsr.runtime.degrader import Degrader
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    degrader = Degrader(args.model or default_degradation_model(), device=device, backend=args.backend,
+                        solver=args.solver, steps=args.steps)
+    if not degrader.manifest.trained:
+        error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not a real degradation")
+    scales = parse_scales(args.scale, degrader.s_max)
+    out_dir = Path(args.output)
+    found, failures = collect_inputs(args.inputs, out_dir, "png")
+    jobs, names = [], {}
+    for source, target in found:
+        name = target.relative_to(out_dir).with_suffix("").as_posix().replace("/", "_")
+        if name in names:
+            error(f"{source}: its outputs would overwrite those of {names[name]} (both are named {name}); rename one of them")
+            failures += 1
+            continue
+        names[name] = source
+        jobs.append((source, name))
+    started = time.perf_counter()
+    done, skipped, failed = generate(degrader, shard(jobs, rank, world), out_dir, scales, args.lr_grid, error)
+    failures += failed
+    summary = f"{done} images x {len(scales)} scales written to {out_dir}"
+    if world > 1:
+        summary = f"rank {rank}/{world}: " + summary
+    if done:
+        summary += f" ({(time.perf_counter() - started) / done:.2f} s per image, {degrader.evaluations} network evaluations)"
+    if skipped:
+        summary += f", {skipped} skipped (already complete)"
+    if failures:
+        summary += f", {failures} failed"
+    print(summary, file=sys.stderr)
+    return 1 if failures else 0

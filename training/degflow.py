@@ -1,0 +1,117 @@
+"""DegFlow training objectives: the RAE on {HR, LR x2, LR x4}, then the (t, r)-conditioned velocity UNet on the
+spline through the knot latents. Batches are (B, K, 3, H, W): the HR image and its LR images at the knot scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flowsr.core import degflow, spline
+from flowsr.core.degradation_model import DegradationModel
+
+
+class RAEObjective(nn.Module):
+    """MSE(D(E(y), skips(x_HR)), y) for every y of the sample: the HR image and each knot scale."""
+
+    def __init__(self, model: DegradationModel):
+        super().__init__()
+        self.model = model
+        model.requires_grad_(False)
+        model.rae.requires_grad_(True)
+
+    def forward(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        size, knots = batch.shape[:2]
+        hr = batch[:, 0].repeat_interleave(knots, dim=0)
+        reconstruction = self.model.rae(batch.flatten(0, 1), hr)
+        errors = (reconstruction - batch.flatten(0, 1)).pow(2).unflatten(0, (size, knots)).mean(dim=(0, 2, 3, 4))
+        return {"loss": errors.mean(), **{f"mse_knot{k}": e for k, e in enumerate(errors)}}
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    average_share: float = 0.5  # samples trained on u(z(t), t, r), r > t; the rest on v(z(t), t) = z'(t)
+    start_share: float = 0.5  # of those, with t = 0: where single-NFE synthesis starts
+    lookahead: float = 1.0  # weight of the look-ahead term (0 turns it off)
+    lookahead_weighting: bool = True  # DegFlow's segment-normalized 1/t weight on it
+
+
+class DegFlowObjective(nn.Module):
+    """Multi-point flow matching with the average velocity, plus the look-ahead term.
+
+    - velocity: ||u(z(t), t, r) - (z(r) - z(t)) / (r - t)||^2, with r = t meaning ||v(z(t), t) - z'(t)||^2;
+    - look-ahead (on the r = t samples): z(t) + D v + D^2/2 z'' + D^3/6 z''' with D = t_r - t, decoded with the HR
+      skips and compared with the real image at the next knot t_r by `distance` (LPIPS, or L1 in pixels), weighted
+      by `degflow.lookahead_weight` when `lookahead_weighting`.
+    """
+
+    def __init__(self, model: DegradationModel, settings: FlowSettings = FlowSettings(), distance: nn.Module | None = None):
+        super().__init__()
+        self.model, self.settings = model, settings
+        self.distance = distance if distance is not None else PixelL1()
+        model.requires_grad_(False)
+        model.unet.requires_grad_(True)
+
+    def forward(self, batch: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        model, settings, times = self.model, self.settings, self.model.knot_times
+        size, count = batch.shape[:2]
+        with torch.no_grad():
+            latents, skips = model.rae.encode(batch.flatten(0, 1))
+            knots = latents.unflatten(0, (size, count))
+            hr_skips = type(skips)(batch[:, 0], tuple(f.unflatten(0, (size, count))[:, 0] for f in skips.features))
+            second = spline.second_derivatives(times, knots)
+        device = batch.device
+        uniform = lambda: torch.rand(size, generator=generator, device=device)  # noqa: E731
+        t = uniform() * times[-1]
+        average = uniform() < settings.average_share
+        t = torch.where(average & (uniform() < settings.start_share), torch.zeros_like(t), t)
+        r = torch.where(average, t + uniform() * (times[-1] - t), t)
+        with torch.no_grad():
+            z_t, _, curvature, jerk = spline.evaluate(times, knots, second, t, derivatives=3)
+            target = degflow.average_velocity(times, knots, second, t, r)
+        velocity = model.velocity(z_t, t, r)
+        flow_loss = (velocity - target).pow(2).mean()
+        losses = {"flow": flow_loss}
+        total = flow_loss
+        instantaneous = ~average
+        if settings.lookahead and bool(instantaneous.any()):
+            pick = instantaneous.nonzero().squeeze(1)
+            t_i = t[pick]
+            _, t_right, knot_index = degflow.neighbour_knots(t_i, times)
+            z_ahead = degflow.lookahead(z_t[pick], velocity[pick], curvature[pick], jerk[pick], t_right - t_i)
+            image = model.rae.decode(z_ahead, type(hr_skips)(hr_skips.image[pick], tuple(f[pick] for f in hr_skips.features)))
+            real = batch[pick, knot_index]
+            weight = degflow.lookahead_weight(t_i, times) if settings.lookahead_weighting else torch.ones_like(t_i)
+            per_sample = self.distance(image, real)
+            lookahead_loss = (weight * per_sample).sum() / weight.sum()
+            losses["lookahead"] = lookahead_loss
+            total = total + settings.lookahead * lookahead_loss
+        return {"loss": total, **losses}
+
+
+class PixelL1(nn.Module):
+    """Per-sample mean absolute error: the look-ahead distance when LPIPS weights are not at hand."""
+
+    def forward(self, image: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return (image - real).abs().mean(dim=(1, 2, 3))
+
+
+class LPIPSDistance(nn.Module):
+    def __init__(self, lpips: nn.Module):
+        super().__init__()
+        self.lpips = lpips
+
+    def forward(self, image: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return self.lpips(image, real).flatten()
+
+
+@torch.no_grad()
+def calibrate_rae_latents(rae, samples: torch.Tensor, batch_size: int = 16) -> tuple[float, float]:
+    """Set the RAE's latent shift/scale so the knot latents of `samples` (N, K, 3, H, W) have mean 0 and std 1."""
+    normalized = torch.cat([rae.encode(part)[0] for part in samples.flatten(0, 1).split(batch_size)])
+    raw = normalized / rae.config.latent_scale + rae.config.latent_shift
+    shift, scale = raw.mean().item(), 1.0 / raw.std().item()
+    rae.register_to_config(latent_shift=shift, latent_scale=scale)
+    return shift, scale
