@@ -88,9 +88,15 @@ class DegradationModel(nn.Module):
 
     @torch.no_grad()
     def solve(self, hr: torch.Tensor, r: float, steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4) -> tuple[torch.Tensor, int]:
-        """The multi-step reference: integrate dz/dt = v(z, t) from 0 to r with `steps` Euler steps, or with
-        torchdiffeq's adaptive dopri5 when `steps` is None. Returns (images, number of velocity evaluations)."""
+        """The multi-step reference: images at time r and the number of velocity evaluations (see `integrate`)."""
         z0, skips = self.rae.encode(hr)
+        z, evaluations = self.integrate(z0, r, steps, rtol, atol)
+        return self.rae.decode(z, skips), evaluations
+
+    @torch.no_grad()
+    def integrate(self, z0: torch.Tensor, r: float, steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4) -> tuple[torch.Tensor, int]:
+        """dz/dt = v(z, t) from z(0) to z(r) with `steps` Euler steps, or with torchdiffeq's adaptive dopri5 when
+        `steps` is None. Returns (z(r), number of velocity evaluations)."""
         evaluations = 0
 
         def field(t, z):
@@ -99,19 +105,18 @@ class DegradationModel(nn.Module):
             return self.velocity(z, t, t)
 
         if r == 0:
-            z = z0
-        elif steps is not None:
+            return z0, 0
+        if steps is not None:
             if steps < 1:
                 raise ValueError(f"steps must be at least 1, got {steps}")
             z, dt = z0, r / steps
             for step in range(steps):
                 z = z + dt * field(torch.tensor(step * dt, device=z.device), z)
-        else:
-            from torchdiffeq import odeint
+            return z, evaluations
+        from torchdiffeq import odeint
 
-            times = torch.tensor([0.0, r], dtype=torch.float32, device=z0.device)
-            z = odeint(field, z0, times, method="dopri5", rtol=rtol, atol=atol)[-1]
-        return self.rae.decode(z, skips), evaluations
+        times = torch.tensor([0.0, r], dtype=torch.float32, device=z0.device)
+        return odeint(field, z0, times, method="dopri5", rtol=rtol, atol=atol)[-1], evaluations
 
 
 def build_degradation_model(preset: DegradationPreset | str) -> DegradationModel:

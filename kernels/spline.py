@@ -16,8 +16,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from flowsr.core.flow import Time
-from flowsr.core.spline import evaluate as reference
 from flowsr.core.spline import device_constant, validate_times
+from flowsr.core.spline import evaluate as reference
 from flowsr.kernels.dispatch import per_sample_vector, use_triton, warps_for
 
 BLOCK = 2048  # elements per program

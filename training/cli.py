@@ -73,11 +73,39 @@ def run_flow(args) -> int:
 
 
 def _sr_pairs(args):
-    from .data import DegradedFolder, PairedFolders
+    from .data import DegradedFolder, PairedFolders, SynthesizedPairs
 
+    if getattr(args, "synthesize_with", None):
+        return SynthesizedPairs(_synthesize_pairs(args), crop=args.crop, seed=args.seed)
     if args.lr_data:
         return PairedFolders(args.lr_data, args.data, crop=args.crop, seed=args.seed)
     return DegradedFolder(args.data, crop=args.crop, scale=args.scale, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
+
+
+def _synthesize_pairs(args) -> Path:
+    """DegFlow -> pairs: degrade every HR image of --data at --synth-scales into RUN/pairs (resumable, sharded
+    under torchrun), then train on them. The loop from a folder of HR images to an SR model in one command."""
+    import torch.distributed as dist
+
+    from flowsr.runtime.degrader import Degrader
+    from flowsr.runtime.generate import generate, parse_scales, shard
+
+    from .data import DataError, list_images
+    from .loop import distributed, train_device
+
+    rank, world = distributed()
+    degrader = Degrader(args.synthesize_with, device=train_device(rank))
+    scales = parse_scales(args.synth_scales, degrader.s_max)
+    root = Path(args.data)
+    jobs = [(path, path.relative_to(root).with_suffix("").as_posix().replace("/", "_")) for path in list_images(root)]
+    out = Path(args.output) / "pairs"
+    done, skipped, failed = generate(degrader, shard(jobs, rank, world), out, scales, False, print)
+    if failed:
+        raise DataError(f"{failed} HR images of {root} could not be degraded (listed above); fix or remove them")
+    if world > 1:
+        dist.barrier()
+    print(f"pairs: {done} images degraded at {len(scales)} scales ({skipped} already there) in {out}")
+    return out
 
 
 def run_estimate_tstar(args) -> int:
@@ -191,6 +219,22 @@ def run_degflow(args) -> int:
     return 0
 
 
+def run_eval_degradation(args) -> int:
+    from flowsr.core.model_dir import load_degradation_model
+
+    from .evaluate_degradation import evaluate_degradation, summarize_degradation, write_degradation_csv
+
+    model, _ = load_degradation_model(args.model)
+    scales = [float(s) for s in args.scales.split(",")]
+    rows = evaluate_degradation(args.data, model, scales=scales, seed=args.seed, max_side=args.max_side)
+    write_degradation_csv(rows, args.csv)
+    print(f"true images: Real-ESRGAN-style pipeline seeded per image from {args.seed}; per-image rows: {args.csv}")
+    print(f"{'scale':>6} {'pair':<18} {'PSNR':>8} {'latent MSE':>11} images")
+    for (scale, pair), scores in summarize_degradation(rows).items():
+        print(f"{scale:>6g} {pair:<18} {scores['psnr']:8.3f} {scores['latent_mse']:11.5f} {scores['images']}")
+    return 0
+
+
 def _add_scale_data_options(parser) -> None:
     parser.add_argument("--data", help="folder of HR images, degraded on the fly at every knot scale (Real-ESRGAN-style)")
     parser.add_argument("--realsr", metavar="ROOT", help="RealSR v2 ordered layout: ROOT/{Camera}/Train/{2,3,4}/")
@@ -276,6 +320,9 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--no-atm", action="store_true", help="ablation: drop the ATM term")
     allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
+    allosr2.add_argument("--synthesize-with", metavar="DEGRADATION_DIR",
+                         help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on them")
+    allosr2.add_argument("--synth-scales", default="1.5:4:0.25", help="scales for --synthesize-with (default 1.5:4:0.25)")
     allosr2.set_defaults(run=run_allosr2)
 
 
@@ -306,3 +353,12 @@ def add_eval_command(commands) -> None:
     evaluation.add_argument("--csv", default="eval.csv", help="per-image scores (default eval.csv)")
     evaluation.add_argument("--device", default=None)
     evaluation.set_defaults(run=run_eval)
+
+    degradation = commands.add_parser("eval-degradation", help="DegFlow: 1-NFE vs multi-step vs true degraded images at knot and unseen scales")
+    degradation.add_argument("data", metavar="HR_DIR", help="folder of HR images")
+    degradation.add_argument("--model", required=True, metavar="DIR", help="degradation model directory")
+    degradation.add_argument("--scales", default="2,3,4", help="default 2,3,4 (x3 is not a training knot)")
+    degradation.add_argument("--seed", type=int, default=0)
+    degradation.add_argument("--max-side", type=int, default=512, help="crop images to at most this many pixels per side")
+    degradation.add_argument("--csv", default="eval-degradation.csv")
+    degradation.set_defaults(run=run_eval_degradation)

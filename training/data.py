@@ -154,23 +154,26 @@ class PairedFolders(_EpochDataset):
     """Paired LR/HR folders matched by file stem; LR either at HR size (aligned) or an integer factor smaller."""
 
     def __init__(self, lr_root, hr_root, crop: int = 256, seed: int = 0):
-        super().__init__(seed)
         hr_paths = {p.relative_to(hr_root).with_suffix(""): p for p in list_images(hr_root)}
         lr_paths = {p.relative_to(lr_root).with_suffix(""): p for p in list_images(lr_root)}
         missing = sorted(set(hr_paths) - set(lr_paths))
         if missing:
             raise DataError(f"{Path(lr_root) / missing[0]}.*: no LR image for HR {hr_paths[missing[0]]} ({len(missing)} missing in all)")
+        self._set_pairs([(lr_paths[key], hr_paths[key]) for key in sorted(hr_paths)], crop, seed)
+
+    def _set_pairs(self, pairs: list[tuple[Path, Path]], crop: int, seed: int) -> None:
+        super().__init__(seed)
         self.pairs, self.factors = [], []
-        for key in sorted(hr_paths):
-            hr_size, lr_size = _image_size(hr_paths[key]), _image_size(lr_paths[key])
-            _check_crop(hr_paths[key], hr_size, crop)
+        for lr_path, hr_path in pairs:
+            hr_size, lr_size = _image_size(hr_path), _image_size(lr_path)
+            _check_crop(hr_path, hr_size, crop)
             factor = hr_size[0] // lr_size[0] if lr_size[0] else 0
             if factor < 1 or (lr_size[0] * factor, lr_size[1] * factor) != hr_size or crop % factor:
                 raise DataError(
-                    f"{lr_paths[key]}: {lr_size[1]}x{lr_size[0]} does not match HR {hr_size[1]}x{hr_size[0]} by an integer "
+                    f"{lr_path}: {lr_size[1]}x{lr_size[0]} does not match HR {hr_size[1]}x{hr_size[0]} by an integer "
                     f"factor dividing the {crop} px crop"
                 )
-            self.pairs.append((lr_paths[key], hr_paths[key]))
+            self.pairs.append((lr_path, hr_path))
             self.factors.append(factor)
         self.crop = crop
 
@@ -191,3 +194,21 @@ class PairedFolders(_EpochDataset):
         lr = lr[top // factor : top // factor + small, left // factor : left // factor + small]
         lr, hr = _dihedral([images.to_unit_float(lr), images.to_unit_float(hr)], rng)
         return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
+
+
+class SynthesizedPairs(PairedFolders):
+    """Pairs in the `flowsr degrade` layout, every scale folder of `root`: `{s}/{name}_LR{s}.png` with `{s}/{name}_HR.png`."""
+
+    def __init__(self, root, crop: int = 256, seed: int = 0):
+        pairs = []
+        for lr_path in sorted(Path(root).glob("*/*_LR*.png")):
+            scale = lr_path.parent.name
+            if not lr_path.name.endswith(f"_LR{scale}.png"):
+                continue
+            hr_path = lr_path.with_name(lr_path.name[: -len(f"_LR{scale}.png")] + "_HR.png")
+            if not hr_path.is_file():
+                raise DataError(f"{lr_path}: no HR image {hr_path} beside it; re-run `flowsr degrade` on the HR folder")
+            pairs.append((lr_path, hr_path))
+        if not pairs:
+            raise DataError(f"{root}: no {{s}}/{{name}}_LR{{s}}.png images; make them with `flowsr degrade HR_DIR -o {root}`")
+        self._set_pairs(pairs, crop, seed)

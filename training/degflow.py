@@ -32,7 +32,7 @@ class RAEObjective(nn.Module):
 
 @dataclass(frozen=True)
 class FlowSettings:
-    average_share: float = 0.5  # samples trained on u(z(t), t, r), r > t; the rest on v(z(t), t) = z'(t)
+    average_share: float = 0.5  # share of each batch trained on u(z(t), t, r), r > t; the rest on v(z(t), t) = z'(t)
     start_share: float = 0.5  # of those, with t = 0: where single-NFE synthesis starts
     lookahead: float = 1.0  # weight of the look-ahead term (0 turns it off)
     lookahead_weighting: bool = True  # DegFlow's segment-normalized 1/t weight on it
@@ -65,7 +65,7 @@ class DegFlowObjective(nn.Module):
         device = batch.device
         uniform = lambda: torch.rand(size, generator=generator, device=device)  # noqa: E731
         t = uniform() * times[-1]
-        average = uniform() < settings.average_share
+        average = torch.arange(size, device=device) < round(size * settings.average_share)  # a fixed split keeps every loss term in every step
         t = torch.where(average & (uniform() < settings.start_share), torch.zeros_like(t), t)
         r = torch.where(average, t + uniform() * (times[-1] - t), t)
         with torch.no_grad():

@@ -1,0 +1,148 @@
+"""`flowsr degrade` and `flowsr train rae|degflow`: the dataset layout, resume, torchrun sharding, the ONNX graph."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from flowsr.core.model_dir import DegradationManifest, load_degradation_model
+from flowsr.export.degrader_onnx import export_degrader_onnx
+from flowsr.runtime.cli import main
+from flowsr.runtime.degrader import Degrader
+from flowsr.runtime.generate import parse_scales
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "degradation"
+    assert main(["model", "init", "--kind", "degradation", "--preset", "tiny", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hr")
+    (folder / "sub").mkdir()
+    for name, image in (("astronaut", data.astronaut()), ("coffee", data.coffee()), ("chelsea", data.chelsea())):
+        Image.fromarray(image[:72, :88]).save(folder / f"{name}.png")
+    Image.fromarray(data.rocket()[:64, :96]).save(folder / "sub" / "rocket.jpg", quality=95)
+    return folder
+
+
+def test_parse_scales():
+    assert parse_scales("2.7") == [2.7]
+    assert parse_scales("4,2,2.7,2") == [2, 2.7, 4]
+    assert parse_scales("1.5:4:0.5") == [1.5, 2, 2.5, 3, 3.5, 4]
+    assert parse_scales("1:1.3:0.1") == [1, 1.1, 1.2, 1.3]
+    for bad in ("x", "1:4:0", "0.5"):
+        with pytest.raises(ValueError):
+            parse_scales(bad, 4)
+    with pytest.raises(ValueError, match=r"\[1, 4"):
+        parse_scales("2,5", 4)
+
+
+def test_layout_and_resume(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "2,2.7"]) == 0
+    names = ["astronaut", "chelsea", "coffee", "sub_rocket"]
+    for scale in ("2", "2.7"):
+        expected = sorted([f"{n}_HR.png" for n in names] + [f"{n}_LR{scale}.png" for n in names])
+        assert sorted(p.name for p in (out / scale).iterdir()) == expected
+    hr = np.asarray(Image.open(out / "2" / "astronaut_HR.png"))
+    np.testing.assert_array_equal(hr, np.asarray(Image.open(photos / "astronaut.png")))
+    assert np.asarray(Image.open(out / "2.7" / "sub_rocket_LR2.7.png")).shape == (64, 96, 3)  # aligned at HR size
+    assert "8 network evaluations" in capsys.readouterr().err  # one per image and scale
+
+    first = (out / "2" / "coffee_LR2.png").stat().st_mtime_ns
+    (out / "2.7" / "chelsea_LR2.7.png").unlink()  # an interrupted run: one output missing
+    assert main(["degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "2,2.7"]) == 0
+    err = capsys.readouterr().err
+    assert "1 images x 2 scales" in err and "3 skipped" in err and "1 network evaluations" in err
+    assert (out / "2.7" / "chelsea_LR2.7.png").is_file()
+    assert (out / "2" / "coffee_LR2.png").stat().st_mtime_ns == first
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_lr_grid_and_bad_scale(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["degrade", str(photos / "coffee.png"), "-o", str(out), "--model", str(model_dir), "--scale", "3", "--lr-grid"]) == 0
+    assert Image.open(out / "3" / "coffee_LR3.png").size == (29, 24)  # round(88 / 3) x round(72 / 3)
+    capsys.readouterr()
+    assert main(["degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "6"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowsr: error")]
+    assert len(lines) == 1 and "[1, 4" in lines[0]
+
+
+def test_torchrun_shards_without_gaps_or_duplicates(model_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", "-m",
+               "flowsr.runtime.cli", "degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = sorted(line for line in result.stderr.splitlines() if line.startswith("rank "))
+    assert reports[0].startswith("rank 0/2: 2 images") and reports[1].startswith("rank 1/2: 2 images")
+    written = sorted(p.name for p in (out / "2").glob("*_LR2.png"))
+    assert written == ["astronaut_LR2.png", "chelsea_LR2.png", "coffee_LR2.png", "sub_rocket_LR2.png"]
+
+
+def test_onnx_graph_matches_torch_with_dynamic_shapes(model_dir, tmp_path):
+    model, _ = load_degradation_model(model_dir)
+    with torch.no_grad():  # make the output depend on the latent
+        for parameter in model.rae.to_image[-1].parameters():
+            parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
+    spec = export_degrader_onnx(model, tmp_path / "onnx")
+    assert spec["verification"]["psnr_db"] >= 50
+    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["inputs"][0]["shape"][0] == "batch"
+    os.environ["FLOWSR_CACHE"] = str(tmp_path / "cache")
+    try:
+        eager = Degrader(model, device="cpu", backend="torch")(data.astronaut()[:40, :56], [1.5, 3.3])
+        onnx = Degrader(model, device="cpu", backend="onnxruntime")(data.astronaut()[:40, :56], [1.5, 3.3])
+    finally:
+        del os.environ["FLOWSR_CACHE"]
+    for a, b in zip(eager, onnx):
+        assert a.shape == (40, 56, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_train_rae_then_degflow_end_to_end(photos, tmp_path, capsys):
+    common = ["--data", str(photos), "--crop", "32", "--repeats", "2", "--batch-size", "2", "--steps", "3"]
+    assert main(["train", "rae", "--preset", "tiny", "-o", str(tmp_path / "rae"), *common]) == 0
+    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "flow"), "--lookahead", "l1", *common]) == 0
+    manifest = DegradationManifest.read(tmp_path / "flow" / "model")
+    assert manifest.trained and manifest.knot_scales == [1.0, 2.0, 4.0]
+    losses = [json.loads(line) for line in (tmp_path / "flow" / "losses.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and {"flow", "lookahead"} <= set(losses[0])
+    capsys.readouterr()
+    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "x"), *common, "--scales", "2,3,4"]) == 2
+    assert "--scales to match" in capsys.readouterr().err
+    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "y"), *common]) == 2  # LPIPS absent
+    assert "LPIPS" in capsys.readouterr().err
+
+
+def test_degradation_model_feeds_allosr2_in_one_command(model_dir, photos, tmp_path):
+    sr_model = tmp_path / "sr"
+    assert main(["model", "init", "--preset", "tiny", str(sr_model)]) == 0
+    run = tmp_path / "run"
+    command = ["train", "allosr2", str(sr_model), "--data", str(photos), "--synthesize-with", str(model_dir), "--synth-scales", "1.5:3:0.75",
+               "--crop", "32", "--batch-size", "2", "--steps", "2", "-o", str(run)]
+    assert main(command) == 0
+    for scale in ("1.5", "2.25", "3"):
+        assert len(list((run / "pairs" / scale).glob("*_LR*.png"))) == 4
+    assert (run / "model" / "flowsr.json").is_file()
+    losses = (run / "losses.jsonl").read_text().splitlines()
+    assert len(losses) == 2
+
+
+def test_eval_degradation_reports_every_pair(model_dir, photos, tmp_path, capsys):
+    csv_path = tmp_path / "scores.csv"
+    assert main(["eval-degradation", str(photos), "--model", str(model_dir), "--scales", "2,3", "--csv", str(csv_path)]) == 0
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "image,scale,pair,psnr,latent_mse" and len(rows) == 1 + 4 * 2 * 4  # images x scales x pairs
+    out = capsys.readouterr().out
+    for pair in ("one-vs-multi", "one-vs-true", "multi-vs-true", "bicubic-vs-true"):
+        assert pair in out
