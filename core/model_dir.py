@@ -98,6 +98,18 @@ class DegradationManifest(_ManifestFile):
     format: int = FORMAT_VERSION
 
 
+def model_kind(directory: str | Path) -> str:
+    """"sr" or "degradation": what a model directory holds, from its manifest."""
+    path = Path(directory) / MANIFEST
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise ModelDirError(f"{directory} is not a flowsr model directory (no readable {MANIFEST})") from None
+    if kind not in (Manifest.KIND, DegradationManifest.KIND):
+        raise ModelDirError(f"{path} names an unknown model kind {kind!r}; re-create the model directory")
+    return kind
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -132,12 +132,16 @@ def run_model_init(args: argparse.Namespace) -> int:
 def run_model_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from flowsr.core.model_dir import ModelDirError, load_sr_model, save_sr_model
+    from flowsr.core import model_dir
 
     try:
-        model, manifest = load_sr_model(args.model, dtype=getattr(torch, args.dtype))
-        save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
-    except ModelDirError as err:
+        if model_dir.model_kind(args.model) == "degradation":
+            model, manifest = model_dir.load_degradation_model(args.model, dtype=getattr(torch, args.dtype))
+            model_dir.save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
+        else:
+            model, manifest = model_dir.load_sr_model(args.model, dtype=getattr(torch, args.dtype))
+            model_dir.save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
+    except model_dir.ModelDirError as err:
         raise UsageError(str(err)) from None
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0

@@ -1,7 +1,7 @@
 """The trained model directories that ship inside the package, used when no `--model` is given.
 
-They are ordinary flowsr model directories (fp16 safetensors); `TRAINING.md` has the commands that
-reproduce them.
+They are ordinary flowsr model directories (fp16 safetensors); the commands that reproduce them are in the
+README ("The shipped models").
 """
 
 from __future__ import annotations

@@ -257,9 +257,9 @@ def run_eval(args) -> int:
     rows = evaluate(args.data, models, scale=args.scale, seed=args.seed)
     write_csv(rows, args.csv)
     print(f"x{args.scale}, Real-ESRGAN-style degradation seeded per image from {args.seed}; per-image scores: {args.csv}")
-    print(f"{'method':<24} {'PSNR':>8} {'SSIM':>8} images")
+    print(f"{'method':<24} {'PSNR':>8} {'SSIM':>8} {'sharpness':>9} images")
     for name, scores in summarize(rows).items():
-        print(f"{name:<24} {scores['psnr']:8.3f} {scores['ssim']:8.4f} {scores['images']}")
+        print(f"{name:<24} {scores['psnr']:8.3f} {scores['ssim']:8.4f} {scores['sharpness']:9.3f} {scores['images']}")
     return 0
 
 

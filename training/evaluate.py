@@ -1,6 +1,7 @@
 """`flowsr eval`: degrade HR images reproducibly, restore them, and score against bicubic upscaling.
 
-PSNR and SSIM (scikit-image) on 8-bit RGB, per image and averaged; one CSV row per image and method.
+PSNR and SSIM (scikit-image) on 8-bit RGB, and sharpness (gradient energy relative to the HR image), per image
+and averaged; one CSV row per image and method.
 """
 
 from __future__ import annotations
@@ -21,10 +22,19 @@ from .data import list_images
 from .degradations import DegradationConfig, degrade
 
 
+def gradient_energy(image: np.ndarray) -> float:
+    """Mean gradient magnitude of the luma: how much fine detail an image carries."""
+    luma = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    dy, dx = np.gradient(luma)
+    return float(np.hypot(dx, dy).mean())
+
+
 def _score(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {
         "psnr": peak_signal_noise_ratio(reference, restored, data_range=255),
         "ssim": structural_similarity(reference, restored, channel_axis=2, data_range=255),
+        # 1.0: as much detail as the HR image; bicubic upscaling is well below it.
+        "sharpness": gradient_energy(restored) / gradient_energy(reference),
     }
 
 
@@ -50,7 +60,7 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     methods: dict[str, list[dict]] = {}
     for row in rows:
         methods.setdefault(row["method"], []).append(row)
-    return {name: {"psnr": float(np.mean([r["psnr"] for r in group])), "ssim": float(np.mean([r["ssim"] for r in group])), "images": len(group)}
+    return {name: {key: float(np.mean([r[key] for r in group])) for key in ("psnr", "ssim", "sharpness")} | {"images": len(group)}
             for name, group in methods.items()}
 
 
@@ -58,8 +68,8 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     """Atomically: the CSV appears whole or not at all."""
     path = Path(path)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["image", "method", "psnr", "ssim"])
+    writer = csv.DictWriter(buffer, fieldnames=["image", "method", "psnr", "ssim", "sharpness"])
     writer.writeheader()
-    writer.writerows({**r, "psnr": f"{r['psnr']:.4f}", "ssim": f"{r['ssim']:.5f}"} for r in rows)
+    writer.writerows({**r, "psnr": f"{r['psnr']:.4f}", "ssim": f"{r['ssim']:.5f}", "sharpness": f"{r['sharpness']:.4f}"} for r in rows)
     with atomic_file(path, "w") as f:
         f.write(buffer.getvalue())
