@@ -50,10 +50,15 @@ def lookahead(z: torch.Tensor, velocity: torch.Tensor, second: torch.Tensor, thi
     return z + delta * velocity + delta**2 / 2 * second + delta**3 / 6 * third
 
 
+def secant_velocity(z_t: torch.Tensor, dz_t: torch.Tensor, z_r: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """(z(r) - z(t)) / (r - t), and z'(t) where r = t."""
+    gap = per_sample(r - t, z_t)
+    same = gap.abs() < 1e-6
+    return torch.where(same, dz_t, (z_r - z_t) / torch.where(same, torch.ones_like(gap), gap))
+
+
 def average_velocity(times: Sequence[float], knots: torch.Tensor, second: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """u(z(t), t, r) = (z(r) - z(t)) / (r - t) on the spline, and z'(t) where r = t: the single-NFE target."""
     z_t, dz_t = spline.evaluate(times, knots, second, t)
     z_r, _ = spline.evaluate(times, knots, second, r)
-    gap = per_sample(r - t, z_t)
-    same = gap.abs() < 1e-6
-    return torch.where(same, dz_t, (z_r - z_t) / torch.where(same, torch.ones_like(gap), gap))
+    return secant_velocity(z_t, dz_t, z_r, t, r)

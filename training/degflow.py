@@ -13,6 +13,15 @@ from flowsr.core import degflow, spline
 from flowsr.core.degradation_model import DegradationModel
 
 
+def _spline(times, knots, second, t, derivatives):
+    """The fused Triton spline kernel on CUDA, its torch reference elsewhere."""
+    if knots.is_cuda:
+        from flowsr.kernels.spline import evaluate
+
+        return evaluate(times, knots, second, t, derivatives)
+    return spline.evaluate(times, knots, second, t, derivatives)
+
+
 class RAEObjective(nn.Module):
     """MSE(D(E(y), skips(x_HR)), y) for every y of the sample: the HR image and each knot scale."""
 
@@ -43,8 +52,9 @@ class DegFlowObjective(nn.Module):
 
     - velocity: ||u(z(t), t, r) - (z(r) - z(t)) / (r - t)||^2, with r = t meaning ||v(z(t), t) - z'(t)||^2;
     - look-ahead (on the r = t samples): z(t) + D v + D^2/2 z'' + D^3/6 z''' with D = t_r - t, decoded with the HR
-      skips and compared with the real image at the next knot t_r by `distance` (LPIPS, or L1 in pixels), weighted
-      by `degflow.lookahead_weight` when `lookahead_weighting`.
+      skips and compared with the real image at the next knot t_r by `distance` (LPIPS, or L1 in pixels): a mean
+      weighted by `degflow.lookahead_weight` when `lookahead_weighting` (divided by the batch's weight sum, so the
+      weights, up to ~400 next to a knot, set the balance within a batch and not the size of the step).
     """
 
     def __init__(self, model: DegradationModel, settings: FlowSettings = FlowSettings(), distance: nn.Module | None = None):
@@ -69,8 +79,8 @@ class DegFlowObjective(nn.Module):
         t = torch.where(average & (uniform() < settings.start_share), torch.zeros_like(t), t)
         r = torch.where(average, t + uniform() * (times[-1] - t), t)
         with torch.no_grad():
-            z_t, _, curvature, jerk = spline.evaluate(times, knots, second, t, derivatives=3)
-            target = degflow.average_velocity(times, knots, second, t, r)
+            z_t, slope, curvature, jerk = _spline(times, knots, second, t, derivatives=3)
+            target = degflow.secant_velocity(z_t, slope, _spline(times, knots, second, r, derivatives=1)[0], t, r)
         velocity = model.velocity(z_t, t, r)
         flow_loss = (velocity - target).pow(2).mean()
         losses = {"flow": flow_loss}
