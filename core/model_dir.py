@@ -23,7 +23,7 @@ from .degradation_model import (
     get_degradation_preset,
 )
 from .errors import FlowsrError
-from .presets import Preset, build_transformer, build_vae, get_preset
+from .presets import Preset, build_transformer, build_vae, get_preset, load_base_components
 from .rae import ResidualAutoencoder
 from .sr_model import OneStepSR
 
@@ -139,6 +139,31 @@ def init_sr_model(preset: Preset | str, seed: int = 0) -> tuple[OneStepSR, Manif
         trained=False,
         stride=model.stride,
     )
+    return model.eval(), manifest
+
+
+@torch.no_grad()
+def import_sr_model(pipeline_dir: str | Path, preset: Preset | str) -> tuple[OneStepSR, Manifest]:
+    """A base model from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev): its VAE and transformer, and
+    the empty-prompt conditioning computed once with its own CLIP and T5 encoders (then no text encoder runs
+    again). The start of AlloSR² training on a real backbone; labelled untrained until fine-tuned."""
+    from diffusers import FluxPipeline
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    try:
+        vae, transformer = load_base_components(str(pipeline_dir), preset)
+    except OSError as err:
+        raise ModelDirError(f"{pipeline_dir}: no loadable vae/ and transformer/ ({str(err).strip().splitlines()[0]}); pass a diffusers FLUX pipeline folder") from None
+    try:
+        pipeline = FluxPipeline.from_pretrained(pipeline_dir, vae=None, transformer=None, use_safetensors=True)
+        prompt, pooled, _ = pipeline.encode_prompt(prompt="", prompt_2="", device="cpu", max_sequence_length=preset.text_tokens)
+    except Exception as err:  # transformers and tokenizers raise many types for a broken folder; all mean the same here
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line}); pass a complete FLUX pipeline folder") from None
+    model = OneStepSR(vae, transformer, prompt.float(), pooled.float(), preset.default_t_star, preset.guidance)
+    manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, latent_shift=model.normalization.shift,
+                        latent_scale=model.normalization.scale, scale_factors=[4.0], guidance=preset.guidance, trained=False,
+                        stride=model.stride)
     return model.eval(), manifest
 
 

@@ -129,6 +129,18 @@ def run_model_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_model_import(args: argparse.Namespace) -> int:
+    from flowsr.core.model_dir import ModelDirError, import_sr_model, save_sr_model
+
+    try:
+        model, manifest = import_sr_model(args.pipeline, args.preset)
+        save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
+    except (ModelDirError, ValueError) as err:
+        raise UsageError(str(err).splitlines()[0]) from None
+    print(f"wrote the {args.preset} base model from {args.pipeline} to {args.output} (fine-tune it with `flowsr train allosr2`)")
+    return 0
+
+
 def run_model_convert(args: argparse.Namespace) -> int:
     import torch
 
@@ -263,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     init.set_defaults(run=run_model_init)
+    imported = model.add_parser("import", help="a base model directory from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev)")
+    imported.add_argument("pipeline", metavar="PIPELINE_DIR", help="diffusers folder: vae/, transformer/, text_encoder(_2)/, tokenizer(_2)/")
+    imported.add_argument("output", metavar="OUT")
+    imported.add_argument("--preset", default="flux-dev", choices=["tiny", "small", "flux-dev"], help="the architecture to check against (default flux-dev)")
+    imported.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    imported.set_defaults(run=run_model_import)
     convert = model.add_parser("convert", help="copy a model directory with its weights stored in another precision")
     convert.add_argument("model", metavar="MODEL_DIR")
     convert.add_argument("output", metavar="OUT")
