@@ -85,7 +85,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         name="small",
-        vae=_vae((32, 64, 128), 1, 16, 32, shift=0.1159, scale=0.3611, sample_size=512, mid_attention=False),
+        vae=_vae((32, 64, 128), 1, 16, 8, shift=0.1159, scale=0.3611, sample_size=512, mid_attention=False),
         transformer=_transformer(16, 2, 4, 4, 64, (16, 24, 24), 256, 256, guidance=False),
         text_tokens=8,
         guidance=None,
