@@ -15,15 +15,18 @@ DEFAULT_SR_MODEL = MODELS / "sr-small-x4"
 DEFAULT_DEGRADATION_MODEL = MODELS / "degradation-small"
 
 
-def _packaged(folder: Path, what: str) -> Path:
+def _packaged(folder: Path, missing: str) -> Path:
     if not (folder / "flowsr.json").is_file():
-        raise ModelDirError(f"the packaged default {what} model is missing from {folder}; reinstall flowsr or pass --model DIR")
+        raise ModelDirError(missing)
     return folder
 
 
 def default_sr_model() -> Path:
-    return _packaged(DEFAULT_SR_MODEL, "SR")
+    # None ships yet: the CPU-trained small model does not beat bicubic upscaling (README, "The shipped models").
+    return _packaged(DEFAULT_SR_MODEL, "no trained default SR model ships with this version; pass --model DIR "
+                                       "(`flowsr model init` makes an untrained one for testing)")
 
 
 def default_degradation_model() -> Path:
-    return _packaged(DEFAULT_DEGRADATION_MODEL, "degradation")
+    return _packaged(DEFAULT_DEGRADATION_MODEL, f"the packaged degradation model is missing from {DEFAULT_DEGRADATION_MODEL}; "
+                                                "reinstall flowsr or pass --model DIR")

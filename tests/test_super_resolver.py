@@ -8,8 +8,8 @@ from PIL import Image
 from skimage import data, transform
 
 from flowsr.core import images
-from flowsr.runtime.super_resolver import SuperResolver, _pad_to_multiple
-from flowsr.runtime.tiling import spans
+from flowsr.runtime.super_resolver import SuperResolver
+from flowsr.runtime.tiling import pad_to_multiple, spans
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,8 @@ def test_batched_list_keeps_order_and_matches_single_images(photo):
 
 def test_padding_covers_tiny_images():
     x = torch.randn(1, 3, 5, 7)
-    assert _pad_to_multiple(x, 16).shape == (1, 3, 16, 16)
-    assert torch.equal(_pad_to_multiple(x, 16)[..., :5, :7], x)
+    assert pad_to_multiple(x, 16).shape == (1, 3, 16, 16)
+    assert torch.equal(pad_to_multiple(x, 16)[..., :5, :7], x)
 
 
 @pytest.mark.parametrize(
