@@ -170,5 +170,5 @@ def test_small_preset_transformer(tmp_path):
     model, manifest = init_sr_model("small")
     spec = export_onnx(model, tmp_path / "small", manifest=manifest, parts=("transformer",))
     assert spec["parts"]["transformer"]["verification"]["psnr_db"] >= 50
-    assert spec["geometry"] == {"stride": 16, "latent_factor": 8, "latent_channels": 16}
+    assert spec["geometry"] == {"stride": 8, "latent_factor": 4, "latent_channels": 16}
     assert onnxruntime_psnr(model, tmp_path / "small", "transformer", sizes=((2, 64, 80),)) >= 50

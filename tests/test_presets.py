@@ -18,14 +18,14 @@ def test_flux_dev_parameter_count_on_meta_device():
     assert preset.stride == 16 and preset.transformer["in_channels"] == 64
 
 
-@pytest.mark.parametrize("name", ["tiny", "small"])
-def test_small_presets_build_and_run(name):
+@pytest.mark.parametrize("name,downsample", [("tiny", 8), ("small", 4)])
+def test_small_presets_build_and_run(name, downsample):
     preset = get_preset(name)
     vae = build_vae(preset)
-    assert preset.vae_downsample == 8
+    assert preset.vae_downsample == downsample and preset.stride == 2 * downsample
     with torch.no_grad():
         latent = vae.encode(torch.zeros(1, 3, 32, 48)).latent_dist.mode()
-    assert latent.shape == (1, preset.latent_channels, 4, 6)
+    assert latent.shape == (1, preset.latent_channels, 32 // downsample, 48 // downsample)
 
 
 def test_unknown_preset_lists_choices():
