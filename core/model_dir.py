@@ -22,7 +22,7 @@ from .degradation_model import (
     build_degradation_model,
     get_degradation_preset,
 )
-from .errors import FlowsrError
+from .errors import FlowsrError, first_line
 from .presets import Preset, build_transformer, build_vae, get_preset, load_base_components
 from .rae import ResidualAutoencoder
 from .sr_model import OneStepSR
@@ -158,8 +158,7 @@ def import_sr_model(pipeline_dir: str | Path, preset: Preset | str) -> tuple[One
         pipeline = FluxPipeline.from_pretrained(pipeline_dir, vae=None, transformer=None, use_safetensors=True)
         prompt, pooled, _ = pipeline.encode_prompt(prompt="", prompt_2="", device="cpu", max_sequence_length=preset.text_tokens)
     except Exception as err:  # transformers and tokenizers raise many types for a broken folder; all mean the same here
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line}); pass a complete FLUX pipeline folder") from None
+        raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line(err)}); pass a complete FLUX pipeline folder") from None
     model = OneStepSR(vae, transformer, prompt.float(), pooled.float(), preset.default_t_star, preset.guidance)
     manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, latent_shift=model.normalization.shift,
                         latent_scale=model.normalization.scale, scale_factors=[4.0], guidance=preset.guidance, trained=False,
@@ -194,8 +193,7 @@ def load_sr_model(directory: str | Path, device: str | torch.device = "cpu", dty
         transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
         embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
     except (OSError, EnvironmentError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line}); re-create or re-download it") from None
+        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
     model = OneStepSR(
         vae,
         transformer,
@@ -250,7 +248,6 @@ def load_degradation_model(directory: str | Path, device: str | torch.device = "
         rae = ResidualAutoencoder.from_pretrained(directory, subfolder="rae", use_safetensors=True, torch_dtype=dtype)
         unet = UNet2DModel.from_pretrained(directory, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
     except (OSError, EnvironmentError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line}); re-create or re-download it") from None
+        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
     model = DegradationModel(rae, unet, manifest.knot_scales, manifest.s_max)
     return model.to(device).eval(), manifest

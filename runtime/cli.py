@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flowsr.core.errors import FlowsrError
+from flowsr.core.errors import FlowsrError, first_line
 
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
 
@@ -100,7 +100,7 @@ def run_sr(args: argparse.Namespace) -> int:
             _error(f"{source}: {err}")
             failures += 1
         except (RuntimeError, MemoryError) as err:
-            _error(f"{source}: failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            _error(f"{source}: failed: {first_line(err)}")
             failures += 1
     summary = f"{done} written to {out_dir}"
     if done:

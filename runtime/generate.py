@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from flowsr.core import images
 from flowsr.core.atomic import atomic_file
+from flowsr.core.errors import first_line
 
 
 def parse_scales(text: str, s_max: float | None = None) -> list[float]:
@@ -90,7 +91,7 @@ def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list
             error(f"{source}: {err}")
             failed += 1
         except (RuntimeError, MemoryError) as err:
-            error(f"{source}: failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+            error(f"{source}: failed: {first_line(err)}")
             failed += 1
     return done, skipped, failed
 
