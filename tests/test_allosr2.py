@@ -108,11 +108,23 @@ def test_base_encoder_is_the_frozen_one():
     assert not torch.allclose(tuned, frozen)
 
 
-def test_one_step_changes_only_lora(photos, tmp_path):
+def test_pixel_term_is_l1_of_the_decoded_one_step_output():
+    model, _ = lora_model()
+    objective = AlloSR2Objective(model, LossWeights(latent_mse=0.0, pixel=1.0, fatc=0.0, atm=0.0))
+    lr, hr = batch()
+    losses = objective((lr, hr), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        restored = model(lr)  # the runtime path: encode, one Euler step, decode
+    torch.testing.assert_close(losses["pixel"], (restored - hr).abs().mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses["loss"], losses["pixel"])
+
+
+@pytest.mark.parametrize("weights", [LossWeights(), LossWeights(pixel=1.0)], ids=["default", "pixel"])
+def test_one_step_changes_only_lora(photos, tmp_path, weights):
     model, _ = lora_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     dataset = DegradedFolder(photos, crop=32, scale=4, repeats=2)
-    run(AlloSR2Objective(model), dataset, LoopConfig(steps=1, batch_size=2, lr=1e-2), tmp_path, resume=False)
+    run(AlloSR2Objective(model, weights), dataset, LoopConfig(steps=1, batch_size=2, lr=1e-2), tmp_path, resume=False)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k for k in changed)

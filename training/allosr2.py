@@ -43,10 +43,15 @@ LORA_PRESETS = {
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Each term can be switched off (weight 0): the paper's ablations are fatc=0 ("w/o FATC") and atm=0."""
+    """Each term can be switched off (weight 0): the paper's ablations are fatc=0 ("w/o FATC") and atm=0.
+
+    `pixel` adds an L1 term on the decoded image to L_rec. A small VAE's latent error is not its pixel error
+    (README, "The shipped models"); where LPIPS backbone weights are absent this is the term that reaches pixels.
+    """
 
     latent_mse: float = 1.0
     lpips: float = 0.0
+    pixel: float = 0.0
     fatc: float = 1.0
     atm: float = 1.0
 
@@ -92,9 +97,12 @@ class AlloSR2Objective(nn.Module):
         z_hr_hat = flow.one_step_sr(z_lr, self.velocity(z_lr, t_star), t_star)
 
         losses = {"latent_mse": (z_hr_hat.float() - z_hr.float()).pow(2).mean()}
-        if weights.lpips:
-            decoded = model.decode(model.normalization.denormalize(z_hr_hat))
-            losses["lpips"] = self.lpips(decoded.float(), hr.float()).mean()
+        if weights.lpips or weights.pixel:
+            decoded = model.decode(model.normalization.denormalize(z_hr_hat)).float()
+            if weights.pixel:
+                losses["pixel"] = (decoded - hr.float()).abs().mean()
+            if weights.lpips:
+                losses["lpips"] = self.lpips(decoded, hr.float()).mean()
 
         t = torch.rand(size, generator=generator, device=z_lr.device) * model.t_star
         z_sr, target = flow.fatc_point(z_hr, z_lr, t, t_star)
@@ -111,7 +119,7 @@ class AlloSR2Objective(nn.Module):
             direction = flow.atm_direction(z_sr, z_gen, v_sr, v_gen, t, z_hr_hat, z_hr)
             # Surrogate whose parameter gradient is direction . dz_H_hat/dtheta (per element, averaged).
             losses["atm"] = (direction.detach().float() * z_hr_hat.float()).mean()
-        scale = {"latent_mse": weights.latent_mse, "lpips": weights.lpips, "fatc": weights.fatc, "atm": weights.atm}
+        scale = {"latent_mse": weights.latent_mse, "lpips": weights.lpips, "pixel": weights.pixel, "fatc": weights.fatc, "atm": weights.atm}
         losses["loss"] = sum(scale[name] * value for name, value in losses.items())
         return losses
 

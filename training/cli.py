@@ -139,7 +139,7 @@ def run_allosr2(args) -> int:
     model, manifest = load_sr_model(args.model)
     preset = LORA_PRESETS.get(manifest.preset, LoraSettings())
     add_lora(model, LoraSettings(rank=args.rank or preset.rank, alpha=args.alpha or args.rank or preset.alpha))
-    weights = LossWeights(latent_mse=1.0, lpips=args.lpips_weight, fatc=0.0 if args.no_fatc else 1.0, atm=0.0 if args.no_atm else 1.0)
+    weights = LossWeights(latent_mse=1.0, lpips=args.lpips_weight, pixel=args.pixel_weight, fatc=0.0 if args.no_fatc else 1.0, atm=0.0 if args.no_atm else 1.0)
     lpips = None
     if weights.lpips:
         from .perceptual import load_lpips
@@ -320,6 +320,7 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--no-atm", action="store_true", help="ablation: drop the ATM term")
     allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
+    allosr2.add_argument("--pixel-weight", type=float, default=0.0, help="weight of an L1 term on the decoded image in L_rec (default 0)")
     allosr2.add_argument("--synthesize-with", metavar="DEGRADATION_DIR",
                          help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on them")
     allosr2.add_argument("--synth-scales", default="1.5:4:0.25", help="scales for --synthesize-with (default 1.5:4:0.25)")
