@@ -80,6 +80,7 @@ def run_sr(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             vae_tile=args.vae_tile,
             max_megapixels=args.max_megapixels,
+            color_fix=not args.no_color_fix,
         )
     except (ModelDirError, ValueError, RuntimeError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--tile", type=int, default=1024, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 1024)")
     sr.add_argument("--overlap", type=int, default=128, help="tile overlap in output pixels (default 128)")
     sr.add_argument("--vae-tile", type=int, default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
+    sr.add_argument("--no-color-fix", action="store_true", help="keep the decoder's colours (default: wavelet color fix to the input's)")
     sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     sr.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
     sr.add_argument(

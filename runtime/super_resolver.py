@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from flowsr.core import images
+from flowsr.core.color_fix import wavelet_color_fix
 from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
 from flowsr.core.sr_model import OneStepSR, resize_to
 
@@ -38,7 +39,8 @@ class SuperResolver:
     Sizes are in output pixels, multiples of the model stride. `tile` bounds the transformer's tokens (one
     velocity evaluation per latent tile); `vae_tile` bounds the VAE's activations. The VAE tile is larger by
     default because its GroupNorm statistics are per tile, so VAE tiles differ more from the whole image
-    than latent tiles do. 0 turns either off; memory then grows with the image.
+    than latent tiles do. 0 turns either off; memory then grows with the image. `color_fix` puts the restored
+    detail on the bicubic input's low frequencies (`core.color_fix`), over the whole image after the tiles.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class SuperResolver:
         vae_tile: int = 2048,
         batch_size: int = 1,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        color_fix: bool = True,
         manifest: Manifest | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
@@ -76,7 +79,7 @@ class SuperResolver:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.scale = float(scale)
         self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
-        self.batch_size = batch_size
+        self.batch_size, self.color_fix = batch_size, color_fix
         self.max_pixels = int(max_megapixels * 1e6)
         self.backend = create_backend(backend, model, self.device, self.dtype)
 
@@ -111,8 +114,10 @@ class SuperResolver:
         f = self.latent_factor
         z = tiled_map(x, self.backend.encode, self.vae_tile, self.overlap, scale=1 / f)
         raw = tiled_map(z, self.backend.restore, self.tile // f, self.overlap // f)
-        y = tiled_map(raw, self.backend.decode, self.vae_tile // f, self.overlap // f, scale=f)
-        return y[:, :, :out_h, :out_w].float().clamp_(-1, 1)
+        y = tiled_map(raw, self.backend.decode, self.vae_tile // f, self.overlap // f, scale=f).float()
+        if self.color_fix:
+            y = wavelet_color_fix(y, x)
+        return y[:, :, :out_h, :out_w].clamp_(-1, 1)
 
     def __call__(self, image):
         """Upscale one image or a list: PIL, numpy uint8/uint16 HWC, torch uint8 HWC or float (B,)3HW in [0, 1].

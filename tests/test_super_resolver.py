@@ -8,6 +8,7 @@ from PIL import Image
 from skimage import data, transform
 
 from flowsr.core import images
+from flowsr.core.color_fix import wavelet_color_fix
 from flowsr.runtime.super_resolver import SuperResolver
 from flowsr.runtime.tiling import pad_to_multiple, spans
 
@@ -39,9 +40,11 @@ def test_output_size_for_any_scale(size, scale):
     assert out.shape == (round(size[0] * scale), round(size[1] * scale), 3) and out.dtype == np.uint8
 
 
-def test_pipeline_order_resize_pad_encode_restore_decode_crop(photo):
-    """With the velocity forced to zero, SR must equal decode(encode(bicubic(LR))) of the padded image, cropped."""
-    r = SuperResolver.from_preset("tiny", scale=1.5, tile=0, vae_tile=0)
+@pytest.mark.parametrize("color_fix", [False, True])
+def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_fix):
+    """With the velocity forced to zero, SR must equal decode(encode(bicubic(LR))) of the padded image, color-fixed
+    to that padded image, cropped."""
+    r = SuperResolver.from_preset("tiny", scale=1.5, tile=0, vae_tile=0, color_fix=color_fix)
     model = r.backend.model
     torch.nn.init.zeros_(model.transformer.proj_out.weight)
     torch.nn.init.zeros_(model.transformer.proj_out.bias)
@@ -50,8 +53,10 @@ def test_pipeline_order_resize_pad_encode_restore_decode_crop(photo):
     with torch.inference_mode():
         up = F.interpolate(lr, size=(75, 105), mode="bicubic", align_corners=False).clamp(-1, 1)
         padded = F.pad(up, (0, 7, 0, 5), mode="reflect")
-        expected = model.vae.decode(model.vae.encode(padded).latent_dist.mode()).sample[:, :, :75, :105].clamp(-1, 1)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        decoded = model.vae.decode(model.vae.encode(padded).latent_dist.mode()).sample
+        if color_fix:
+            decoded = wavelet_color_fix(decoded, padded)
+    torch.testing.assert_close(out, decoded[:, :, :75, :105].clamp(-1, 1), atol=1e-5, rtol=1e-5)
 
 
 def test_one_velocity_evaluation_per_tile(photo):

@@ -253,7 +253,8 @@ def run_eval(args) -> int:
     models = {}
     for spec in args.model:
         name, _, path = spec.rpartition("=")
-        models[name or Path(path).name] = SuperResolver(path, scale=args.scale, device=args.device, tile=0, vae_tile=0)
+        models[name or Path(path).name] = SuperResolver(path, scale=args.scale, device=args.device, tile=0, vae_tile=0,
+                                                           color_fix=not args.no_color_fix)
     rows = evaluate(args.data, models, scale=args.scale, seed=args.seed)
     write_csv(rows, args.csv)
     print(f"x{args.scale}, Real-ESRGAN-style degradation seeded per image from {args.seed}; per-image scores: {args.csv}")
@@ -353,6 +354,7 @@ def add_eval_command(commands) -> None:
     evaluation.add_argument("--seed", type=int, default=0, help="degradation seed of the first image (then +1 per image)")
     evaluation.add_argument("--csv", default="eval.csv", help="per-image scores (default eval.csv)")
     evaluation.add_argument("--device", default=None)
+    evaluation.add_argument("--no-color-fix", action="store_true", help="score the models without the wavelet color fix")
     evaluation.set_defaults(run=run_eval)
 
     degradation = commands.add_parser("eval-degradation", help="DegFlow: 1-NFE vs multi-step vs true degraded images at knot and unseen scales")
