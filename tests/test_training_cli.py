@@ -8,11 +8,15 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data
+from skimage.metrics import peak_signal_noise_ratio
 
+from flowsr.core import images
 from flowsr.core.model_dir import Manifest, load_sr_model
+from flowsr.core.sr_model import resize_to
 from flowsr.runtime.cli import main
 from flowsr.training.allosr2 import estimate_t_star
 from flowsr.training.data import DegradedFolder, HRCrops
+from flowsr.training.degradations import bicubic_downscale
 
 FAST = ["--steps", "2", "--batch-size", "2", "--crop", "32", "--repeats", "2", "--checkpoint-every", "1"]
 
@@ -75,6 +79,20 @@ def test_eval_scores_bicubic_and_models(photos, tmp_path, capsys):
     assert all(10 < p < 40 for p in bicubic) and np.mean(untrained) < np.mean(bicubic)  # random weights lose
     out = capsys.readouterr().out
     assert "bicubic" in out and "untrained" in out
+
+
+def test_eval_on_clean_bicubic_downscaling(photos, tmp_path):
+    csv_path = tmp_path / "clean.csv"
+    model_dir = tmp_path / "m"
+    assert main(["model", "init", "--preset", "tiny", str(model_dir)]) == 0
+    assert main(["eval", str(photos), "--model", str(model_dir), "--degradation", "bicubic", "--csv", str(csv_path)]) == 0
+    rows = {(r["image"], r["method"]): float(r["psnr"]) for r in csv.DictReader(csv_path.open())}
+    for name in ("astronaut.png", "rocket.png"):
+        hr = np.asarray(Image.open(photos / name).convert("RGB"))
+        hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
+        lr = torch.from_numpy(bicubic_downscale(hr.astype(np.float32) / 255, 4)).permute(2, 0, 1)[None] * 2 - 1
+        bicubic = images.from_tensor(resize_to(lr, *hr.shape[:2])[0])
+        assert rows[(name, "bicubic")] == pytest.approx(peak_signal_noise_ratio(hr, bicubic), abs=1e-3)
 
 
 def test_bad_training_input_is_one_line(photos, tmp_path, capsys):

@@ -6,7 +6,9 @@ import torch
 from PIL import Image
 from skimage import data
 
+from flowsr.core.sr_model import resize_to
 from flowsr.training.data import DataError, DegradedFolder, PairedFolders
+from flowsr.training.degradations import bicubic_downscale
 
 
 @pytest.fixture
@@ -33,6 +35,35 @@ def test_degraded_folder_pairs(hr_folder):
     candidates = [hr, hr.flip(-1), hr.rot90(1, (1, 2)), hr.rot90(2, (1, 2)), hr.rot90(3, (1, 2))]
     candidates += [c.flip(-1) for c in candidates[2:]]
     assert any((windows == c[:, None, None]).all(-1).all(-1).all(0).any() for c in candidates)
+
+
+def test_bicubic_downscale_matches_pillow():
+    photo = data.astronaut()[:203, :250]
+    ours = bicubic_downscale(photo.astype(np.float32) / 255, 4)
+    pillow = np.asarray(Image.fromarray(photo).resize((62, 51), Image.BICUBIC), dtype=np.float32) / 255
+    assert ours.shape == pillow.shape == (51, 62, 3)
+    assert np.abs(ours - pillow).mean() < 1 / 255  # both antialiased bicubic; they differ by rounding
+
+
+@pytest.mark.parametrize("clean_fraction", [0.0, 0.5, 1.0])
+def test_clean_fraction_of_degraded_pairs(hr_folder, clean_fraction):
+    """Each LR is either the clean bicubic downscale of its HR crop or the pipeline's output; the share follows
+    `clean_fraction`, and 0 keeps the pipeline's samples exactly."""
+    dataset = DegradedFolder(hr_folder, crop=32, scale=4, seed=3, repeats=20, clean_fraction=clean_fraction)
+    clean = 0
+    for index in range(len(dataset)):
+        lr, hr = dataset[index]
+        hr_image = ((hr.permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
+        downscaled = torch.from_numpy(bicubic_downscale(hr_image, 4)).permute(2, 0, 1)[None] * 2 - 1
+        clean += torch.allclose(lr, resize_to(downscaled, 32, 32)[0], atol=1e-5)
+    if clean_fraction == 0.0:
+        plain = DegradedFolder(hr_folder, crop=32, scale=4, seed=3, repeats=20)
+        assert all(torch.equal(dataset[i][0], plain[i][0]) for i in range(len(dataset)))
+    assert clean == {0.0: 0, 1.0: len(dataset)}.get(clean_fraction, clean)
+    if clean_fraction == 0.5:
+        assert 0.25 * len(dataset) < clean < 0.75 * len(dataset)
+    with pytest.raises(DataError, match="clean fraction"):
+        DegradedFolder(hr_folder, crop=32, clean_fraction=1.5)
 
 
 def test_paired_folders_align_lr_and_hr(tmp_path):

@@ -79,7 +79,8 @@ def _sr_pairs(args):
         return SynthesizedPairs(_synthesize_pairs(args), crop=args.crop, seed=args.seed)
     if args.lr_data:
         return PairedFolders(args.lr_data, args.data, crop=args.crop, seed=args.seed)
-    return DegradedFolder(args.data, crop=args.crop, scale=args.scale, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
+    return DegradedFolder(args.data, crop=args.crop, scale=args.scale, seed=args.seed, repeats=args.repeats, max_side=args.max_side,
+                          clean_fraction=getattr(args, "clean_fraction", 0.0))
 
 
 def _synthesize_pairs(args) -> Path:
@@ -255,9 +256,10 @@ def run_eval(args) -> int:
         name, _, path = spec.rpartition("=")
         models[name or Path(path).name] = SuperResolver(path, scale=args.scale, device=args.device, tile=0, vae_tile=0,
                                                            color_fix=not args.no_color_fix)
-    rows = evaluate(args.data, models, scale=args.scale, seed=args.seed)
+    rows = evaluate(args.data, models, scale=args.scale, seed=args.seed, degradation=args.degradation)
     write_csv(rows, args.csv)
-    print(f"x{args.scale}, Real-ESRGAN-style degradation seeded per image from {args.seed}; per-image scores: {args.csv}")
+    how = "clean bicubic downscaling" if args.degradation == "bicubic" else f"Real-ESRGAN-style degradation seeded per image from {args.seed}"
+    print(f"x{args.scale}, {how}; per-image scores: {args.csv}")
     print(f"{'method':<24} {'PSNR':>8} {'SSIM':>8} {'sharpness':>9} images")
     for name, scores in summarize(rows).items():
         print(f"{name:<24} {scores['psnr']:8.3f} {scores['ssim']:8.4f} {scores['sharpness']:9.3f} {scores['images']}")
@@ -321,6 +323,8 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--no-atm", action="store_true", help="ablation: drop the ATM term")
     allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
+    allosr2.add_argument("--clean-fraction", type=float, default=0.0,
+                         help="share of HR-only samples degraded by clean bicubic downscaling instead of the pipeline (default 0)")
     allosr2.add_argument("--pixel-weight", type=float, default=0.0, help="weight of an L1 term on the decoded image in L_rec (default 0)")
     allosr2.add_argument("--synthesize-with", metavar="DEGRADATION_DIR",
                          help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on them")
@@ -354,6 +358,8 @@ def add_eval_command(commands) -> None:
     evaluation.add_argument("--seed", type=int, default=0, help="degradation seed of the first image (then +1 per image)")
     evaluation.add_argument("--csv", default="eval.csv", help="per-image scores (default eval.csv)")
     evaluation.add_argument("--device", default=None)
+    evaluation.add_argument("--degradation", default="realesrgan", choices=["realesrgan", "bicubic"],
+                            help="how the HR images become LR: the training pipeline (default) or clean bicubic downscaling")
     evaluation.add_argument("--no-color-fix", action="store_true", help="score the models without the wavelet color fix")
     evaluation.set_defaults(run=run_eval)
 

@@ -20,7 +20,7 @@ from flowsr.core import images
 from flowsr.core.errors import FlowsrError
 from flowsr.core.sr_model import resize_to
 
-from .degradations import DegradationConfig, degrade
+from .degradations import DegradationConfig, bicubic_downscale, degrade
 
 
 class DataError(FlowsrError):
@@ -138,15 +138,26 @@ class HRCrops(_EpochDataset):
 
 
 class DegradedFolder(HRCrops):
-    """HR-only folder: random HR crop, then Real-ESRGAN-style degradation to LR; yields (LR at HR size, HR)."""
+    """HR-only folder: random HR crop, then Real-ESRGAN-style degradation to LR; yields (LR at HR size, HR).
 
-    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: DegradationConfig = DegradationConfig(), **crops):
+    `clean_fraction` of the samples are clean bicubic downscales instead, so that a model also learns to
+    sharpen inputs that carry no blur, noise or JPEG (a model trained on heavy degradations smooths them).
+    """
+
+    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: DegradationConfig = DegradationConfig(),
+                 clean_fraction: float = 0.0, **crops):
+        if not 0 <= clean_fraction <= 1:
+            raise DataError(f"the clean fraction must lie in [0, 1], got {clean_fraction}")
         super().__init__(root, crop=crop, seed=seed, **crops)
-        self.scale, self.config = scale, config
+        self.scale, self.config, self.clean_fraction = scale, config, clean_fraction
 
     def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         hr = self.hr_crop(index, rng)
-        lr = degrade(hr, self.scale, seed=int(rng.integers(2**31)), config=self.config)
+        seed = int(rng.integers(2**31))
+        if self.clean_fraction and rng.uniform() < self.clean_fraction:
+            lr = bicubic_downscale(hr, self.scale)
+        else:
+            lr = degrade(hr, self.scale, seed=seed, config=self.config)
         return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import special
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -164,3 +166,15 @@ def degrade(hr: np.ndarray, scale: float, seed: int, config: DegradationConfig =
     else:
         image = final_resize(_jpeg(image, rng, config.second))
     return np.clip(image, 0.0, 1.0)
+
+
+def bicubic_downscale(hr: np.ndarray, scale: float) -> np.ndarray:
+    """The clean degradation of classic SR benchmarks: antialiased bicubic downscaling only, no blur, noise or JPEG."""
+    if hr.ndim != 3 or hr.shape[2] != 3 or hr.dtype != np.float32:
+        raise ValueError(f"expected a float32 (H, W, 3) image in [0, 1], got {hr.dtype} {hr.shape}")
+    if scale < 1:
+        raise ValueError(f"degradation scale must be at least 1, got {scale}")
+    size = max(1, round(hr.shape[0] / scale)), max(1, round(hr.shape[1] / scale))
+    image = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None]
+    lr = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return lr[0].permute(1, 2, 0).clamp(0, 1).numpy()

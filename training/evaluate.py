@@ -19,7 +19,7 @@ from flowsr.core.atomic import atomic_file
 from flowsr.core.sr_model import resize_to
 
 from .data import list_images
-from .degradations import DegradationConfig, degrade
+from .degradations import DegradationConfig, bicubic_downscale, degrade
 
 
 def gradient_energy(image: np.ndarray) -> float:
@@ -38,15 +38,26 @@ def _score(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
-def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, config: DegradationConfig = DegradationConfig()) -> list[dict]:
-    """Rows of (image, method, psnr, ssim); `models` maps a method name to a SuperResolver at `scale`."""
+DEGRADATIONS = ("realesrgan", "bicubic")
+
+
+def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, config: DegradationConfig = DegradationConfig(),
+             degradation: str = "realesrgan") -> list[dict]:
+    """Rows of (image, method, psnr, ssim, sharpness); `models` maps a method name to a SuperResolver at `scale`.
+
+    `degradation`: "realesrgan" (the training pipeline, seeded per image) or "bicubic" (clean downscaling)."""
+    if degradation not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {degradation!r}; choose one of: {', '.join(DEGRADATIONS)}")
     rows = []
     for index, path in enumerate(list_images(hr_root)):
         hr = images.read_image(path).rgb
         hr = images.to_8bit(hr)
         height, width = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
         hr = np.ascontiguousarray(hr[:height, :width])
-        lr = degrade(hr.astype(np.float32) / 255, scale, seed=seed + index, config=config)
+        if degradation == "bicubic":
+            lr = bicubic_downscale(hr.astype(np.float32) / 255, scale)
+        else:
+            lr = degrade(hr.astype(np.float32) / 255, scale, seed=seed + index, config=config)
         lr_tensor = torch.from_numpy(lr).permute(2, 0, 1)[None] * 2 - 1
         outputs = {"bicubic": resize_to(lr_tensor, height, width)[0]}
         for name, resolver in models.items():
