@@ -17,7 +17,12 @@ def logit_normal_time(batch: int, generator: torch.Generator, device) -> torch.T
 
 
 class VAEObjective(nn.Module):
-    """Reconstruction (L1 + MSE) with a small KL term that keeps the latent well-scaled (LDM's weighting)."""
+    """Reconstruction (L1 + MSE) with a small KL term that keeps the latent well-scaled, weighted as LDM does.
+
+    LDM sums the reconstruction over pixels and adds `kl_weight` times the KL summed over latent elements; with the
+    reconstruction averaged over pixels here, the KL is divided by the image's element count to keep that balance.
+    Without it the KL outweighs reconstruction ~50 000-fold on 128 px crops, the posterior std stays near 0.4 and
+    the decoder learns from mostly noise."""
 
     def __init__(self, model: OneStepSR, kl_weight: float = 1e-6):
         super().__init__()
@@ -31,7 +36,7 @@ class VAEObjective(nn.Module):
         recon = self.model.vae.decode(z).sample
         l1, mse = (recon - hr).abs().mean(), (recon - hr).pow(2).mean()
         kl = posterior.kl().mean()
-        return {"loss": l1 + mse + self.kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+        return {"loss": l1 + mse + self.kl_weight * kl / hr[0].numel(), "l1": l1, "mse": mse, "kl": kl}
 
 
 class FlowObjective(nn.Module):
