@@ -149,7 +149,7 @@ def test_resume_reproduces_the_loss_curve(photos, tmp_path):
 
 DDP_SCRIPT = textwrap.dedent(
     """
-    import sys, torch, safetensors.torch, torch.distributed as dist
+    import json, sys, torch, safetensors.torch, torch.distributed as dist
     sys.path.insert(0, sys.argv[3])
     from test_allosr2 import lora_model
     from flowsr.training.allosr2 import AlloSR2Objective
@@ -160,7 +160,8 @@ DDP_SCRIPT = textwrap.dedent(
     rows = run(AlloSR2Objective(model), dataset, LoopConfig(steps=3, batch_size=2, lr=1e-2), sys.argv[2] + "/run", resume=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if "lora_" in k}
     safetensors.torch.save_file(state, f"{sys.argv[2]}/rank{dist.get_rank()}.safetensors")
-    print("losses", [round(r["loss"], 6) for r in rows])
+    with open(f"{sys.argv[2]}/losses{dist.get_rank()}.json", "w") as f:
+        json.dump([r["loss"] for r in rows], f)
     """
 )
 
@@ -178,5 +179,5 @@ def test_ddp_ranks_hold_identical_weights(photos, tmp_path):
     assert rank0.keys() == rank1.keys() == start.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert any(not torch.equal(rank0[k], start[k]) for k in rank0)  # they trained
-    losses = [line for line in result.stdout.splitlines() if line.startswith("losses")]
-    assert len(losses) == 2 and losses[0] != losses[1]  # each rank saw its own share of the data
+    losses = [json.loads((tmp_path / f"losses{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(losses[0]) == len(losses[1]) == 3 and losses[0] != losses[1]  # each rank saw its own share of the data
