@@ -13,9 +13,10 @@ from typing import ClassVar
 import diffusers
 import safetensors.torch
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DModel
+from diffusers import FluxTransformer2DModel, UNet2DModel
 
 from .atomic import atomic_directory, atomic_file
+from .autoencoders import load_autoencoder
 from .degradation_model import (
     DegradationModel,
     DegradationPreset,
@@ -60,7 +61,11 @@ class _ManifestFile:
             raise ModelDirError(f"{path} is not a valid manifest ({err}); re-create the model directory") from None
         if manifest.format > FORMAT_VERSION:
             raise ModelDirError(f"{path} has format {manifest.format}, newer than this flowsr reads ({FORMAT_VERSION}); upgrade flowsr")
+        manifest.check(path)
         return manifest
+
+    def check(self, path: Path) -> None:
+        """Field checks beyond the types; a subclass raises ModelDirError for a value it cannot use."""
 
 
 @dataclass
@@ -80,6 +85,17 @@ class Manifest(_ManifestFile):
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT_VERSION
+    t_star_source: str = "preset"  # "estimated" once `estimate-tstar` measured it on training pairs
+
+    T_STAR_SOURCES: ClassVar[tuple[str, ...]] = ("preset", "estimated")
+
+    @property
+    def t_star_estimated(self) -> bool:
+        return self.t_star_source == "estimated"
+
+    def check(self, path: Path) -> None:
+        if self.t_star_source not in self.T_STAR_SOURCES:
+            raise ModelDirError(f"{path} has t_star_source {self.t_star_source!r}; expected one of {', '.join(self.T_STAR_SOURCES)}")
 
 
 @dataclass
@@ -189,7 +205,7 @@ def load_sr_model(directory: str | Path, device: str | torch.device = "cpu", dty
     if manifest.kind != "sr":
         raise ModelDirError(f"{directory} holds a {manifest.kind!r} model, not a super-resolution model")
     try:
-        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
+        vae = load_autoencoder(directory / "vae", dtype=dtype)
         transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
         embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
     except (OSError, EnvironmentError, ValueError) as err:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, FluxTransformer2DModel
+from diffusers import FluxTransformer2DModel
 from torch import nn
 
 from . import flow, latents
+from .autoencoders import Autoencoder, downsample_factor, latent_of
 from .latents import LatentNormalization
 
 
@@ -23,7 +24,7 @@ def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class OneStepSR(nn.Module):
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: Autoencoder,
         transformer: FluxTransformer2DModel,
         prompt_embeds: torch.Tensor,
         pooled_prompt_embeds: torch.Tensor,
@@ -42,12 +43,12 @@ class OneStepSR(nn.Module):
 
     @property
     def stride(self) -> int:
-        """Image sides must be multiples of this (VAE downsampling x 2x2 packing)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1) * latents.PATCH
+        """Image sides must be multiples of this (autoencoder downsampling x 2x2 packing)."""
+        return downsample_factor(type(self.vae).__name__, self.vae.config) * latents.PATCH
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Image (B, 3, H, W) in [-1, 1] -> normalized latent (B, C, H/8, W/8); the posterior mean, no sampling."""
-        raw = self.vae.encode(image).latent_dist.mode()
+        """Image (B, 3, H, W) in [-1, 1] -> normalized latent (B, C, H/f, W/f); a VAE gives its posterior mean, no sampling."""
+        raw = latent_of(self.vae.encode(image))
         return self.normalization.normalize(raw)
 
     def velocity(self, tokens: torch.Tensor, t: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -8,8 +8,8 @@ Adapter folder (what AlloSR² training writes, what `merge_adapters` reads):
       transformer/     peft LoRA of the FluxTransformer2DModel: adapter_config.json (a peft LoraConfig)
                        and adapter_model.safetensors (peft's state dict of the module, keys relative to
                        it, e.g. `transformer_blocks.0.attn.to_q.lora_A.weight`)
-      vae/             the same for the AutoencoderKL; its target modules lie in `encoder.` (the decoder
-                       is not tuned)
+      vae/             the same for the autoencoder (AutoencoderKL or PatchAutoencoder); its target modules
+                       lie in `encoder.` (the decoder is not tuned)
 
 Either part folder may be missing (that component was not tuned). Loading goes through diffusers'
 `PeftAdapterMixin` (`add_adapter`, which injects the peft layers) and peft's `set_peft_model_state_dict`;

@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = model.add_parser("init", help="write an untrained model directory of a preset")
     init.add_argument("output", metavar="OUT")
     # flux-dev is not offered: 12B random parameters help no one; its weights come from a FLUX.1-dev folder.
-    init.add_argument("--preset", default="small", choices=["tiny", "small"], help="default small")
+    init.add_argument("--preset", default="small", choices=["tiny", "tiny-kl", "small"], help="default small")
     init.add_argument("--kind", default="sr", choices=["sr", "degradation"], help="super-resolution (default) or DegFlow degradation model")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     imported = model.add_parser("import", help="a base model directory from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev)")
     imported.add_argument("pipeline", metavar="PIPELINE_DIR", help="diffusers folder: vae/, transformer/, text_encoder(_2)/, tokenizer(_2)/")
     imported.add_argument("output", metavar="OUT")
-    imported.add_argument("--preset", default="flux-dev", choices=["tiny", "small", "flux-dev"], help="the architecture to check against (default flux-dev)")
+    imported.add_argument("--preset", default="flux-dev", choices=["tiny-kl", "flux-dev"],
+                          help="the architecture to check against (default flux-dev; tiny-kl for tests)")
     imported.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     imported.set_defaults(run=run_model_import)
     convert = model.add_parser("convert", help="copy a model directory with its weights stored in another precision")

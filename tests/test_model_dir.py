@@ -73,3 +73,18 @@ def test_load_errors_are_one_line(tiny, tmp_path):
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ModelDirError, match="upgrade flowsr"):
         load_sr_model(tmp_path / "m")
+    data = {**json.loads(manifest.to_json()), "t_star_source": "guessed"}
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match="t_star_source 'guessed'; expected one of preset, estimated"):
+        load_sr_model(tmp_path / "m")
+
+
+def test_manifests_without_t_star_source_read_as_the_preset_fallback(tiny, tmp_path):
+    """Model directories written before t* provenance was recorded still load; their t* counts as the fallback."""
+    model, manifest = tiny
+    save_sr_model(model, manifest, tmp_path / "m")
+    data = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    del data["t_star_source"]
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
+    _, loaded = load_sr_model(tmp_path / "m")
+    assert loaded.t_star_source == "preset" and not loaded.t_star_estimated

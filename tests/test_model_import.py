@@ -27,7 +27,7 @@ def pipeline_dir(tmp_path_factory):
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     t5_tokenizer = T5TokenizerFast(tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
     t5 = T5EncoderModel(T5Config(vocab_size=4, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2))
-    preset = get_preset("tiny")
+    preset = get_preset("tiny-kl")
     pipeline = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=build_vae(preset), text_encoder=clip, tokenizer=clip_tokenizer,
                             text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=build_transformer(preset))
     pipeline.save_pretrained(root / "pipeline")
@@ -35,9 +35,9 @@ def pipeline_dir(tmp_path_factory):
 
 
 def test_import_computes_the_empty_prompt_with_the_folders_encoders(pipeline_dir, tmp_path):
-    assert main(["model", "import", str(pipeline_dir), str(tmp_path / "base"), "--preset", "tiny"]) == 0
+    assert main(["model", "import", str(pipeline_dir), str(tmp_path / "base"), "--preset", "tiny-kl"]) == 0
     model, manifest = load_sr_model(tmp_path / "base")
-    assert manifest.preset == "tiny" and not manifest.trained
+    assert manifest.preset == "tiny-kl" and not manifest.trained
     # The reference: the two encoders run directly on the empty prompt, padded as FLUX pads it.
     clip = CLIPTextModel.from_pretrained(pipeline_dir / "text_encoder")
     clip_ids = CLIPTokenizer.from_pretrained(pipeline_dir / "tokenizer")([""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -46,13 +46,13 @@ def test_import_computes_the_empty_prompt_with_the_folders_encoders(pipeline_dir
     with torch.no_grad():
         torch.testing.assert_close(model.pooled_prompt_embeds, clip(clip_ids).pooler_output)
         torch.testing.assert_close(model.prompt_embeds, t5(t5_ids).last_hidden_state)
-    vae = build_vae(get_preset("tiny")).from_pretrained(pipeline_dir / "vae")
+    vae = build_vae(get_preset("tiny-kl")).from_pretrained(pipeline_dir / "vae")
     assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), model.vae.state_dict().values()))
 
 
 def test_import_refuses_a_mismatched_or_incomplete_folder(pipeline_dir, tmp_path, capsys):
-    assert main(["model", "import", str(pipeline_dir), str(tmp_path / "a"), "--preset", "small"]) == 2
+    assert main(["model", "import", str(pipeline_dir), str(tmp_path / "a"), "--preset", "flux-dev"]) == 2
     assert "pick the matching --preset" in capsys.readouterr().err
-    assert main(["model", "import", str(tmp_path), str(tmp_path / "b"), "--preset", "tiny"]) == 2
+    assert main(["model", "import", str(tmp_path), str(tmp_path / "b"), "--preset", "tiny-kl"]) == 2
     err = capsys.readouterr().err
     assert err.count("flowsr: error") == 1 and not (tmp_path / "b").exists()

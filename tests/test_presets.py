@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from flowsr.core.autoencoders import latent_of
 from flowsr.core.presets import build_transformer, build_vae, get_preset, load_base_components, parameter_count
 
 
@@ -18,23 +19,26 @@ def test_flux_dev_parameter_count_on_meta_device():
     assert preset.stride == 16 and preset.transformer["in_channels"] == 64
 
 
-@pytest.mark.parametrize("name,downsample", [("tiny", 8), ("small", 4)])
-def test_small_presets_build_and_run(name, downsample):
+@pytest.mark.parametrize("name,autoencoder", [("tiny", "PatchAutoencoder"), ("tiny-kl", "AutoencoderKL"), ("small", "PatchAutoencoder")])
+def test_small_presets_build_and_run(name, autoencoder):
     preset = get_preset(name)
     vae = build_vae(preset)
-    assert preset.vae_downsample == downsample and preset.stride == 2 * downsample
+    assert type(vae).__name__ == autoencoder
+    # FLUX's geometry: latent at 1/8 size, 2x2 latent patches per token, so 16x16 pixels per token
+    assert preset.vae_downsample == 8 and preset.stride == 16
+    assert preset.transformer["in_channels"] == 4 * preset.latent_channels
     with torch.no_grad():
-        latent = vae.encode(torch.zeros(1, 3, 32, 48)).latent_dist.mode()
-    assert latent.shape == (1, preset.latent_channels, 32 // downsample, 48 // downsample)
+        latent = latent_of(vae.encode(torch.zeros(1, 3, 32, 48)))
+    assert latent.shape == (1, preset.latent_channels, 4, 6)
 
 
 def test_unknown_preset_lists_choices():
-    with pytest.raises(ValueError, match="tiny, small, flux-dev"):
+    with pytest.raises(ValueError, match="tiny, tiny-kl, small, flux-dev"):
         get_preset("huge")
 
 
 def test_base_components_load_from_diffusers_folder(tmp_path):
-    preset = get_preset("tiny")
+    preset = get_preset("tiny-kl")
     torch.manual_seed(0)
     vae, transformer = build_vae(preset), build_transformer(preset)
     vae.save_pretrained(tmp_path / "vae")

@@ -8,6 +8,7 @@ from PIL import Image
 from skimage import data, transform
 
 from flowsr.core import images
+from flowsr.core.autoencoders import latent_of
 from flowsr.core.color_fix import wavelet_color_fix
 from flowsr.runtime.super_resolver import SuperResolver
 from flowsr.runtime.tiling import pad_to_multiple, spans
@@ -53,7 +54,7 @@ def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_f
     with torch.inference_mode():
         up = F.interpolate(lr, size=(75, 105), mode="bicubic", align_corners=False).clamp(-1, 1)
         padded = F.pad(up, (0, 7, 0, 5), mode="reflect")
-        decoded = model.vae.decode(model.vae.encode(padded).latent_dist.mode()).sample
+        decoded = model.vae.decode(latent_of(model.vae.encode(padded))).sample
         if color_fix:
             decoded = wavelet_color_fix(decoded, padded)
     torch.testing.assert_close(out, decoded[:, :, :75, :105].clamp(-1, 1), atol=1e-5, rtol=1e-5)

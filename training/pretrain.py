@@ -1,5 +1,5 @@
-"""Base-model pre-training for presets without public weights: the VAE on HR crops, then the transformer as a
-generative flow (conditional flow matching on the linear path) in that VAE's latent space.
+"""Base-model pre-training for presets without public weights: the autoencoder on HR crops, then the transformer
+as a generative flow (conditional flow matching on the linear path) in that autoencoder's latent space.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from flowsr.core import flow, latents
+from flowsr.core.autoencoders import latent_of
+from flowsr.core.patch_autoencoder import PatchAutoencoder
 from flowsr.core.sr_model import OneStepSR
 
 
@@ -16,13 +18,14 @@ def logit_normal_time(batch: int, generator: torch.Generator, device) -> torch.T
     return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
 
 
-class VAEObjective(nn.Module):
-    """Reconstruction (L1 + MSE) with a small KL term that keeps the latent well-scaled, weighted as LDM does.
+class AutoencoderObjective(nn.Module):
+    """Reconstruction (L1 + MSE) of HR crops by the SR model's autoencoder; the rest of the model is frozen.
 
-    LDM sums the reconstruction over pixels and adds `kl_weight` times the KL summed over latent elements; with the
-    reconstruction averaged over pixels here, the KL is divided by the image's element count to keep that balance.
-    Without it the KL outweighs reconstruction ~50 000-fold on 128 px crops, the posterior std rises to 0.4 or more and
-    the decoder learns from mostly noise."""
+    A VAE decodes a sample of its posterior and adds a small KL term that keeps the latent well-scaled, weighted
+    as LDM weights it: LDM sums the reconstruction over pixels and adds `kl_weight` times the KL summed over latent
+    elements; with the reconstruction averaged over pixels here, the KL is divided by the image's element count.
+    Without that the KL outweighs reconstruction ~50 000-fold on 128 px crops, the posterior std rises to 0.4 or
+    more and the decoder learns from mostly noise. A deterministic autoencoder (`PatchAutoencoder`) has no KL."""
 
     def __init__(self, model: OneStepSR, kl_weight: float = 1e-6):
         super().__init__()
@@ -31,10 +34,13 @@ class VAEObjective(nn.Module):
         model.vae.requires_grad_(True)
 
     def forward(self, hr: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        posterior = self.model.vae.encode(hr).latent_dist
-        z = posterior.sample(generator=generator)
+        encoding = self.model.vae.encode(hr)
+        posterior = getattr(encoding, "latent_dist", None)
+        z = encoding.latent if posterior is None else posterior.sample(generator=generator)
         recon = self.model.vae.decode(z).sample
         l1, mse = (recon - hr).abs().mean(), (recon - hr).pow(2).mean()
+        if posterior is None:
+            return {"loss": l1 + mse, "l1": l1, "mse": mse}
         kl = posterior.kl().mean()
         return {"loss": l1 + mse + self.kl_weight * kl / hr[0].numel(), "l1": l1, "mse": mse, "kl": kl}
 
@@ -67,10 +73,20 @@ def narrow_posterior(vae, log_variance: float = -6.0) -> None:
     vae.encoder.conv_out.bias[channels:].fill_(log_variance)
 
 
+def initialize_autoencoder(vae, crops: torch.Tensor) -> str:
+    """The start of autoencoder training: a PatchAutoencoder's PCA fitted on `crops`, a VAE's narrow posterior.
+    Returns what was done, for the log."""
+    if isinstance(vae, PatchAutoencoder):
+        kept = vae.fit_pca(crops)
+        return f"PCA of {len(crops)} crops: the latent keeps {100 * kept:.2f}% of the patch variance"
+    narrow_posterior(vae)
+    return "VAE posterior narrowed (log-variance -6)"
+
+
 @torch.no_grad()
 def calibrate_latents(model: OneStepSR, crops: torch.Tensor, batch_size: int = 16) -> tuple[float, float]:
     """Set the VAE's shift/scale so normalized latents have mean 0 and std 1 over `crops`; returns (shift, scale)."""
-    raw = torch.cat([model.vae.encode(part).latent_dist.mode().float() for part in crops.split(batch_size)])
+    raw = torch.cat([latent_of(model.vae.encode(part)).float() for part in crops.split(batch_size)])
     shift, scale = raw.mean().item(), 1.0 / raw.std().item()
     model.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     model.normalization = type(model.normalization)(shift, scale)
