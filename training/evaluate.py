@@ -1,7 +1,9 @@
 """`flowsr eval`: degrade HR images reproducibly, restore them, and score against bicubic upscaling.
 
-PSNR and SSIM (scikit-image) on 8-bit RGB, and sharpness (gradient energy relative to the HR image), per image
-and averaged; one CSV row per image and method.
+On 8-bit RGB, per image and averaged, one CSV row per image and method: PSNR and SSIM (scikit-image), MS-SSIM
+and VIF (pixel-domain visual information fidelity; torchmetrics, no learned weights), and sharpness (gradient
+energy relative to the HR image). PSNR favours blur; MS-SSIM and VIF rank a sharper faithful result above a
+blurry one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, visual_information_fidelity
 
 from flowsr.core import images
 from flowsr.core.atomic import atomic_file
@@ -29,10 +32,47 @@ def gradient_energy(image: np.ndarray) -> float:
     return float(np.hypot(dx, dy).mean())
 
 
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # the five scales of Wang et al.
+MS_SSIM_KERNEL = 11
+VIF_MIN_SIDE = 41  # its finest Gaussian window
+
+
+def _nchw(*arrays: np.ndarray) -> list[torch.Tensor]:
+    """uint8 HWC arrays as float32 (1, C, H, W) tensors on the 0-255 scale, the range the torchmetrics calls take."""
+    return [torch.from_numpy(a).permute(2, 0, 1)[None].float() for a in arrays]
+
+
+def ms_ssim(restored: np.ndarray, reference: np.ndarray) -> float:
+    """MS-SSIM of two uint8 HWC images, on the standard five scales where the image is large enough (176 px);
+    smaller images use the finest scales that fit, their weights renormalized."""
+    side = min(reference.shape[:2])
+    scales = len(MS_SSIM_BETAS)
+    while scales > 1 and side // (scales - 1) ** 2 <= MS_SSIM_KERNEL - 1:
+        scales -= 1
+    betas = np.array(MS_SSIM_BETAS[:scales]) / sum(MS_SSIM_BETAS[:scales])
+    preds, target = _nchw(restored, reference)
+    return float(multiscale_structural_similarity_index_measure(preds, target, data_range=255.0, betas=tuple(betas), normalize=None))
+
+
+def vif(restored: np.ndarray, reference: np.ndarray) -> float:
+    """Pixel-domain VIF of two uint8 HWC images (0-255 scale, noise variance 2), averaged over the channels.
+
+    In float32: 25x faster than float64 on the CPU, and within 1e-5 of it on photos."""
+    if min(reference.shape[:2]) < VIF_MIN_SIDE:
+        raise ValueError(f"VIF needs images of at least {VIF_MIN_SIDE} px per side, got {reference.shape[1]}x{reference.shape[0]}")
+    preds, target = _nchw(restored, reference)
+    return float(visual_information_fidelity(preds, target, sigma_n_sq=2.0))
+
+
+METRICS = ("psnr", "ssim", "ms_ssim", "vif", "sharpness")
+
+
 def _score(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {
         "psnr": peak_signal_noise_ratio(reference, restored, data_range=255),
         "ssim": structural_similarity(reference, restored, channel_axis=2, data_range=255),
+        "ms_ssim": ms_ssim(restored, reference),
+        "vif": vif(restored, reference),
         # 1.0: as much detail as the HR image; bicubic upscaling is well below it.
         "sharpness": gradient_energy(restored) / gradient_energy(reference),
     }
@@ -42,10 +82,11 @@ DEGRADATIONS = ("realesrgan", "bicubic")
 
 
 def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, config: DegradationConfig = DegradationConfig(),
-             degradation: str = "realesrgan") -> list[dict]:
-    """Rows of (image, method, psnr, ssim, sharpness); `models` maps a method name to a SuperResolver at `scale`.
+             degradation: str = "realesrgan", on_image=None) -> list[dict]:
+    """Rows of (image, method, *METRICS); `models` maps a method name to a SuperResolver at `scale`.
 
-    `degradation`: "realesrgan" (the training pipeline, seeded per image) or "bicubic" (clean downscaling)."""
+    `degradation`: "realesrgan" (the training pipeline, seeded per image) or "bicubic" (clean downscaling).
+    `on_image(hr, results)`, if given, sees every HR image and the uint8 results by method (a comparison sheet)."""
     if degradation not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {degradation!r}; choose one of: {', '.join(DEGRADATIONS)}")
     rows = []
@@ -62,16 +103,32 @@ def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, 
         outputs = {"bicubic": resize_to(lr_tensor, height, width)[0]}
         for name, resolver in models.items():
             outputs[name] = resolver.upscale_tensor(lr_tensor)[0]
-        for name, output in outputs.items():
-            rows.append({"image": path.name, "method": name, **_score(images.from_tensor(output), hr)})
+        results = {name: images.from_tensor(output) for name, output in outputs.items()}
+        for name, result in results.items():
+            rows.append({"image": path.name, "method": name, **_score(result, hr)})
+        if on_image is not None:
+            on_image(hr, results)
     return rows
+
+
+def reconstruction_psnr(model, hr_root) -> float:
+    """Mean PSNR (8-bit) of the SR model's autoencoder round trip, decode(encode(x)), over the images of a folder,
+    each cropped to a multiple of the model stride: how much of a photo the latent keeps."""
+    scores, stride, dtype = [], model.stride, next(model.parameters()).dtype
+    for path in list_images(hr_root):
+        hr = images.to_8bit(images.read_image(path).rgb)
+        hr = np.ascontiguousarray(hr[: hr.shape[0] // stride * stride, : hr.shape[1] // stride * stride])
+        with torch.no_grad():
+            restored = model.decode(model.normalization.denormalize(model.encode(images.to_tensor(hr).to(dtype))))
+        scores.append(peak_signal_noise_ratio(hr, images.from_tensor(restored[0].float()), data_range=255))
+    return float(np.mean(scores))
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     methods: dict[str, list[dict]] = {}
     for row in rows:
         methods.setdefault(row["method"], []).append(row)
-    return {name: {key: float(np.mean([r[key] for r in group])) for key in ("psnr", "ssim", "sharpness")} | {"images": len(group)}
+    return {name: {key: float(np.mean([r[key] for r in group])) for key in METRICS} | {"images": len(group)}
             for name, group in methods.items()}
 
 
@@ -79,8 +136,8 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     """Atomically: the CSV appears whole or not at all."""
     path = Path(path)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["image", "method", "psnr", "ssim", "sharpness"])
+    writer = csv.DictWriter(buffer, fieldnames=["image", "method", *METRICS])
     writer.writeheader()
-    writer.writerows({**r, "psnr": f"{r['psnr']:.4f}", "ssim": f"{r['ssim']:.5f}", "sharpness": f"{r['sharpness']:.4f}"} for r in rows)
+    writer.writerows({**r, **{key: f"{r[key]:.5f}" for key in METRICS}} for r in rows)
     with atomic_file(path, "w") as f:
         f.write(buffer.getvalue())

@@ -1,0 +1,64 @@
+"""`flowsr eval`'s MS-SSIM and VIF against torchmetrics in float64, their closed forms, and the comparison picture."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data, transform
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, visual_information_fidelity
+
+from flowsr.training.comparison import ComparisonSheet, detailed_window
+from flowsr.training.evaluate import ms_ssim, vif
+
+
+def pair(size: int = 256):
+    hr = (transform.resize(data.astronaut(), (size, size), anti_aliasing=True) * 255).round().astype(np.uint8)
+    small = Image.fromarray(hr).resize((size // 4, size // 4), Image.BICUBIC)
+    bicubic = np.asarray(small.resize((size, size), Image.BICUBIC))
+    noisy = np.clip(hr + np.random.default_rng(0).normal(0, 8, hr.shape), 0, 255).astype(np.uint8)
+    return hr, bicubic, noisy
+
+
+def float64(image):
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].double()
+
+
+def test_vif_matches_float64_and_its_closed_forms():
+    hr, bicubic, noisy = pair()
+    assert vif(hr, hr) == pytest.approx(1.0, abs=1e-6)
+    reference = float(visual_information_fidelity(float64(bicubic), float64(hr), sigma_n_sq=2.0))
+    assert vif(bicubic, hr) == pytest.approx(reference, abs=1e-4)
+    assert vif(bicubic, hr) < vif(noisy, hr) < 1  # blur loses more information than mild noise
+    with pytest.raises(ValueError, match="at least 41 px"):
+        vif(hr[:40, :40], hr[:40, :40])
+
+
+def test_ms_ssim_uses_the_five_standard_scales_when_they_fit():
+    hr, bicubic, _ = pair()
+    reference = float(multiscale_structural_similarity_index_measure(float64(bicubic), float64(hr), data_range=255.0, normalize=None))
+    assert ms_ssim(bicubic, hr) == pytest.approx(reference, abs=1e-4)
+    assert ms_ssim(hr, hr) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ms_ssim_of_small_images_renormalizes_the_finest_scales():
+    hr, bicubic, _ = pair(96)  # 96 // 2**2 > 10 but 96 // 3**2 is not: three scales
+    betas = np.array([0.0448, 0.2856, 0.3001])
+    reference = multiscale_structural_similarity_index_measure(float64(bicubic), float64(hr), data_range=255.0,
+                                                               betas=tuple(betas / betas.sum()), normalize=None)
+    assert ms_ssim(bicubic, hr) == pytest.approx(float(reference), abs=1e-4)
+
+
+def test_comparison_sheet_lays_out_crops_of_the_most_detailed_window(tmp_path):
+    hr = np.zeros((64, 96, 3), np.uint8)
+    hr[40:56, 64:80] = np.indices((16, 16)).sum(0)[..., None] % 2 * 255  # a checkerboard: all the detail is here
+    assert detailed_window(hr, 16) == (40, 64)
+    sheet = ComparisonSheet(crop=16, zoom=2)
+    sheet.add(hr, {"bicubic": hr // 2, "flowsr": hr})
+    sheet.add(hr, {"bicubic": hr // 2, "flowsr": hr})
+    picture = sheet.picture()
+    assert picture.shape == (16 + 2 * 32 + 4, 3 * 32 + 2 * 4, 3)
+    np.testing.assert_array_equal(picture[16:48, 36:68], np.kron(hr[40:56, 64:80], np.ones((2, 2, 1), np.uint8)))
+    with pytest.raises(ValueError, match="every row needs"):
+        sheet.add(hr, {"bicubic": hr})
+    sheet.save(tmp_path / "sheet.png")
+    assert np.asarray(Image.open(tmp_path / "sheet.png")).shape == picture.shape
