@@ -14,7 +14,7 @@ from skimage import data
 
 from flowsr.core import latents
 from flowsr.core.model_dir import init_sr_model
-from flowsr.training.allosr2 import LORA_PRESETS, AlloSR2Objective, LossWeights, add_lora, base_encoder
+from flowsr.training.allosr2 import LORA_PRESETS, RELATIVE_FLOOR, AlloSR2Objective, LossWeights, add_lora, base_encoder
 from flowsr.training.data import DegradedFolder
 from flowsr.training.loop import LoopConfig, run
 
@@ -181,3 +181,19 @@ def test_ddp_ranks_hold_identical_weights(photos, tmp_path):
     assert any(not torch.equal(rank0[k], start[k]) for k in rank0)  # they trained
     losses = [json.loads((tmp_path / f"losses{rank}.json").read_text()) for rank in (0, 1)]
     assert len(losses[0]) == len(losses[1]) == 3 and losses[0] != losses[1]  # each rank saw its own share of the data
+
+
+def test_relative_reconstruction_is_each_samples_share_of_its_input_error():
+    model, _ = lora_model()
+    lr, hr = batch(size=3)
+    losses = AlloSR2Objective(model, LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=0.0, atm=0.0))((lr, hr), torch.Generator().manual_seed(0))
+    with torch.no_grad(), base_encoder(model):
+        z_hr = model.encode(hr)
+    z_lr = model.encode(lr)
+    t_star = torch.full((3,), model.t_star)
+    z_hat = z_lr - model.t_star * velocity(model, z_lr, t_star)
+    error = (z_hat - z_hr).pow(2).mean(dim=(1, 2, 3))
+    input_error = (z_lr - z_hr).pow(2).mean(dim=(1, 2, 3)).clamp_min(RELATIVE_FLOOR)
+    torch.testing.assert_close(losses["latent_relative"], (error / input_error).mean(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(losses["loss"], losses["latent_relative"])
+    torch.testing.assert_close(losses["gain_db"], 10 * torch.log10((z_lr - z_hr).pow(2).mean() / error.mean()), rtol=1e-4, atol=1e-5)

@@ -43,7 +43,7 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     manifest = Manifest.read(vae_model)
     assert manifest.trained is False and manifest.latent_scale != 1.0  # calibrated from the data
     rows = [json.loads(line) for line in (tmp_path / "vae" / "losses.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and {"l1", "mse", "kl"} <= set(rows[0])
+    assert [r["step"] for r in rows] == [1, 2] and {"l1", "mse"} <= set(rows[0])  # a PatchAutoencoder: no KL
 
     assert main(["train", "flow", str(vae_model), "--data", str(photos), "-o", str(tmp_path / "flow"), *FAST]) == 0
     flow_model = tmp_path / "flow" / "model"
@@ -52,7 +52,9 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert all(torch.equal(a, b) for a, b in zip(vae_before.vae.state_dict().values(), after.vae.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(vae_before.transformer.state_dict().values(), after.transformer.state_dict().values()))
 
+    assert Manifest.read(flow_model).t_star_source == "preset"
     assert main(["train", "estimate-tstar", str(flow_model), "--data", str(photos), "--crop", "32", "--samples", "4"]) == 0
+    assert Manifest.read(flow_model).t_star_source == "estimated"
     t_star = Manifest.read(flow_model).t_star
     pairs = DegradedFolder(photos, crop=32, scale=4, repeats=64, max_side=1600)
     assert t_star == pytest.approx(estimate_t_star(after, [pairs[i] for i in range(4)]))
@@ -63,8 +65,17 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert (adapters / "transformer" / "adapter_model.safetensors").is_file()
     assert json.loads((adapters / "adapters.json").read_text())["t_star"] == pytest.approx(t_star)
     merged, manifest = load_sr_model(tmp_path / "sr" / "model")
-    assert manifest.trained and merged.t_star == pytest.approx(t_star)
+    assert manifest.trained and merged.t_star == pytest.approx(t_star) and manifest.t_star_estimated
     assert not any("lora" in name for name in merged.state_dict())
+    assert "never estimated" not in capsys.readouterr().err
+
+
+def test_allosr2_on_a_fallback_t_star_warns_in_one_line(photos, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert main(["model", "init", "--preset", "tiny", str(base)]) == 0
+    assert main(["train", "allosr2", str(base), "--data", str(photos), "-o", str(tmp_path / "sr"), *FAST]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "never estimated" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("flowsr: warning:") and "estimate-tstar" in warnings[0]
 
 
 def test_eval_scores_bicubic_and_models(photos, tmp_path, capsys):

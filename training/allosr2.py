@@ -21,9 +21,10 @@ from flowsr.core.atomic import atomic_directory
 from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
 
-# Attention and MLP projections of the FLUX blocks; convolutions and attention of the VAE encoder.
+# Attention and MLP projections of the FLUX blocks; convolutions and attention of the autoencoder's encoder (a VAE's
+# blocks, or a PatchAutoencoder's projection and branch).
 TRANSFORMER_TARGETS = r".*(transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out))$"
-ENCODER_TARGETS = r"^encoder\.(conv_in|conv_out|.*\.(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0))$"
+ENCODER_TARGETS = r"^encoder\.(conv_in|conv_out|conv1|projection|.*\.(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0))$"
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,13 @@ class LoraSettings:
 
 LORA_PRESETS = {
     "tiny": LoraSettings(rank=4, alpha=4.0),
-    "small": LoraSettings(rank=16, alpha=16.0),
+    "tiny-kl": LoraSettings(rank=4, alpha=4.0),
+    "small": LoraSettings(rank=64, alpha=64.0),
     "flux-dev": LoraSettings(rank=64, alpha=64.0),  # the paper's setting
 }
+
+
+RELATIVE_FLOOR = 1e-3  # input errors below this (flat, clean crops) count as this, so no sample dominates
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,15 @@ class LossWeights:
 
     `pixel` adds an L1 term on the decoded image to L_rec. A small VAE's latent error is not its pixel error
     (README, "The shipped models"); where LPIPS backbone weights are absent this is the term that reaches pixels.
+
+    `latent_relative` is L_rec's MSE divided, per sample, by that sample's input error mean((z_L - z_H)²) (held
+    constant, floored at RELATIVE_FLOOR): the share of the input's error left over. Plain MSE is dominated by
+    heavily degraded samples, whose errors are several times larger, and a model trained on it smooths clean
+    inputs; the relative form weighs every sample by how much it can gain, as mean PSNR gain over the input does.
     """
 
     latent_mse: float = 1.0
+    latent_relative: float = 0.0
     lpips: float = 0.0
     pixel: float = 0.0
     fatc: float = 1.0
@@ -96,7 +107,11 @@ class AlloSR2Objective(nn.Module):
         t_star = torch.full((size,), model.t_star, device=z_lr.device)
         z_hr_hat = flow.one_step_sr(z_lr, self.velocity(z_lr, t_star), t_star)
 
-        losses = {"latent_mse": (z_hr_hat.float() - z_hr.float()).pow(2).mean()}
+        error = (z_hr_hat.float() - z_hr.float()).pow(2).flatten(1).mean(dim=1)
+        input_error = (z_lr.detach().float() - z_hr.float()).pow(2).flatten(1).mean(dim=1)
+        losses = {"latent_mse": error.mean()}
+        if weights.latent_relative:
+            losses["latent_relative"] = (error / input_error.clamp_min(RELATIVE_FLOOR)).mean()
         if weights.lpips or weights.pixel:
             decoded = model.decode(model.normalization.denormalize(z_hr_hat)).float()
             if weights.pixel:
@@ -119,8 +134,11 @@ class AlloSR2Objective(nn.Module):
             direction = flow.atm_direction(z_sr, z_gen, v_sr, v_gen, t, z_hr_hat, z_hr)
             # Surrogate whose parameter gradient is direction . dz_H_hat/dtheta (per element, averaged).
             losses["atm"] = (direction.detach().float() * z_hr_hat.float()).mean()
-        scale = {"latent_mse": weights.latent_mse, "lpips": weights.lpips, "pixel": weights.pixel, "fatc": weights.fatc, "atm": weights.atm}
+        scale = {"latent_mse": weights.latent_mse, "latent_relative": weights.latent_relative, "lpips": weights.lpips,
+                 "pixel": weights.pixel, "fatc": weights.fatc, "atm": weights.atm}
         losses["loss"] = sum(scale[name] * value for name, value in losses.items())
+        # Logged, not optimized: how much closer to z_H the one step got than z_L was, in dB.
+        losses["gain_db"] = 10 * torch.log10(input_error.mean() / losses["latent_mse"].detach().clamp_min(1e-12))
         return losses
 
 

@@ -9,15 +9,20 @@ def _loop_config(args):
     from .loop import LoopConfig
 
     return LoopConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, schedule=args.schedule, warmup=args.warmup, precision=args.precision)
 
 
-def _load_or_init(args):
-    from flowsr.core.model_dir import init_sr_model, load_sr_model
+def _crops(args):
+    from .stages import Crops
 
-    if getattr(args, "model", None):
-        return load_sr_model(args.model)
-    return init_sr_model(args.preset, seed=args.seed)
+    return Crops(args.data, crop=args.crop, repeats=args.repeats, max_side=args.max_side, seed=args.seed)
+
+
+def _pairs(args, synthesized=None):
+    from .stages import Pairs
+
+    return Pairs(args.data, crop=args.crop, repeats=args.repeats, max_side=args.max_side, seed=args.seed, scale=args.scale,
+                 clean_fraction=getattr(args, "clean_fraction", 0.0), lr_data=args.lr_data, synthesized=synthesized)
 
 
 def run_photos(args) -> int:
@@ -28,59 +33,25 @@ def run_photos(args) -> int:
     return 0
 
 
-def _pretrain(args, objective_class, description: str):
-    """`train vae` and `train flow`: HR crops through the shared loop; rank 0 gets (model, manifest, dataset)."""
-    from .data import HRCrops
-    from .loop import distributed, run
-    from .pretrain import VAEObjective, narrow_posterior
-
-    model, manifest = _load_or_init(args)
-    if objective_class is VAEObjective and not args.model:
-        narrow_posterior(model.vae)
-    dataset = HRCrops(args.data, crop=args.crop, seed=args.seed, repeats=args.repeats, max_side=args.max_side)
-    run(objective_class(model), dataset, _loop_config(args), args.output, resume=not args.restart, description=description)
-    return (model.cpu().eval(), manifest, dataset) if distributed()[0] == 0 else None
-
-
 def run_vae(args) -> int:
-    import torch
+    from flowsr.core.model_dir import Manifest
 
-    from flowsr.core.model_dir import save_sr_model
+    from .stages import train_autoencoder
 
-    from .pretrain import VAEObjective, calibrate_latents
-
-    trained = _pretrain(args, VAEObjective, "train vae")
-    if trained:
-        model, manifest, dataset = trained
-        crops = torch.stack([dataset[i] for i in range(min(len(dataset), 64))])
-        manifest.latent_shift, manifest.latent_scale = calibrate_latents(model, crops)
-        save_sr_model(model, manifest, Path(args.output) / "model", overwrite=True)
-        print(f"VAE trained; latent shift {manifest.latent_shift:.4f}, scale {manifest.latent_scale:.4f}; "
-              f"model directory: {Path(args.output) / 'model'}")
+    model_dir = train_autoencoder(args.output, _crops(args), _loop_config(args), preset=args.preset, model_dir=args.model, restart=args.restart)
+    if model_dir:
+        manifest = Manifest.read(model_dir)
+        print(f"autoencoder trained; latent shift {manifest.latent_shift:.4f}, scale {manifest.latent_scale:.4f}; model directory: {model_dir}")
     return 0
 
 
 def run_flow(args) -> int:
-    from flowsr.core.model_dir import save_sr_model
+    from .stages import train_flow
 
-    from .pretrain import FlowObjective
-
-    trained = _pretrain(args, FlowObjective, "train flow")
-    if trained:
-        save_sr_model(trained[0], trained[1], Path(args.output) / "model", overwrite=True)
-        print(f"generative flow trained; model directory: {Path(args.output) / 'model'}")
+    model_dir = train_flow(args.model, args.output, _crops(args), _loop_config(args), restart=args.restart)
+    if model_dir:
+        print(f"generative flow trained; model directory: {model_dir}")
     return 0
-
-
-def _sr_pairs(args):
-    from .data import DegradedFolder, PairedFolders, SynthesizedPairs
-
-    if getattr(args, "synthesize_with", None):
-        return SynthesizedPairs(_synthesize_pairs(args), crop=args.crop, seed=args.seed)
-    if args.lr_data:
-        return PairedFolders(args.lr_data, args.data, crop=args.crop, seed=args.seed)
-    return DegradedFolder(args.data, crop=args.crop, scale=args.scale, seed=args.seed, repeats=args.repeats, max_side=args.max_side,
-                          clean_fraction=getattr(args, "clean_fraction", 0.0))
 
 
 def _synthesize_pairs(args) -> Path:
@@ -110,49 +81,45 @@ def _synthesize_pairs(args) -> Path:
 
 
 def run_estimate_tstar(args) -> int:
-    from flowsr.core.model_dir import load_sr_model, update_manifest
+    from .stages import estimate_tstar
 
-    from .allosr2 import estimate_t_star
-
-    model, _ = load_sr_model(args.model)
-    pairs = _sr_pairs(args)
-    count = min(args.samples, len(pairs))
-    t_star = estimate_t_star(model, [pairs[i] for i in range(count)])
-    update_manifest(args.model, t_star=t_star)
-    print(f"t* = {t_star:.4f} from {count} pairs, written to {args.model}")
+    t_star = estimate_tstar(args.model, _pairs(args), samples=args.samples)
+    print(f"t* = {t_star:.4f}, written to {args.model}")
     return 0
 
 
 def run_allosr2(args) -> int:
-    from flowsr.core.model_dir import load_sr_model, update_manifest
-    from flowsr.export.merge import merge_adapters
+    from flowsr.core.model_dir import Manifest
 
-    from .allosr2 import (
-        LORA_PRESETS,
-        AlloSR2Objective,
-        LoraSettings,
-        LossWeights,
-        add_lora,
-        save_adapters,
-    )
-    from .loop import distributed, run
+    from .allosr2 import LORA_PRESETS, LoraSettings, LossWeights
+    from .stages import train_allosr2
 
-    model, manifest = load_sr_model(args.model)
-    preset = LORA_PRESETS.get(manifest.preset, LoraSettings())
-    add_lora(model, LoraSettings(rank=args.rank or preset.rank, alpha=args.alpha or args.rank or preset.alpha))
-    weights = LossWeights(latent_mse=1.0, lpips=args.lpips_weight, pixel=args.pixel_weight, fatc=0.0 if args.no_fatc else 1.0, atm=0.0 if args.no_atm else 1.0)
-    lpips = None
-    if weights.lpips:
-        from .perceptual import load_lpips
+    preset = LORA_PRESETS.get(Manifest.read(args.model).preset, LoraSettings())
+    lora = LoraSettings(rank=args.rank or preset.rank, alpha=args.alpha or args.rank or preset.alpha)
+    weights = LossWeights(latent_mse=1.0, lpips=args.lpips_weight, pixel=args.pixel_weight, fatc=0.0 if args.no_fatc else args.fatc_weight,
+                          atm=0.0 if args.no_atm else args.atm_weight)
+    pairs = _pairs(args, synthesized=_synthesize_pairs(args) if args.synthesize_with else None)
+    merged = train_allosr2(args.model, args.output, pairs, _loop_config(args), weights, lora, args.lpips_weights, restart=args.restart)
+    if merged:
+        print(f"LoRA adapters: {Path(args.output) / 'adapters'}; merged model directory: {merged}")
+    return 0
 
-        lpips = load_lpips(args.lpips_weights)
-    objective = AlloSR2Objective(model, weights, lpips)
-    run(objective, _sr_pairs(args), _loop_config(args), args.output, resume=not args.restart, description="train allosr2")
-    if distributed()[0] == 0:
-        adapters = save_adapters(model.cpu(), Path(args.output) / "adapters", manifest)
-        merged = merge_adapters(args.model, adapters, Path(args.output) / "model", overwrite=True)
-        update_manifest(merged, trained=True, scale_factors=[args.scale])
-        print(f"LoRA adapters: {adapters}; merged model directory: {merged}")
+
+def run_recipe(args) -> int:
+    import dataclasses
+
+    from .recipe import RECIPES, RecipeRun
+
+    recipe = RECIPES[args.preset]
+    changes = {"fatc_weight": args.fatc_weight, "atm_weight": args.atm_weight}
+    if args.allosr2_steps is not None:
+        changes["allosr2"] = dataclasses.replace(recipe.allosr2, steps=args.allosr2_steps, warmup=max(1, args.allosr2_steps // 20),
+                                                 checkpoint_every=max(1, min(200, args.allosr2_steps // 4)))
+    recipe = dataclasses.replace(recipe, **{key: value for key, value in changes.items() if value is not None})
+    state = RecipeRun(args.corpus, args.output, recipe, base=args.base).run()
+    total = sum(state["seconds"].values())
+    stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in state["seconds"].items())
+    print(f"recipe done in {total:.0f} s ({stages}); model directory: {Path(args.output) / 'model'}")
     return 0
 
 
@@ -249,20 +216,25 @@ def _add_scale_data_options(parser) -> None:
 def run_eval(args) -> int:
     from flowsr.runtime.super_resolver import SuperResolver
 
-    from .evaluate import evaluate, summarize, write_csv
+    from .comparison import ComparisonSheet
+    from .evaluate import METRICS, evaluate, summarize, write_csv
 
     models = {}
     for spec in args.model:
         name, _, path = spec.rpartition("=")
         models[name or Path(path).name] = SuperResolver(path, scale=args.scale, device=args.device, tile=0, vae_tile=0,
                                                            color_fix=not args.no_color_fix)
-    rows = evaluate(args.data, models, scale=args.scale, seed=args.seed, degradation=args.degradation)
+    sheet = ComparisonSheet() if args.comparison else None
+    rows = evaluate(args.data, models, scale=args.scale, seed=args.seed, degradation=args.degradation, on_image=sheet.add if sheet else None)
     write_csv(rows, args.csv)
+    if sheet:
+        sheet.save(args.comparison)
+        print(f"comparison picture: {args.comparison}")
     how = "clean bicubic downscaling" if args.degradation == "bicubic" else f"Real-ESRGAN-style degradation seeded per image from {args.seed}"
     print(f"x{args.scale}, {how}; per-image scores: {args.csv}")
-    print(f"{'method':<24} {'PSNR':>8} {'SSIM':>8} {'sharpness':>9} images")
+    print(f"{'method':<24} " + " ".join(f"{metric:>9}" for metric in METRICS) + " images")
     for name, scores in summarize(rows).items():
-        print(f"{name:<24} {scores['psnr']:8.3f} {scores['ssim']:8.4f} {scores['sharpness']:9.3f} {scores['images']}")
+        print(f"{name:<24} " + " ".join(f"{scores[metric]:9.4f}" for metric in METRICS) + f" {scores['images']}")
     return 0
 
 
@@ -284,6 +256,10 @@ def _add_loop_options(parser, steps: int, batch_size: int, lr: float) -> None:
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--workers", type=int, default=0, help="data loader processes")
     parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="learning rate: constant, or warm-up then cosine decay")
+    parser.add_argument("--warmup", type=int, default=0, help="warm-up steps of the cosine schedule")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="auto: bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32")
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in RUN_DIR")
 
 
@@ -294,7 +270,17 @@ def add_commands(commands) -> None:
     photos.add_argument("output", metavar="OUT")
     photos.set_defaults(run=run_photos)
 
-    vae = train.add_parser("vae", help="pre-train the VAE of a preset on HR crops")
+    recipe = train.add_parser("recipe", help="the whole SR training, resumable: autoencoder, flow prior, t*, AlloSR², float16 model, evaluation")
+    recipe.add_argument("corpus", metavar="CORPUS", help="folder with train/ (and holdout/ to evaluate on), as `flowsr train photos` writes it")
+    recipe.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder; running the command again resumes it")
+    recipe.add_argument("--preset", default="small", choices=["small", "tiny"], help="default small (what ships); tiny for tests")
+    recipe.add_argument("--base", metavar="MODEL_DIR", help="start from this finished flow stage (RUN/flow/model of another run)")
+    recipe.add_argument("--fatc-weight", type=float, help="weight of the FATC term (default: the preset recipe's; the paper's is 1)")
+    recipe.add_argument("--atm-weight", type=float, help="weight of the ATM term (default: the preset recipe's; the paper's is 1)")
+    recipe.add_argument("--allosr2-steps", type=int, help="AlloSR² steps (default: the preset recipe's), for ablations at a smaller budget")
+    recipe.set_defaults(run=run_recipe)
+
+    vae = train.add_parser("vae", help="pre-train the autoencoder of a preset on HR crops")
     vae.add_argument("--preset", default="small")
     vae.add_argument("--model", help="continue from this model directory instead of a fresh preset")
     _add_data_options(vae, crop=128, sr_pairs=False)
@@ -321,6 +307,8 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
     allosr2.add_argument("--no-fatc", action="store_true", help="ablation: drop the FATC term")
     allosr2.add_argument("--no-atm", action="store_true", help="ablation: drop the ATM term")
+    allosr2.add_argument("--fatc-weight", type=float, default=1.0, help="weight of the FATC term (default 1, the paper's)")
+    allosr2.add_argument("--atm-weight", type=float, default=1.0, help="weight of the ATM term (default 1, the paper's)")
     allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
     allosr2.add_argument("--clean-fraction", type=float, default=0.0,
@@ -351,7 +339,7 @@ def add_commands(commands) -> None:
 
 
 def add_eval_command(commands) -> None:
-    evaluation = commands.add_parser("eval", help="score SR models against bicubic on degraded HR images (PSNR/SSIM)")
+    evaluation = commands.add_parser("eval", help="score SR models against bicubic on degraded HR images (PSNR, SSIM, MS-SSIM, VIF)")
     evaluation.add_argument("data", metavar="HR_DIR", help="folder of HR images")
     evaluation.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR", help="model directory; repeat to compare (e.g. ablations)")
     evaluation.add_argument("--scale", type=int, default=4)
@@ -361,6 +349,7 @@ def add_eval_command(commands) -> None:
     evaluation.add_argument("--degradation", default="realesrgan", choices=["realesrgan", "bicubic"],
                             help="how the HR images become LR: the training pipeline (default) or clean bicubic downscaling")
     evaluation.add_argument("--no-color-fix", action="store_true", help="score the models without the wavelet color fix")
+    evaluation.add_argument("--comparison", metavar="PNG", help="also write side-by-side crops (bicubic, each model, HR) of every image")
     evaluation.set_defaults(run=run_eval)
 
     degradation = commands.add_parser("eval-degradation", help="DegFlow: 1-NFE vs multi-step vs true degraded images at knot and unseen scales")

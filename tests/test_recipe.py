@@ -1,0 +1,159 @@
+"""`flowsr train recipe` end to end on the tiny preset, and resume of every stage after an interruption."""
+
+import json
+
+import pytest
+import safetensors
+import torch
+from PIL import Image
+from skimage import data
+
+from flowsr.core.model_dir import Manifest, load_sr_model
+from flowsr.runtime.cli import main
+from flowsr.training import loop
+from flowsr.training.allosr2 import LossWeights
+from flowsr.training.data import HRCrops
+from flowsr.training.loop import LoopConfig
+from flowsr.training.recipe import RECIPES, STAGES
+from flowsr.training.stages import Crops, Pairs, estimate_tstar, train_allosr2, train_autoencoder, train_flow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "train").mkdir()
+    (root / "holdout").mkdir()
+    Image.fromarray(data.astronaut()[::4, ::4]).save(root / "train" / "astronaut.png")
+    Image.fromarray(data.rocket()[::4, ::4]).save(root / "train" / "rocket.png")
+    Image.fromarray(data.coffee()[100:164, 200:264]).save(root / "holdout" / "coffee.png")
+    return root
+
+
+def test_recipe_end_to_end(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 0
+    manifest = Manifest.read(out / "model")
+    assert manifest.trained and manifest.t_star_estimated and manifest.preset == "tiny"
+    with safetensors.safe_open(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert {f.get_tensor(key).dtype for key in f.keys()} == {torch.float16}
+    merged, _ = load_sr_model(out / "allosr2" / "model")
+    assert merged.t_star == pytest.approx(manifest.t_star)
+    state = json.loads((out / "recipe.json").read_text())
+    assert list(state["seconds"]) == list(STAGES) and all(seconds >= 0 for seconds in state["seconds"].values())
+    for degradation in ("realesrgan", "bicubic"):
+        assert set(state["evaluation"][degradation]) == {"bicubic", "flowsr"}
+        assert (out / f"eval-{degradation}.csv").read_text().startswith("image,method,psnr,ssim,ms_ssim,vif,sharpness")
+    runs = [json.loads(line) for line in (out / "allosr2" / "runs.jsonl").read_text().splitlines()]
+    assert runs[0]["precision"].startswith(("bfloat16", "float32"))
+    printed = capsys.readouterr().out
+    assert "recipe done" in printed and "flowsr" in printed
+
+    # A finished run is not trained again; an ablation starts from its base and trains only AlloSR².
+    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 0
+    again = capsys.readouterr().out
+    assert all(f"recipe: {stage} done" in again for stage in STAGES) and "train " not in again
+    ablation = tmp_path / "no-atm"
+    argv = ["train", "recipe", str(corpus), "-o", str(ablation), "--preset", "tiny", "--atm-weight", "0", "--allosr2-steps", "3"]
+    assert main([*argv, "--base", str(out / "flow" / "model")]) == 0
+    assert not (ablation / "autoencoder").exists() and not (ablation / "flow").exists()
+    losses = [json.loads(line) for line in (ablation / "allosr2" / "losses.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and "atm" not in losses[0] and "fatc" in losses[0]
+
+
+def test_recipe_refuses_other_settings_and_missing_corpus(corpus, tmp_path, capsys):
+    assert main(["train", "recipe", str(tmp_path / "nothing"), "-o", str(tmp_path / "run"), "--preset", "tiny"]) == 2
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps({"settings": {"preset": "other"}, "seconds": {}, "evaluation": {}}))
+    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "no train/ folder" in lines[0] and "other settings" in lines[1]
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def interrupt_after(monkeypatch, samples: int):
+    """Make the data raise (like Ctrl-C) once `samples` training samples have been read."""
+    original = HRCrops.__getitem__
+    seen = []
+
+    def getitem(self, key):
+        seen.append(key)
+        if len(seen) > samples:
+            raise Interrupt
+        return original(self, key)
+
+    monkeypatch.setattr(HRCrops, "__getitem__", getitem)
+
+
+STAGE_CONFIG = LoopConfig(steps=3, batch_size=2, lr=1e-3, checkpoint_every=1, schedule="cosine", warmup=1)
+
+
+def _weights(model_dir):
+    model, _ = load_sr_model(model_dir)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "flow", "allosr2"])
+def test_each_stage_resumes_where_it_was_interrupted(corpus, tmp_path, monkeypatch, stage):
+    """Interrupted after its first step and run again, a stage ends with the weights of an uninterrupted run."""
+    crops = Crops(corpus / "train", crop=32, repeats=2)
+    pairs = Pairs(corpus / "train", crop=32, repeats=2)
+    base = tmp_path / "base"
+    if stage != "autoencoder":
+        base = train_autoencoder(tmp_path / "ae", crops, STAGE_CONFIG, preset="tiny")
+        if stage == "allosr2":
+            base = train_flow(base, tmp_path / "flow", crops, STAGE_CONFIG)
+            estimate_tstar(base, pairs, samples=2)
+
+    def train(out):
+        if stage == "autoencoder":
+            return train_autoencoder(out, crops, STAGE_CONFIG, preset="tiny")
+        if stage == "flow":
+            return train_flow(base, out, crops, STAGE_CONFIG)
+        return train_allosr2(base, out, pairs, STAGE_CONFIG)
+
+    straight = _weights(train(tmp_path / "straight"))
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, samples=STAGE_CONFIG.batch_size + (8 if stage == "autoencoder" else 0))
+        with pytest.raises(Interrupt):
+            train(tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "model").exists()
+    resumed = _weights(train(tmp_path / "resumed"))
+    sittings = [json.loads(line) for line in (tmp_path / "resumed" / "runs.jsonl").read_text().splitlines()]
+    assert [s["from_step"] for s in sittings] == [0, 1]
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_recipes_weigh_the_allosr2_terms():
+    small, tiny = RECIPES["small"], RECIPES["tiny"]
+    assert small.preset == "small" and all(config.schedule == "cosine" for config in (small.autoencoder, small.flow, small.allosr2))
+    # measured: FATC and ATM hold the small model back; the relative L_rec keeps it from smoothing clean inputs
+    assert small.loss_weights() == LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=0.0, atm=0.0)
+    assert tiny.loss_weights() == LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=1.0, atm=1.0)  # the tests run every term
+
+
+def test_autocast_follows_native_bfloat16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    context, line = loop.autocast_for(cpu)
+    assert not context._enabled and line.startswith("float32")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    context, line = loop.autocast_for(cpu)
+    assert context._enabled and context.fast_dtype == torch.bfloat16 and line.startswith("bfloat16")
+    context, line = loop.autocast_for(cpu, "float32")
+    assert not context._enabled
+
+
+def test_cosine_schedule_closed_form():
+    config = LoopConfig(steps=10, lr=1.0, schedule="cosine", warmup=2)
+    assert [config.lr_at(s) for s in (0, 1)] == [0.5, 1.0]
+    assert config.lr_at(2) == pytest.approx(1.0) and config.lr_at(6) == pytest.approx(0.5) and config.lr_at(10) == pytest.approx(0.0)
+    assert LoopConfig(lr=0.3).lr_at(500) == 0.3
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        LoopConfig(schedule="linear")

@@ -1,0 +1,123 @@
+"""The SR training stages as functions: what `flowsr train vae|flow|estimate-tstar|allosr2` run and what
+`flowsr train recipe` chains.
+
+Each training stage runs the shared loop in its run folder (checkpoint, losses.jsonl, runs.jsonl: a re-run
+resumes) and writes the model directory RUN/model. Under torchrun every process trains; rank 0 writes and
+gets the model directory back, the others get None.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flowsr.core.model_dir import init_sr_model, load_sr_model, save_sr_model, update_manifest
+from flowsr.export.merge import merge_adapters
+
+from .allosr2 import LORA_PRESETS, AlloSR2Objective, LoraSettings, LossWeights, add_lora, estimate_t_star, save_adapters
+from .data import DegradedFolder, HRCrops, PairedFolders, SynthesizedPairs
+from .evaluate import reconstruction_psnr
+from .loop import LoopConfig, distributed, run
+from .perceptual import load_lpips
+from .pretrain import AutoencoderObjective, FlowObjective, calibrate_latents, initialize_autoencoder
+
+PCA_CROPS = 512  # crops a fresh PatchAutoencoder's principal components are fitted on
+CALIBRATION_CROPS = 64  # crops the latent shift/scale are measured on
+
+
+@dataclass(frozen=True)
+class Crops:
+    """HR training crops: `repeats` random crops per image of the folder `data` per epoch, from images shrunk
+    so that their longer side is at most `max_side` (large photos are smooth at the pixel level)."""
+
+    data: str | Path
+    crop: int = 128
+    repeats: int = 64
+    max_side: int | None = 1600
+    seed: int = 0
+
+    def dataset(self) -> HRCrops:
+        return HRCrops(self.data, crop=self.crop, seed=self.seed, repeats=self.repeats, max_side=self.max_side)
+
+
+@dataclass(frozen=True)
+class Pairs(Crops):
+    """(LR at HR size, HR) training pairs: paired folders (`lr_data` beside `data`), pairs in the `flowsr degrade`
+    layout (`synthesized`), or HR crops of `data` degraded on the fly by `scale` with the Real-ESRGAN-style
+    pipeline, a share `clean_fraction` of them by clean bicubic downscaling instead."""
+
+    scale: float = 4.0
+    clean_fraction: float = 0.0
+    lr_data: str | Path | None = None
+    synthesized: str | Path | None = None
+
+    def dataset(self):
+        if self.synthesized:
+            return SynthesizedPairs(self.synthesized, crop=self.crop, seed=self.seed)
+        if self.lr_data:
+            return PairedFolders(self.lr_data, self.data, crop=self.crop, seed=self.seed)
+        return DegradedFolder(self.data, crop=self.crop, scale=self.scale, seed=self.seed, repeats=self.repeats,
+                              max_side=self.max_side, clean_fraction=self.clean_fraction)
+
+
+def _first(dataset, count: int) -> torch.Tensor:
+    return torch.stack([dataset[i] for i in range(min(len(dataset), count))])
+
+
+def train_autoencoder(out: str | Path, crops: Crops, loop: LoopConfig, preset: str = "small", model_dir=None,
+                      restart: bool = False, holdout: str | Path | None = None) -> Path | None:
+    """The autoencoder of a fresh `preset` model (or of `model_dir`) on HR crops; its latent shift/scale are then
+    calibrated to mean 0, std 1. A fresh PatchAutoencoder starts from the principal components of the crops.
+    With `holdout` (a folder of photos), every checkpoint logs their reconstruction PSNR to RUN/validation.jsonl."""
+    model, manifest = load_sr_model(model_dir) if model_dir else init_sr_model(preset, seed=crops.seed)
+    dataset = crops.dataset()
+    if model_dir is None:
+        print(initialize_autoencoder(model.vae, _first(dataset, PCA_CROPS)), flush=True)
+    validate = (lambda: {"holdout_psnr": reconstruction_psnr(model, holdout)}) if holdout else None
+    run(AutoencoderObjective(model), dataset, loop, out, resume=not restart, description="train autoencoder", validate=validate)
+    if distributed()[0]:
+        return None
+    model = model.cpu().eval()
+    manifest.latent_shift, manifest.latent_scale = calibrate_latents(model, _first(dataset, CALIBRATION_CROPS))
+    return save_sr_model(model, manifest, Path(out) / "model", overwrite=True)
+
+
+def train_flow(model_dir, out: str | Path, crops: Crops, loop: LoopConfig, restart: bool = False) -> Path | None:
+    """The transformer as a generative flow in the (frozen) autoencoder's latent space."""
+    model, manifest = load_sr_model(model_dir)
+    run(FlowObjective(model), crops.dataset(), loop, out, resume=not restart, description="train flow")
+    if distributed()[0]:
+        return None
+    return save_sr_model(model.cpu().eval(), manifest, Path(out) / "model", overwrite=True)
+
+
+def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256) -> float:
+    """SNR-guided t* from `samples` training pairs, written into the model's manifest (marked as estimated)."""
+    model, _ = load_sr_model(model_dir)
+    dataset = pairs.dataset()
+    count = min(samples, len(dataset))
+    t_star = estimate_t_star(model, [dataset[i] for i in range(count)])
+    update_manifest(model_dir, t_star=t_star, t_star_source="estimated")
+    return t_star
+
+
+def train_allosr2(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, weights: LossWeights = LossWeights(),
+                  lora: LoraSettings | None = None, lpips_weights: str | None = None, restart: bool = False) -> Path | None:
+    """AlloSR² LoRA fine-tuning of a base model; writes the adapters (RUN/adapters) and the merged model (RUN/model)."""
+    model, manifest = load_sr_model(model_dir)
+    if not manifest.t_star_estimated:
+        print(f"flowsr: warning: {model_dir} has the preset's fallback t* = {manifest.t_star:g}, never estimated from data; "
+              f"run `flowsr train estimate-tstar {model_dir} --data ...` first", file=sys.stderr)
+    add_lora(model, lora or LORA_PRESETS.get(manifest.preset, LoraSettings()))
+    lpips = load_lpips(lpips_weights) if weights.lpips else None
+    run(AlloSR2Objective(model, weights, lpips), pairs.dataset(), loop, out, resume=not restart, description="train allosr2")
+    if distributed()[0]:
+        return None
+    adapters = save_adapters(model.cpu(), Path(out) / "adapters", manifest)
+    merged = merge_adapters(model_dir, adapters, Path(out) / "model", overwrite=True)
+    update_manifest(merged, trained=True, scale_factors=[pairs.scale])
+    return merged
+
