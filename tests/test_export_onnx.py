@@ -166,9 +166,9 @@ def test_bfloat16_in_onnxruntime(tiny_bfloat16):
 
 @pytest.mark.slow
 def test_small_preset_transformer(tmp_path):
-    """The shipped size: 16 latent channels, FLUX's latent shift/scale, a 4-head transformer."""
+    """The shipped size: 64 latent channels at 1/8 size (a PatchAutoencoder), a 4-head transformer, stride 16."""
     model, manifest = init_sr_model("small")
     spec = export_onnx(model, tmp_path / "small", manifest=manifest, parts=("transformer",))
     assert spec["parts"]["transformer"]["verification"]["psnr_db"] >= 50
-    assert spec["geometry"] == {"stride": 8, "latent_factor": 4, "latent_channels": 16}
+    assert spec["geometry"] == {"stride": 16, "latent_factor": 8, "latent_channels": 64}
     assert onnxruntime_psnr(model, tmp_path / "small", "transformer", sizes=((2, 64, 80),)) >= 50

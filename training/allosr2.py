@@ -67,12 +67,15 @@ class LossWeights:
     atm: float = 1.0
 
 
-def add_lora(model: OneStepSR, settings: LoraSettings) -> None:
-    """Freeze the model, then add trainable LoRA adapters (peft, through diffusers) to the encoder and transformer."""
+def add_lora(model: OneStepSR, settings: LoraSettings, seed: int = 0) -> None:
+    """Freeze the model, then add trainable LoRA adapters (peft, through diffusers) to the encoder and transformer.
+    Their random A matrices come from `seed`, not the global generator, so a resumed run starts where a straight one did."""
     model.requires_grad_(False)
     common = {"r": settings.rank, "lora_alpha": settings.alpha, "init_lora_weights": True}
-    model.transformer.add_adapter(LoraConfig(target_modules=settings.transformer_targets, **common))
-    model.vae.add_adapter(LoraConfig(target_modules=settings.encoder_targets, **common))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.transformer.add_adapter(LoraConfig(target_modules=settings.transformer_targets, **common))
+        model.vae.add_adapter(LoraConfig(target_modules=settings.encoder_targets, **common))
 
 
 @contextlib.contextmanager

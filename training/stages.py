@@ -111,7 +111,7 @@ def train_allosr2(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, we
     if not manifest.t_star_estimated:
         print(f"flowsr: warning: {model_dir} has the preset's fallback t* = {manifest.t_star:g}, never estimated from data; "
               f"run `flowsr train estimate-tstar {model_dir} --data ...` first", file=sys.stderr)
-    add_lora(model, lora or LORA_PRESETS.get(manifest.preset, LoraSettings()))
+    add_lora(model, lora or LORA_PRESETS.get(manifest.preset, LoraSettings()), seed=loop.seed)
     lpips = load_lpips(lpips_weights) if weights.lpips else None
     run(AlloSR2Objective(model, weights, lpips), pairs.dataset(), loop, out, resume=not restart, description="train allosr2")
     if distributed()[0]:
