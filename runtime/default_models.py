@@ -22,9 +22,7 @@ def _packaged(folder: Path, missing: str) -> Path:
 
 
 def default_sr_model() -> Path:
-    # None ships yet: the CPU-trained small model does not beat bicubic upscaling (README, "The shipped models").
-    return _packaged(DEFAULT_SR_MODEL, "no trained default SR model ships with this version; pass --model DIR "
-                                       "(`flowsr model init` makes an untrained one for testing)")
+    return _packaged(DEFAULT_SR_MODEL, f"the packaged SR model is missing from {DEFAULT_SR_MODEL}; reinstall flowsr or pass --model DIR")
 
 
 def default_degradation_model() -> Path:
