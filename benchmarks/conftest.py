@@ -10,6 +10,8 @@ import platform  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from flowsr.training.loop import native_cpu_bfloat16  # noqa: E402
+
 
 def _version(module: str) -> str:
     try:
@@ -18,14 +20,27 @@ def _version(module: str) -> str:
         return "absent"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux reports it in /proc/cpuinfo; platform.processor() there is only "x86_64")."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU: {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    return f"CPU: {cpu_model()} x{os.cpu_count()}"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["device"] = device_name()
+    machine_info["cpu_native_bfloat16"] = native_cpu_bfloat16()
     machine_info["torch"] = torch.__version__
     machine_info["cuda"] = torch.version.cuda or "none"
     for module in ("triton", "onnxruntime", "diffusers", "tensorrt"):

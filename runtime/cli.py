@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     sr.add_argument("--scale", type=float, default=4.0, help="output size / input size (default 4)")
     sr.add_argument("--model", metavar="DIR", help="flowsr model directory (default: the packaged sr-small-x4 model)")
-    sr.add_argument("--tile", type=int, default=1024, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 1024)")
+    sr.add_argument("--tile", type=int, default=512, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)")
     sr.add_argument("--overlap", type=int, default=128, help="tile overlap in output pixels (default 128)")
     sr.add_argument("--vae-tile", type=int, default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
     sr.add_argument("--no-color-fix", action="store_true", help="keep the decoder's colours (default: wavelet color fix to the input's)")

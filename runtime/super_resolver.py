@@ -51,7 +51,7 @@ class SuperResolver:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         backend: str = "torch",
-        tile: int = 1024,
+        tile: int = 512,
         overlap: int = 128,
         vae_tile: int = 2048,
         batch_size: int = 1,
