@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
     out = resolver.upscale_picture(images.Picture(rgb=photo))
     seconds = time.perf_counter() - started
     assert out.rgb.shape == (4096, 4096, 3)
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """
 )
 
