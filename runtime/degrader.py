@@ -20,7 +20,7 @@ from flowsr.core.model_dir import DegradationManifest, load_degradation_model
 from flowsr.core.sr_model import resize_to
 
 from .default_models import default_degradation_model
-from .super_resolver import default_device
+from .devices import resolve_device
 from .tiling import pad_to_multiple
 
 SOLVERS = ("one-step", "euler", "adaptive")
@@ -46,7 +46,7 @@ class Degrader:
         batch_size: int = 4,
         manifest: DegradationManifest | None = None,
     ):
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if model is None:
             model = default_degradation_model()

@@ -20,6 +20,7 @@ from flowsr.core.sr_model import OneStepSR, resize_to
 
 from .backends import create_backend
 from .default_models import default_sr_model
+from .devices import resolve_device
 from .tiling import pad_to_multiple, tiled_map
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
@@ -27,10 +28,6 @@ DEFAULT_MAX_MEGAPIXELS = 100.0
 
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class SuperResolver:
@@ -59,7 +56,7 @@ class SuperResolver:
         color_fix: bool = True,
         manifest: Manifest | None = None,
     ):
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(self.device)
         if model is None:
             model = default_sr_model()

@@ -12,7 +12,9 @@ from PIL import Image
 
 from flowsr.core.model_dir import load_sr_model
 from flowsr.export.onnx_export import SPEC, STAGE_PARTS, model_sha256, onnx_dir_for, psnr, read_spec, reference_photo
+from flowsr.runtime.backend_onnxruntime import OnnxRuntimeUnavailable, providers_for
 from flowsr.runtime.cli import main
+from flowsr.runtime.devices import DeviceError
 from flowsr.runtime.super_resolver import SuperResolver
 
 MIN_PSNR_DB = 50.0  # any backend vs eager torch, float32, through SuperResolver
@@ -93,8 +95,15 @@ def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="the error path is for a CPU-only onnxruntime")
-def test_onnxruntime_on_cuda_needs_the_cuda_provider(model_dir, tmp_path):
-    with pytest.raises(RuntimeError, match="no CUDAExecutionProvider"):
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has the CUDA provider")
+def test_onnxruntime_on_cuda_needs_the_cuda_provider():
+    with pytest.raises(OnnxRuntimeUnavailable, match="no CUDAExecutionProvider"):
+        providers_for(torch.device("cuda"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without CUDA")
+def test_onnxruntime_on_a_missing_cuda_device_is_refused_before_export(model_dir, tmp_path):
+    with pytest.raises(DeviceError, match="no CUDA device"):
         SuperResolver(model_dir, backend="onnxruntime", device=torch.device("cuda"), dtype="float32")
     assert not (tmp_path / "cache").exists()  # refused before exporting anything
 
