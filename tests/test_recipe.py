@@ -133,7 +133,7 @@ def test_each_stage_resumes_where_it_was_interrupted(corpus, tmp_path, monkeypat
 def test_recipes_weigh_the_allosr2_terms():
     small, tiny = RECIPES["small"], RECIPES["tiny"]
     assert small.preset == "small" and all(config.schedule == "cosine" for config in (small.autoencoder, small.flow, small.allosr2))
-    # measured: FATC and ATM hold the small model back; the relative L_rec keeps it from smoothing clean inputs
+    # measured: the relative L_rec keeps the small model from smoothing clean inputs; FATC and ATM held it back with plain MSE
     assert small.loss_weights() == LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=0.0, atm=0.0)
     assert tiny.loss_weights() == LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=1.0, atm=1.0)  # the tests run every term
 
