@@ -59,10 +59,6 @@ class PatchAutoencoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.encoder = PatchCoder(patch_dim, latent_channels, hidden_channels)
         self.decoder = PatchCoder(latent_channels, patch_dim, hidden_channels)
 
-    @property
-    def spatial_compression_ratio(self) -> int:
-        return self.config.patch_size
-
     def encode(self, image: torch.Tensor, return_dict: bool = True) -> EncoderOutput | tuple[torch.Tensor]:
         """Image (B, C, H, W), sides multiples of `patch_size` -> latent (B, latent_channels, H/p, W/p)."""
         size = self.config.patch_size

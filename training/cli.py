@@ -108,13 +108,12 @@ def run_allosr2(args) -> int:
 def run_recipe(args) -> int:
     import dataclasses
 
-    from .recipe import RECIPES, RecipeRun
+    from .recipe import RECIPES, RecipeRun, rescheduled
 
     recipe = RECIPES[args.preset]
     changes = {"fatc_weight": args.fatc_weight, "atm_weight": args.atm_weight}
     if args.allosr2_steps is not None:
-        changes["allosr2"] = dataclasses.replace(recipe.allosr2, steps=args.allosr2_steps, warmup=max(1, args.allosr2_steps // 20),
-                                                 checkpoint_every=max(1, min(200, args.allosr2_steps // 4)))
+        changes["allosr2"] = rescheduled(recipe.allosr2, args.allosr2_steps)
     recipe = dataclasses.replace(recipe, **{key: value for key, value in changes.items() if value is not None})
     state = RecipeRun(args.corpus, args.output, recipe, base=args.base).run()
     total = sum(state["seconds"].values())

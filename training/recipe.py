@@ -85,9 +85,13 @@ class Recipe:
                            atm=self.atm_weight)
 
 
+def rescheduled(config: LoopConfig, steps: int) -> LoopConfig:
+    """`config` over `steps` steps, with the recipes' warm-up (5%) and checkpoints (every quarter, at most 200 steps)."""
+    return dataclasses.replace(config, steps=steps, warmup=max(1, steps // 20), checkpoint_every=max(1, min(200, steps // 4)))
+
+
 def _cosine(steps: int, batch_size: int, lr: float, precision: str = "auto") -> LoopConfig:
-    return LoopConfig(steps=steps, batch_size=batch_size, lr=lr, schedule="cosine", warmup=max(1, steps // 20),
-                      checkpoint_every=max(1, min(200, steps // 4)), precision=precision)
+    return rescheduled(LoopConfig(batch_size=batch_size, lr=lr, schedule="cosine", precision=precision), steps)
 
 
 RECIPES = {
