@@ -15,6 +15,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from .degflow import scale_to_time
+from .errors import SettingsError
 from .flow import per_sample
 from .rae import ResidualAutoencoder
 
@@ -56,7 +57,7 @@ def get_degradation_preset(name: str) -> DegradationPreset:
     try:
         return DEGRADATION_PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown degradation preset {name!r}; choose one of: {', '.join(DEGRADATION_PRESETS)}") from None
+        raise SettingsError(f"unknown degradation preset {name!r}; choose one of: {', '.join(DEGRADATION_PRESETS)}") from None
 
 
 class DegradationModel(nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -75,6 +76,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Pictur
     try:
         with Image.open(path) as im:
             _check_size(im.size, max_pixels)
+            if im.format == "PNG":
+                _check_png(path)
             if _is_16bit_colour(im, path):
                 # OpenCV's TIFF decoder applies tag 274 itself; its PNG decoder ignores EXIF under IMREAD_UNCHANGED.
                 orientation = im.getexif().get(ORIENTATION, 1) if im.format == "PNG" else 1
@@ -107,6 +110,64 @@ def _check_size(size: tuple[int, int], max_pixels: int | None) -> None:
             f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the {max_pixels / 1e6:g} MP limit; "
             "raise --max-megapixels or downscale it"
         )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))  # x0, y0, dx, dy
+
+
+def _check_png(path: Path) -> None:
+    """Refuse what decoders would silently accept or over-allocate for: chunks that run past the end of the file
+    (a header bomb for some decoders), a palette image without its palette, and image data with fewer rows than
+    the header declares (Pillow fills them with black). The data is inflated in bounded pieces and counted."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(8) != _PNG_SIGNATURE:
+            raise ImageError("truncated or corrupt image data: not a PNG signature")
+        header, types, inflater, inflated = None, set(), zlib.decompressobj(), 0
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ImageError("truncated or corrupt image data: the PNG ends before its IEND chunk")
+            length, kind = struct.unpack(">I4s", head)
+            if length > size - f.tell() - 4:
+                raise ImageError(f"truncated or corrupt image data: a PNG {kind.decode('latin-1')!r} chunk declares {length} bytes, past the end of the file")
+            if kind == b"IHDR":
+                header = f.read(length)
+            elif kind == b"IDAT":
+                data = f.read(length)
+                try:
+                    while data and not inflater.eof:
+                        inflated += len(inflater.decompress(data, 1 << 20))
+                        data = inflater.unconsumed_tail
+                except zlib.error as err:
+                    raise ImageError(f"truncated or corrupt image data: {err}") from None
+            else:
+                f.seek(length, os.SEEK_CUR)
+            f.seek(4, os.SEEK_CUR)  # CRC
+            types.add(kind)
+            if kind == b"IEND":
+                break
+    if header is None or len(header) != 13:
+        raise ImageError("truncated or corrupt image data: no valid PNG IHDR chunk")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    if colour == 3 and b"PLTE" not in types:
+        raise ImageError("corrupt PNG: a palette image without its palette (no PLTE chunk)")
+    expected = _png_data_size(width, height, depth * _PNG_SAMPLES.get(colour, 1), interlace)
+    if inflated < expected:
+        raise ImageError(f"truncated or corrupt image data: {inflated} of the {expected} bytes of PNG rows (rows are missing)")
+
+
+def _png_data_size(width: int, height: int, bits_per_pixel: int, interlace: int) -> int:
+    """Bytes of filtered scanlines (one filter byte per row) that a complete image holds."""
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and rows > 0:
+            total += rows * (1 + -(-columns * bits_per_pixel // 8))
+    return total
 
 
 def _is_16bit_colour(im: Image.Image, path: Path) -> bool:

@@ -14,27 +14,28 @@ import diffusers
 import safetensors.torch
 import torch
 from diffusers import FluxTransformer2DModel, UNet2DModel
+from safetensors import SafetensorError
 
 from .atomic import atomic_directory, atomic_file
 from .autoencoders import load_autoencoder
 from .degradation_model import (
+    DEGRADATION_PRESETS,
     DegradationModel,
     DegradationPreset,
     build_degradation_model,
     get_degradation_preset,
 )
-from .errors import FlowsrError, first_line
-from .presets import Preset, build_transformer, build_vae, get_preset, load_base_components
+from .errors import ModelDirError, first_line
+from .model_schema import check_architecture, check_embeddings, check_field_types, check_range
+from .presets import PRESETS, Preset, build_transformer, build_vae, get_preset, load_base_components
 from .rae import ResidualAutoencoder
 from .sr_model import OneStepSR
 
 MANIFEST = "flowsr.json"
 TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 FORMAT_VERSION = 1
-
-
-class ModelDirError(FlowsrError):
-    """A model directory that cannot be used; the message says what to do."""
+# What loading a saved part may raise for a broken file (diffusers, safetensors, torch); all mean the same here.
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
 
 
 class _ManifestFile:
@@ -53,19 +54,28 @@ class _ManifestFile:
         if not path.is_file():
             raise ModelDirError(f"{directory} is not a flowsr model directory (no {MANIFEST}); create one with `flowsr model init`")
         try:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict) and data.get("kind", cls.KIND) != cls.KIND:
-                raise ModelDirError(f"{directory} holds a {data['kind']!r} model, not a {cls.KIND!r} model; pass the matching model directory")
+            if path.stat().st_size > 1 << 20:
+                raise ModelDirError(f"{path} is {path.stat().st_size} bytes, not a manifest; re-create the model directory")
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelDirError(f"{path} is not a valid manifest (unreadable or not JSON: {type(err).__name__}); re-create the model directory") from None
+        if not isinstance(data, dict):
+            raise ModelDirError(f"{path} is not a valid manifest (not a JSON object); re-create the model directory")
+        if data.get("kind", cls.KIND) != cls.KIND:
+            raise ModelDirError(f"{directory} holds a {data['kind']!r:.40} model, not a {cls.KIND!r} model; pass the matching model directory")
+        try:
             manifest = cls(**data)
-        except (json.JSONDecodeError, TypeError) as err:
+        except TypeError as err:  # a missing or unknown field
             raise ModelDirError(f"{path} is not a valid manifest ({err}); re-create the model directory") from None
+        check_field_types(manifest, path)
         if manifest.format > FORMAT_VERSION:
             raise ModelDirError(f"{path} has format {manifest.format}, newer than this flowsr reads ({FORMAT_VERSION}); upgrade flowsr")
+        check_range(path, "format", manifest.format, 1, FORMAT_VERSION)
         manifest.check(path)
         return manifest
 
     def check(self, path: Path) -> None:
-        """Field checks beyond the types; a subclass raises ModelDirError for a value it cannot use."""
+        """Bounds beyond the types; a subclass raises ModelDirError for a value it cannot use."""
 
 
 @dataclass
@@ -95,7 +105,20 @@ class Manifest(_ManifestFile):
 
     def check(self, path: Path) -> None:
         if self.t_star_source not in self.T_STAR_SOURCES:
-            raise ModelDirError(f"{path} has t_star_source {self.t_star_source!r}; expected one of {', '.join(self.T_STAR_SOURCES)}")
+            raise ModelDirError(f"{path} has t_star_source {self.t_star_source!r:.40}; expected one of {', '.join(self.T_STAR_SOURCES)}")
+        if self.preset not in PRESETS:
+            raise ModelDirError(f"{path} names preset {self.preset!r:.40}; flowsr knows {', '.join(PRESETS)}")
+        check_range(path, "t_star", self.t_star, 0.0, 1.0, low_open=True)
+        check_range(path, "latent_scale", self.latent_scale, 0.0, 1e6, low_open=True)
+        check_range(path, "latent_shift", self.latent_shift, -1e6, 1e6)
+        if self.guidance is not None:
+            check_range(path, "guidance", self.guidance, 0.0, 100.0)
+        if not self.scale_factors:
+            raise ModelDirError(f"{path}: scale_factors is empty; re-create the model directory")
+        for factor in self.scale_factors:
+            check_range(path, "a scale factor", factor, 1.0, 32.0)
+        if self.stride != PRESETS[self.preset].stride:
+            raise ModelDirError(f"{path}: stride {self.stride} is not preset {self.preset!r}'s {PRESETS[self.preset].stride}; re-create the model directory")
 
 
 @dataclass
@@ -113,13 +136,22 @@ class DegradationManifest(_ManifestFile):
     created: str = ""
     format: int = FORMAT_VERSION
 
+    def check(self, path: Path) -> None:
+        if self.preset not in DEGRADATION_PRESETS:
+            raise ModelDirError(f"{path} names degradation preset {self.preset!r:.40}; flowsr knows {', '.join(DEGRADATION_PRESETS)}")
+        check_range(path, "s_max", self.s_max, 1.0, 32.0, low_open=True)
+        check_range(path, "stride", self.stride, 1, 1024)
+        knots = self.knot_scales
+        if len(knots) < 2 or knots[0] != 1.0 or any(b <= a for a, b in zip(knots, knots[1:])) or knots[-1] > self.s_max:
+            raise ModelDirError(f"{path}: knot_scales {knots!r:.60} must start at 1, increase, and end at most at s_max {self.s_max:g}")
+
 
 def model_kind(directory: str | Path) -> str:
     """"sr" or "degradation": what a model directory holds, from its manifest."""
     path = Path(directory) / MANIFEST
     try:
         kind = json.loads(path.read_text()).get("kind")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         raise ModelDirError(f"{directory} is not a flowsr model directory (no readable {MANIFEST})") from None
     if kind not in (Manifest.KIND, DegradationManifest.KIND):
         raise ModelDirError(f"{path} names an unknown model kind {kind!r}; re-create the model directory")
@@ -204,11 +236,21 @@ def load_sr_model(directory: str | Path, device: str | torch.device = "cpu", dty
     manifest = Manifest.read(directory)
     if manifest.kind != "sr":
         raise ModelDirError(f"{directory} holds a {manifest.kind!r} model, not a super-resolution model")
+    preset = get_preset(manifest.preset)
+    check_architecture(directory / "vae", preset.vae, preset.name, class_name=preset.vae_class)
+    check_architecture(directory / "transformer", preset.transformer, preset.name)
+    try:
+        embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
+    except _LOAD_ERRORS as err:
+        raise ModelDirError(f"{directory / TEXT_EMBEDDINGS} is missing or not a safetensors file ({first_line(err)}); re-create the model directory") from None
+    check_embeddings(directory / TEXT_EMBEDDINGS, embeddings, {
+        "prompt_embeds": (1, preset.text_tokens, preset.transformer["joint_attention_dim"]),
+        "pooled_prompt_embeds": (1, preset.transformer["pooled_projection_dim"]),
+    })
     try:
         vae = load_autoencoder(directory / "vae", dtype=dtype)
         transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
-        embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
-    except (OSError, EnvironmentError, ValueError) as err:
+    except _LOAD_ERRORS as err:
         raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
     model = OneStepSR(
         vae,
@@ -260,10 +302,13 @@ def save_degradation_model(model: DegradationModel, manifest: DegradationManifes
 def load_degradation_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[DegradationModel, DegradationManifest]:
     directory = Path(directory)
     manifest = DegradationManifest.read(directory)
+    preset = get_degradation_preset(manifest.preset)
+    check_architecture(directory / "rae", preset.rae, preset.name)
+    check_architecture(directory / "unet", preset.unet, preset.name)
     try:
         rae = ResidualAutoencoder.from_pretrained(directory, subfolder="rae", use_safetensors=True, torch_dtype=dtype)
         unet = UNet2DModel.from_pretrained(directory, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
-    except (OSError, EnvironmentError, ValueError) as err:
+    except _LOAD_ERRORS as err:
         raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
     model = DegradationModel(rae, unet, manifest.knot_scales, manifest.s_max)
     return model.to(device).eval(), manifest

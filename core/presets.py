@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from .autoencoders import Autoencoder, build_autoencoder, downsample_factor
+from .errors import ModelDirError, SettingsError
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        raise SettingsError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
 def build_vae(preset: Preset) -> Autoencoder:
@@ -158,5 +159,5 @@ def load_base_components(folder: str, preset: Preset, dtype: torch.dtype = torch
             if key in ("scaling_factor", "shift_factor", "sample_size", "force_upcast"):
                 continue  # calibration and tiling hints, not architecture
             if (list(found) if isinstance(found, (list, tuple)) else found) != value:
-                raise ValueError(f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; pick the matching --preset")
+                raise ModelDirError(f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; pick the matching --preset")
     return vae, transformer

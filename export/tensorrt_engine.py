@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 
 from flowsr.core.atomic import atomic_file
+from flowsr.core.errors import BackendError
 from flowsr.export.onnx_export import cache_root, read_spec
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(BackendError):
     """No TensorRT or no GPU here; the message says which and what to do."""
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(BackendError):
     """TensorRT could not parse or build a graph."""
 
 

@@ -16,13 +16,14 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.errors import BackendError
 from flowsr.core.sr_model import OneStepSR
 from flowsr.export.degrader_onnx import FILE as DEGRADER_FILE
 from flowsr.export.degrader_onnx import degrader_onnx_dir
 from flowsr.export.onnx_export import ONNX_ELEMENT_TYPES, PARTS, Geometry, Part, dtype_name, onnx_dir_for
 
 
-class OnnxRuntimeUnavailable(RuntimeError):
+class OnnxRuntimeUnavailable(BackendError):
     """onnxruntime cannot run this graph here; the message says why and what to do."""
 
 
@@ -69,7 +70,7 @@ class OnnxPart:
         try:
             self.session.run_with_iobinding(binding)
         except (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.RuntimeException) as err:
-            raise RuntimeError(f"onnxruntime failed on the {self.part.name} graph: {str(err).strip().splitlines()[0]}") from None
+            raise BackendError(f"onnxruntime failed on the {self.part.name} graph: {str(err).strip().splitlines()[0]}") from None
         return out
 
 
@@ -117,5 +118,5 @@ class DegraderSession:
         try:
             self.session.run_with_iobinding(binding)
         except (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.RuntimeException) as err:
-            raise RuntimeError(f"onnxruntime failed on the degrader graph: {str(err).strip().splitlines()[0]}") from None
+            raise BackendError(f"onnxruntime failed on the degrader graph: {str(err).strip().splitlines()[0]}") from None
         return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from flowsr.core.errors import BackendError, SettingsError
 from flowsr.core.sr_model import OneStepSR
 from flowsr.export.onnx_export import PARTS, Part, onnx_dir_for
 from flowsr.export.tensorrt_engine import TensorRTUnavailable, ensure_engine, require_tensorrt
@@ -40,7 +41,7 @@ class EngineRunner:
         self.bound_shape = None
         if not self.context.set_input_shape(self.part.input, shape):
             low, _, high = self.engine.get_tensor_profile_shape(self.part.input, 0)
-            raise RuntimeError(
+            raise SettingsError(
                 f"{self.part.name} input {list(shape)} is outside the engine's profile {list(low)}..{list(high)}; "
                 "keep --tile, --vae-tile and the batch within it, or export with a larger ShapeProfile"
             )
@@ -56,7 +57,7 @@ class EngineRunner:
         self._bind(shape, inputs, outputs)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run the {self.part.name} engine")
+            raise BackendError(f"TensorRT failed to run the {self.part.name} engine")
         self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):

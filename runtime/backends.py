@@ -11,6 +11,7 @@ import importlib
 
 import torch
 
+from flowsr.core.errors import BackendError, SettingsError
 from flowsr.core.sr_model import OneStepSR
 
 
@@ -80,10 +81,10 @@ BACKENDS = {
 
 def create_backend(name: str, model: OneStepSR, device: torch.device, dtype: torch.dtype):
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+        raise SettingsError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     module, cls, install = BACKENDS[name]
     try:
         backend = getattr(importlib.import_module(module), cls)
     except ImportError as err:
-        raise ValueError(f"the {name} backend needs {err.name or 'a missing package'}, which is not installed; {install}") from None
+        raise BackendError(f"the {name} backend needs {err.name or 'a missing package'}, which is not installed; {install}") from None
     return backend(model, device, dtype)

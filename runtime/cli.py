@@ -1,29 +1,39 @@
 """The `flowsr` command line: `flowsr sr`, `flowsr degrade`, `flowsr model`, `flowsr export` (and `train`, `eval`).
 
 Every failure is one line on stderr naming what failed and what to do; one bad file never stops the others,
-and the exit code says whether any failed (0 all done, 1 some failed, 2 nothing could start).
+and the exit code says whether any failed: 0 all done, 1 some files failed, 2 nothing could start (a bad option,
+model or output folder), 3 a bug in flowsr (its traceback is shown, to be reported).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 from tqdm import tqdm
 
-from flowsr.core.errors import FlowsrError, first_line
+from flowsr.core.errors import FlowsrError, first_line, printable
+
+from .options import Parser, number_option
 
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
 
 
 def _error(message: str) -> None:
-    tqdm.write(f"flowsr: {message}", file=sys.stderr)
+    tqdm.write(f"flowsr: {printable(message)}", file=sys.stderr)
 
 
-class UsageError(Exception):
+class UsageError(FlowsrError):
     """Something that stops the command before any image is processed."""
+
+
+def _out_of_memory(err: BaseException) -> str:
+    return f"out of memory ({first_line(err)}); use a smaller --tile or --max-megapixels"
 
 
 def _collect_inputs(paths: list[str], out_dir: Path, out_format: str) -> tuple[list[tuple[Path, Path]], int]:
@@ -57,33 +67,34 @@ def _collect_inputs(paths: list[str], out_dir: Path, out_format: str) -> tuple[l
 
 
 def run_sr(args: argparse.Namespace) -> int:
+    import torch
+
     from flowsr.core import images
-    from flowsr.core.model_dir import Manifest, ModelDirError
+    from flowsr.core.atomic import remove_stale_temporaries
+    from flowsr.core.model_dir import Manifest
     from flowsr.runtime.default_models import default_sr_model
     from flowsr.runtime.super_resolver import SuperResolver
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output {out_dir} exists and is not a folder; choose a folder for -o")
-    try:
-        if args.model is None:
-            args.model = default_sr_model()
-        if not Manifest.read(args.model).trained:
-            _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
-        resolver = SuperResolver(
-            args.model,
-            scale=args.scale,
-            device=args.device,
-            dtype=args.dtype,
-            backend=args.backend,
-            tile=args.tile,
-            overlap=args.overlap,
-            vae_tile=args.vae_tile,
-            max_megapixels=args.max_megapixels,
-            color_fix=not args.no_color_fix,
-        )
-    except (ModelDirError, ValueError, RuntimeError) as err:
-        raise UsageError(str(err).splitlines()[0]) from None
+    remove_stale_temporaries(out_dir)
+    if args.model is None:
+        args.model = default_sr_model()
+    if not Manifest.read(args.model).trained:
+        _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
+    resolver = SuperResolver(
+        args.model,
+        scale=args.scale,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        tile=args.tile,
+        overlap=args.overlap,
+        vae_tile=args.vae_tile,
+        max_megapixels=args.max_megapixels,
+        color_fix=not args.no_color_fix,
+    )
     jobs, failures = _collect_inputs(args.inputs, out_dir, args.format)
     skipped = done = 0
     started = time.perf_counter()
@@ -97,11 +108,11 @@ def run_sr(args: argparse.Namespace) -> int:
             resolver.check_size(*picture.rgb.shape[:2])
             images.write_image(target, resolver.upscale_picture(picture))
             done += 1
-        except images.ImageError as err:
+        except FlowsrError as err:
             _error(f"{source}: {err}")
             failures += 1
-        except (RuntimeError, MemoryError) as err:
-            _error(f"{source}: failed: {first_line(err)}")
+        except (MemoryError, torch.OutOfMemoryError) as err:
+            _error(f"{source}: {_out_of_memory(err)}")
             failures += 1
     summary = f"{done} written to {out_dir}"
     if done:
@@ -115,29 +126,23 @@ def run_sr(args: argparse.Namespace) -> int:
 
 
 def run_model_init(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import ModelDirError, init_degradation_model, init_sr_model, save_degradation_model, save_sr_model
+    from flowsr.core.model_dir import init_degradation_model, init_sr_model, save_degradation_model, save_sr_model
 
-    try:
-        if args.kind == "degradation":
-            model, manifest = init_degradation_model(args.preset, seed=args.seed)
-            save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
-        else:
-            model, manifest = init_sr_model(args.preset, seed=args.seed)
-            save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
-    except (ModelDirError, ValueError) as err:
-        raise UsageError(str(err)) from None
+    if args.kind == "degradation":
+        model, manifest = init_degradation_model(args.preset, seed=args.seed)
+        save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
+    else:
+        model, manifest = init_sr_model(args.preset, seed=args.seed)
+        save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
     print(f"wrote an UNTRAINED {args.preset} model (random weights, for tests and benchmarks) to {args.output}")
     return 0
 
 
 def run_model_import(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import ModelDirError, import_sr_model, save_sr_model
+    from flowsr.core.model_dir import import_sr_model, save_sr_model
 
-    try:
-        model, manifest = import_sr_model(args.pipeline, args.preset)
-        save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
-    except (ModelDirError, ValueError) as err:
-        raise UsageError(str(err).splitlines()[0]) from None
+    model, manifest = import_sr_model(args.pipeline, args.preset)
+    save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
     print(f"wrote the {args.preset} base model from {args.pipeline} to {args.output} (fine-tune it with `flowsr train allosr2`)")
     return 0
 
@@ -147,50 +152,37 @@ def run_model_convert(args: argparse.Namespace) -> int:
 
     from flowsr.core import model_dir
 
-    try:
-        if model_dir.model_kind(args.model) == "degradation":
-            model, manifest = model_dir.load_degradation_model(args.model, dtype=getattr(torch, args.dtype))
-            model_dir.save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
-        else:
-            model, manifest = model_dir.load_sr_model(args.model, dtype=getattr(torch, args.dtype))
-            model_dir.save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
-    except model_dir.ModelDirError as err:
-        raise UsageError(str(err)) from None
+    if model_dir.model_kind(args.model) == "degradation":
+        model, manifest = model_dir.load_degradation_model(args.model, dtype=getattr(torch, args.dtype))
+        model_dir.save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
+    else:
+        model, manifest = model_dir.load_sr_model(args.model, dtype=getattr(torch, args.dtype))
+        model_dir.save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0
 
 
 def run_degrade(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import ModelDirError
+    from flowsr.core.atomic import remove_stale_temporaries
     from flowsr.runtime.generate import run_degrade as generate
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output {out_dir} exists and is not a folder; choose a folder for -o")
-    try:
-        return generate(args, _collect_inputs, _error)
-    except (ModelDirError, ValueError) as err:
-        raise UsageError(str(err).splitlines()[0]) from None
+    remove_stale_temporaries(out_dir)
+    return generate(args, _collect_inputs, _error)
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import ModelDirError, load_sr_model
-    from flowsr.export.onnx_export import (
-        ExportError,
-        export_onnx,
-        parse_dtype,
-        parse_parts,
-    )
+    from flowsr.core.model_dir import load_sr_model
+    from flowsr.export.onnx_export import ExportError, export_onnx, parse_dtype, parse_parts
 
     out = Path(args.output) if args.output else Path(args.model) / "onnx" / args.dtype
-    try:
-        dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
-        if out.exists() and not args.overwrite:
-            raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
-        model, manifest = load_sr_model(args.model)
-        spec = export_onnx(model, out, dtype=dtype, parts=parts, opset=args.opset, manifest=manifest, overwrite=args.overwrite)
-    except (ModelDirError, ExportError) as err:
-        raise UsageError(str(err)) from None
+    dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
+    if out.exists() and not args.overwrite:
+        raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
+    model, manifest = load_sr_model(args.model)
+    spec = export_onnx(model, out, dtype=dtype, parts=parts, opset=args.opset, manifest=manifest, overwrite=args.overwrite)
     for entry in spec["parts"].values():
         check = entry["verification"]
         if "psnr_db" in check:
@@ -202,45 +194,32 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 
 def run_export_trt(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import ModelDirError, load_sr_model
-    from flowsr.export.onnx_export import (
-        ExportError,
-        onnx_dir_for,
-        parse_dtype,
-        parse_parts,
-    )
-    from flowsr.export.tensorrt_engine import (
-        EngineBuildError,
-        TensorRTUnavailable,
-        ensure_engine,
-        require_tensorrt,
-    )
+    from flowsr.core.model_dir import load_sr_model
+    from flowsr.export.onnx_export import onnx_dir_for, parse_dtype, parse_parts
+    from flowsr.export.tensorrt_engine import ensure_engine, require_tensorrt
 
-    try:
-        require_tensorrt()
-        dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
-        model, _ = load_sr_model(args.model)
-        folder = onnx_dir_for(model, dtype, args.opset, parts)
-        print(f"ONNX: {folder}")
-        for part in parts:
-            print(f"{part}: {ensure_engine(folder, part)}")
-    except (ModelDirError, ExportError, TensorRTUnavailable, EngineBuildError) as err:
-        raise UsageError(str(err)) from None
+    require_tensorrt()
+    dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
+    model, _ = load_sr_model(args.model)
+    folder = onnx_dir_for(model, dtype, args.opset, parts)
+    print(f"ONNX: {folder}")
+    for part in parts:
+        print(f"{part}: {ensure_engine(folder, part)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowsr", description="One-step flow-matching super-resolution.")
+    parser = Parser(prog="flowsr", description="One-step flow-matching super-resolution.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sr = commands.add_parser("sr", help="upscale images with one network evaluation per tile")
     sr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     sr.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    sr.add_argument("--scale", type=float, default=4.0, help="output size / input size (default 4)")
+    sr.add_argument("--scale", type=number_option(1, 32), default=4.0, help="output size / input size (default 4)")
     sr.add_argument("--model", metavar="DIR", help="flowsr model directory (default: the packaged sr-small-x4 model)")
-    sr.add_argument("--tile", type=int, default=512, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)")
-    sr.add_argument("--overlap", type=int, default=128, help="tile overlap in output pixels (default 128)")
-    sr.add_argument("--vae-tile", type=int, default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
+    sr.add_argument("--tile", type=number_option(0, 16384, integer=True), default=512, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)")
+    sr.add_argument("--overlap", type=number_option(0, 16384, integer=True), default=128, help="tile overlap in output pixels (default 128)")
+    sr.add_argument("--vae-tile", type=number_option(0, 16384, integer=True), default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
     sr.add_argument("--no-color-fix", action="store_true", help="keep the decoder's colours (default: wavelet color fix to the input's)")
     sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     sr.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
@@ -251,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tensorrt (NVIDIA GPU); ONNX graphs and engines are made on first use and cached (default torch)",
     )
     sr.add_argument("--format", default="png", choices=OUTPUT_FORMATS, help="output file format (default png)")
-    sr.add_argument("--max-megapixels", type=float, default=100.0, help="refuse inputs or outputs larger than this (default 100)")
+    sr.add_argument("--max-megapixels", type=number_option(1e-6, 10000), default=100.0, help="refuse inputs or outputs larger than this (default 100)")
     sr.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     sr.set_defaults(run=run_sr)
 
@@ -262,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("--model", metavar="DIR", help="degradation model directory (default: the packaged degradation-small model)")
     degrade.add_argument("--solver", default="one-step", choices=["one-step", "euler", "adaptive"],
                          help="one-step (1 NFE per scale, default), euler (--steps NFEs) or adaptive (dopri5): the multi-step references")
-    degrade.add_argument("--steps", type=int, default=32, help="Euler steps for --solver euler (default 32)")
+    degrade.add_argument("--steps", type=number_option(1, 10000, integer=True), default=32, help="Euler steps for --solver euler (default 32)")
+    degrade.add_argument("--tile", type=number_option(0, 16384, integer=True), default=512,
+                         help="tile size in HR pixels, a multiple of the model stride; 0 = no tiling (default 512)")
+    degrade.add_argument("--overlap", type=number_option(0, 16384, integer=True), default=64, help="tile overlap in HR pixels (default 64)")
+    degrade.add_argument("--max-megapixels", type=number_option(1e-6, 10000), default=100.0, help="refuse larger HR images (default 100)")
     degrade.add_argument("--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size")
     degrade.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)")
     degrade.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime"], help="default torch")
@@ -274,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     # flux-dev is not offered: 12B random parameters help no one; its weights come from a FLUX.1-dev folder.
     init.add_argument("--preset", default="small", choices=["tiny", "tiny-kl", "small"], help="default small")
     init.add_argument("--kind", default="sr", choices=["sr", "degradation"], help="super-resolution (default) or DegFlow degradation model")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     init.set_defaults(run=run_model_init)
     imported = model.add_parser("import", help="a base model directory from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev)")
@@ -297,14 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("output", metavar="OUT", nargs="?", help="output folder (default MODEL_DIR/onnx/<dtype>)")
     onnx.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="default float32")
     onnx.add_argument("--parts", default="sr,encoder,transformer,decoder", help="comma-separated parts (default all four)")
-    onnx.add_argument("--opset", type=int, default=None, help="ONNX opset (default 20; 22 for bfloat16)")
+    onnx.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset (default 20; 22 for bfloat16)")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     onnx.set_defaults(run=run_export_onnx)
     trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
     trt.add_argument("model", metavar="MODEL_DIR")
     trt.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="graph and engine precision (default float16)")
     trt.add_argument("--parts", default="encoder,transformer,decoder", help="comma-separated parts (default the three stages)")
-    trt.add_argument("--opset", type=int, default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
+    trt.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
     trt.set_defaults(run=run_export_trt)
 
     from flowsr.training.cli import add_commands as add_train_commands
@@ -315,19 +298,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Library warnings and log lines around flowsr's one line help no one: flowsr reports what matters itself."""
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when cv2 is first imported, below
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except UsageError as err:
-        print(f"flowsr: error: {err}", file=sys.stderr)
-        return 2
-    except FlowsrError as err:  # bad data, model or adapter folders met by train/eval/export
-        print(f"flowsr: error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except FlowsrError as err:  # a bad option, model, data or output folder: nothing could start
+        print(f"flowsr: error: {printable(str(err).strip())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flowsr: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # anything else is a bug: its traceback, and a line saying so
+        traceback.print_exc()
+        print("flowsr: internal error: this is a bug in flowsr, not a problem with your input; please report it with the "
+              "traceback above", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """`Degrader`: one HR image in, realistic degraded images at any scales in [1, s_max] out, aligned at HR size,
 with one velocity evaluation per scale.
 
-HR image -> pad to the model stride -> (batch of scales) RAE encode -> u(z(0), 0, r) once -> z(r) -> RAE decode
-with the HR skips -> crop -> optional resize to the LR grid. `steps` switches to the multi-step reference solver.
+HR image -> pad to the model stride -> per tile: (batch of scales) RAE encode -> u(z(0), 0, r) once -> z(r) ->
+RAE decode with the HR skips -> tiles blended -> crop -> optional resize to the LR grid. `steps` switches to the
+multi-step reference solver. Tiles bound the memory of large photos as in `SuperResolver`, and so does the same
+pixel budget.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import torch
 from flowsr.core import images
 from flowsr.core.degflow import scale_to_time
 from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.model_dir import DegradationManifest, load_degradation_model
 from flowsr.core.sr_model import resize_to
 
 from .default_models import default_degradation_model
 from .devices import resolve_device
-from .tiling import pad_to_multiple
+from .super_resolver import DEFAULT_MAX_MEGAPIXELS, MAX_MEGAPIXELS, MAX_TILE, MIN_MEGAPIXELS
+from .tiling import pad_to_multiple, tiled_map
 
 SOLVERS = ("one-step", "euler", "adaptive")
+MAX_STEPS = 10000  # Euler steps of the multi-step reference
 
 
 class Degrader:
@@ -31,7 +36,8 @@ class Degrader:
 
     `solver`: "one-step" (the average velocity, 1 NFE per scale), "euler" (`steps` Euler steps of the
     instantaneous velocity) or "adaptive" (torchdiffeq's dopri5; the reference). `backend`: "torch",
-    "compile" or "onnxruntime" (one-step only: the exported single-NFE graph).
+    "compile" or "onnxruntime" (one-step only: the exported single-NFE graph). `tile` and `overlap` are in HR
+    pixels, multiples of the model stride (0: the whole image at once); `max_megapixels` refuses larger images.
     """
 
     def __init__(
@@ -44,8 +50,16 @@ class Degrader:
         solver: str = "one-step",
         steps: int = 32,
         batch_size: int = 4,
+        tile: int = 512,
+        overlap: int = 64,
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         manifest: DegradationManifest | None = None,
     ):
+        check_number("steps", steps, 1, MAX_STEPS, integer=True)
+        check_number("batch size", batch_size, 1, 1024, integer=True)
+        check_number("tile", tile, 0, MAX_TILE, integer=True)
+        check_number("overlap", overlap, 0, MAX_TILE, integer=True)
+        check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)
         self.device = resolve_device(device)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         if model is None:
@@ -53,13 +67,14 @@ class Degrader:
         if isinstance(model, (str, Path)):
             model, manifest = load_degradation_model(model)
         if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
+            raise SettingsError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
         if solver != "one-step" and backend != "torch":
-            raise ValueError(f"the {solver} reference solver runs on the torch backend only; pass --backend torch")
-        if steps < 1 or batch_size < 1:
-            raise ValueError(f"steps and batch size must be at least 1, got {steps} and {batch_size}")
+            raise SettingsError(f"the {solver} reference solver runs on the torch backend only; pass --backend torch")
+        if tile and (tile % model.stride or overlap % model.stride or overlap >= tile):
+            raise SettingsError(f"tile {tile} and overlap {overlap} must be multiples of the model stride {model.stride} with overlap < tile")
         self.model, self.manifest = model.to(self.device, self.dtype).eval(), manifest
         self.solver, self.steps, self.batch_size = solver, steps, batch_size
+        self.tile, self.overlap, self.max_pixels = tile, overlap, int(max_megapixels * 1e6)
         self.s_max, self.stride = model.s_max, model.stride
         self.evaluations = 0  # velocity evaluations so far: one per scale for the one-step solver
         self.run = _single_step_backend(backend, self.model, self.device, self.dtype)
@@ -67,26 +82,42 @@ class Degrader:
     def times(self, scales: Sequence[float]) -> list[float]:
         return [scale_to_time(float(scale), self.s_max) for scale in scales]
 
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse an image over the pixel budget, before any work is done."""
+        if height * width > self.max_pixels:
+            raise images.ImageError(
+                f"image is {width}x{height} ({height * width / 1e6:.1f} MP), over the {self.max_pixels / 1e6:g} MP limit; "
+                "raise --max-megapixels or downscale it"
+            )
+
     @torch.inference_mode()
     def degrade_tensor(self, hr: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
         """(1, 3, H, W) in [-1, 1] -> (S, 3, H, W) in [-1, 1], one image per scale, at HR size."""
         if hr.ndim != 4 or hr.shape[:2] != (1, 3):
             raise ValueError(f"expected one (1, 3, H, W) image, got shape {tuple(hr.shape)}")
+        self.check_size(*hr.shape[2:])
         times = self.times(scales)
         height, width = hr.shape[2:]
         x = pad_to_multiple(hr.to(self.device, torch.float32), self.stride).to(self.dtype)
-        outputs = []
+        out = torch.empty(len(times), 3, height, width, device=self.device)
         if self.solver == "one-step":
             for start in range(0, len(times), self.batch_size):
                 r = torch.tensor(times[start : start + self.batch_size], device=self.device, dtype=torch.float32)
-                outputs.append(self.run(x.expand(len(r), -1, -1, -1), r))
+                images_r = tiled_map(x.expand(len(r), -1, -1, -1), lambda tile: self.run(tile, r), self.tile, self.overlap)
+                out[start : start + len(r)] = images_r[:, :, :height, :width]
                 self.evaluations += len(r)
         else:
-            for r in times:
-                image, count = self.model.solve(x, r, steps=self.steps if self.solver == "euler" else None)
-                outputs.append(image)
-                self.evaluations += count
-        return torch.cat(outputs)[:, :, :height, :width].float().clamp_(-1, 1)
+            for index, r in enumerate(times):
+                counts = []
+
+                def solve(tile: torch.Tensor) -> torch.Tensor:
+                    image, count = self.model.solve(tile, r, steps=self.steps if self.solver == "euler" else None)
+                    counts.append(count)
+                    return image
+
+                out[index] = tiled_map(x, solve, self.tile, self.overlap)[0, :, :height, :width]
+                self.evaluations += max(counts)  # per tile; the tiles of one scale run the same solver
+        return out.clamp_(-1, 1)
 
     def __call__(self, image, scales: Sequence[float], lr_grid: bool = False) -> list[np.ndarray]:
         """A PIL image or HWC uint8/uint16 array -> one array per scale, same dtype; at HR size, or at the LR
@@ -114,4 +145,4 @@ def _single_step_backend(name: str, model: DegradationModel, device: torch.devic
         from .backend_onnxruntime import DegraderSession
 
         return DegraderSession(model, device, dtype)
-    raise ValueError(f"unknown backend {name!r} for the degrader; choose torch, compile or onnxruntime")
+    raise SettingsError(f"unknown backend {name!r} for the degrader; choose torch, compile or onnxruntime")

@@ -10,6 +10,7 @@ of the images (image i goes to rank i mod world size), so no file is missing or 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -21,25 +22,33 @@ from tqdm import tqdm
 
 from flowsr.core import images
 from flowsr.core.atomic import atomic_file
-from flowsr.core.errors import first_line
+from flowsr.core.errors import FlowsrError, SettingsError, first_line
+
+
+MAX_SCALES = 64  # scales per run: each is one network evaluation and one file per image
 
 
 def parse_scales(text: str, s_max: float | None = None) -> list[float]:
-    """"2.7" | "2,2.7,4" | "1.5:4:0.5" (start:stop:step, stop included) -> sorted unique scales."""
+    """"2.7" | "2,2.7,4" | "1.5:4:0.5" (start:stop:step, stop included) -> sorted unique scales, at most MAX_SCALES."""
+    usage = f"cannot read scales {text!r}; give one (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5)"
     try:
-        if ":" in text:
-            start, stop, step = (float(part) for part in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            count = int((stop - start) / step + 1e-9) + 1
-            scales = [start + i * step for i in range(count)]
-        else:
-            scales = [float(part) for part in text.split(",")]
+        numbers = [float(part) for part in text.split(":" if ":" in text else ",")]
     except ValueError:
-        raise ValueError(f"cannot read scales {text!r}; give one (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5)") from None
-    scales = sorted({round(scale, 4) for scale in scales})
-    if not scales or scales[0] < 1 or (s_max is not None and scales[-1] > s_max + 1e-9):
-        raise ValueError(f"scales {text!r} must lie in [1, {s_max if s_max is not None else 'inf'}]")
+        raise SettingsError(usage) from None
+    if not all(math.isfinite(number) for number in numbers) or (":" in text and len(numbers) != 3):
+        raise SettingsError(usage)
+    if ":" in text:
+        start, stop, step = numbers
+        count = (stop - start) / step + 1 if step > 0 else 0
+        if not 1 <= count <= MAX_SCALES + 1e-6:
+            raise SettingsError(f"scales {text!r} is a range of {max(count, 0):.3g} scales; give 1 to {MAX_SCALES} (start <= stop, step > 0)")
+        numbers = [start + i * step for i in range(int(count + 1e-9))]
+    scales = sorted({round(scale, 4) for scale in numbers})
+    if len(scales) > MAX_SCALES:
+        raise SettingsError(f"scales {text!r} are {len(scales)} scales; give at most {MAX_SCALES} per run")
+    high = s_max if s_max is not None else math.inf
+    if scales[0] < 1 or scales[-1] > high + 1e-9:
+        raise SettingsError(f"scales {text!r} must lie in [1, {s_max if s_max is not None else 'inf'}]")
     return scales
 
 
@@ -80,18 +89,19 @@ def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list
             skipped += 1
             continue
         try:
-            picture = images.read_image(source)
+            picture = images.read_image(source, max_pixels=degrader.max_pixels)
+            degrader.check_size(*picture.rgb.shape[:2])
             for scale, pixels in zip(todo, degrader(picture.rgb, todo, lr_grid=lr_grid)):
                 hr_path, lr_path = output_paths(out_dir, name, scale)
                 _write_png(lr_path, pixels)
                 if not hr_path.exists():
                     _copy_hr(source, hr_path, picture)
             done += 1
-        except images.ImageError as err:
+        except FlowsrError as err:
             error(f"{source}: {err}")
             failed += 1
-        except (RuntimeError, MemoryError) as err:
-            error(f"{source}: failed: {first_line(err)}")
+        except (MemoryError, torch.OutOfMemoryError) as err:
+            error(f"{source}: out of memory ({first_line(err)}); use a smaller --tile or --max-megapixels")
             failed += 1
     return done, skipped, failed
 
@@ -106,7 +116,8 @@ def run_degrade(args, collect_inputs, error) -> int:
     if device is None and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     degrader = Degrader(args.model or default_degradation_model(), device=device, backend=args.backend,
-                        solver=args.solver, steps=args.steps)
+                        solver=args.solver, steps=args.steps, tile=args.tile, overlap=args.overlap,
+                        max_megapixels=args.max_megapixels)
     if not degrader.manifest.trained:
         error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not a real degradation")
     scales = parse_scales(args.scale, degrader.s_max)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from flowsr.core import images
 from flowsr.core.color_fix import wavelet_color_fix
+from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
 from flowsr.core.sr_model import OneStepSR, resize_to
 
@@ -24,6 +25,9 @@ from .devices import resolve_device
 from .tiling import pad_to_multiple, tiled_map
 
 DEFAULT_MAX_MEGAPIXELS = 100.0
+MIN_MEGAPIXELS, MAX_MEGAPIXELS = 1e-6, 10000.0
+MAX_SCALE = 32.0  # beyond this the input is a few pixels of the output: no model restores that
+MAX_TILE = 16384
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -56,6 +60,11 @@ class SuperResolver:
         color_fix: bool = True,
         manifest: Manifest | None = None,
     ):
+        check_number("scale", scale, 1, MAX_SCALE)
+        check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)
+        check_number("batch size", batch_size, 1, 1024, integer=True)
+        for name, size in (("tile", tile), ("VAE tile", vae_tile), ("overlap", overlap)):
+            check_number(name, size, 0, MAX_TILE, integer=True)
         self.device = resolve_device(device)
         self.dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(self.device)
         if model is None:
@@ -65,15 +74,11 @@ class SuperResolver:
         self.manifest = manifest
         self.stride = model.stride
         self.latent_factor = self.stride // 2
-        if scale < 1:
-            raise ValueError(f"scale {scale} is below 1; flowsr upscales (use a scale of at least 1)")
         for size in (tile, vae_tile):
             if size and (size % self.stride or overlap % self.stride or not 0 <= overlap < size):
-                raise ValueError(
+                raise SettingsError(
                     f"tile {size} and overlap {overlap} must be multiples of the model stride {self.stride} with overlap < tile"
                 )
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.scale = float(scale)
         self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
         self.batch_size, self.color_fix = batch_size, color_fix
@@ -172,7 +177,7 @@ def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+        raise SettingsError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     return names[dtype]
 
 

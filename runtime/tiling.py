@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from flowsr.core.errors import SettingsError
+
 
 @dataclass(frozen=True)
 class Span:
@@ -25,7 +27,7 @@ def spans(length: int, tile: int, overlap: int) -> list[Span]:
     if tile <= 0 or length <= tile:
         return [Span(0, length)]
     if not 0 <= overlap < tile:
-        raise ValueError(f"tile overlap {overlap} must be at least 0 and smaller than the tile {tile}")
+        raise SettingsError(f"tile overlap {overlap} must be at least 0 and smaller than the tile {tile}")
     step = tile - overlap
     starts = list(range(0, length - tile, step)) + [length - tile]
     return [Span(start, tile) for start in starts]
@@ -65,7 +67,7 @@ def tiled_map(
     def scaled(value: int) -> int:
         result = value * scale
         if result != int(result):
-            raise ValueError(f"tile geometry {value} is not divisible by 1/{scale}; use multiples of the model stride")
+            raise SettingsError(f"tile geometry {value} is not divisible by 1/{scale}; use multiples of the model stride")
         return int(result)
 
     out_height, out_width, out_overlap = scaled(height), scaled(width), scaled(overlap)

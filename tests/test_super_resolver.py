@@ -10,6 +10,7 @@ from skimage import data, transform
 from flowsr.core import images
 from flowsr.core.autoencoders import latent_of
 from flowsr.core.color_fix import wavelet_color_fix
+from flowsr.core.errors import SettingsError
 from flowsr.runtime.super_resolver import SuperResolver
 from flowsr.runtime.tiling import pad_to_multiple, spans
 
@@ -144,11 +145,15 @@ def test_bad_api_inputs_say_what_to_pass(resolver, bad, message):
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="multiples of the model stride"):
+    with pytest.raises(SettingsError, match="multiples of the model stride"):
         SuperResolver.from_preset("tiny", tile=100)
-    with pytest.raises(ValueError, match="at least 1"):
-        SuperResolver.from_preset("tiny", scale=0.5)
-    with pytest.raises(ValueError, match="unknown backend"):
+    for scale in (0.5, float("nan"), float("inf"), 1e308, "4"):
+        with pytest.raises(SettingsError, match=r"scale must be a number in \[1, 32\]"):
+            SuperResolver.from_preset("tiny", scale=scale)
+    for megapixels in (0, float("nan"), float("inf"), -1):
+        with pytest.raises(SettingsError, match="max megapixels must be"):
+            SuperResolver.from_preset("tiny", max_megapixels=megapixels)
+    with pytest.raises(SettingsError, match="unknown backend"):
         SuperResolver.from_preset("tiny", backend="tensorflow")
     with pytest.raises(images.ImageError, match="over the 1 MP limit"):
         SuperResolver.from_preset("tiny", max_megapixels=1)(np.zeros((300, 300, 3), np.uint8))

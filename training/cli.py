@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flowsr.runtime.options import number_option
+
 
 def _loop_config(args):
     from .loop import LoopConfig
@@ -111,7 +113,7 @@ def run_recipe(args) -> int:
     from .recipe import RECIPES, RecipeRun, rescheduled
 
     recipe = RECIPES[args.preset]
-    changes = {"fatc_weight": args.fatc_weight, "atm_weight": args.atm_weight}
+    changes = {"fatc_weight": args.fatc_weight, "atm_weight": args.atm_weight, "clean_fraction": args.clean_fraction}
     if args.allosr2_steps is not None:
         changes["allosr2"] = rescheduled(recipe.allosr2, args.allosr2_steps)
     recipe = dataclasses.replace(recipe, **{key: value for key, value in changes.items() if value is not None})
@@ -206,10 +208,10 @@ def _add_scale_data_options(parser) -> None:
     parser.add_argument("--data", help="folder of HR images, degraded on the fly at every knot scale (Real-ESRGAN-style)")
     parser.add_argument("--realsr", metavar="ROOT", help="RealSR v2 ordered layout: ROOT/{Camera}/Train/{2,3,4}/")
     parser.add_argument("--scales", default="2,4", help="knot scales besides x1 (default 2,4; x3 stays out as the unseen scale)")
-    parser.add_argument("--crop", type=int, default=128, help="HR crop size in pixels")
-    parser.add_argument("--repeats", type=int, default=64, help="crops per HR image per epoch (--data)")
-    parser.add_argument("--max-side", type=int, default=1600, help="shrink larger images to this longer side first (--data)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crop", type=number_option(16, 4096, integer=True), default=128, help="HR crop size in pixels")
+    parser.add_argument("--repeats", type=number_option(1, 10**6, integer=True), default=64, help="crops per HR image per epoch (--data)")
+    parser.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=1600, help="shrink larger images to this longer side first (--data)")
+    parser.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
 
 
 def run_eval(args) -> int:
@@ -239,24 +241,24 @@ def run_eval(args) -> int:
 
 def _add_data_options(parser, crop: int, sr_pairs: bool) -> None:
     parser.add_argument("--data", required=True, help="folder of HR images")
-    parser.add_argument("--crop", type=int, default=crop, help="HR crop size in pixels")
-    parser.add_argument("--repeats", type=int, default=64, help="crops per image per epoch")
-    parser.add_argument("--max-side", type=int, default=1600, help="shrink larger images to this longer side first")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crop", type=number_option(16, 4096, integer=True), default=crop, help="HR crop size in pixels")
+    parser.add_argument("--repeats", type=number_option(1, 10**6, integer=True), default=64, help="crops per image per epoch")
+    parser.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=1600, help="shrink larger images to this longer side first")
+    parser.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     if sr_pairs:
         parser.add_argument("--lr-data", help="folder of LR images paired with --data by file name (default: degrade --data on the fly)")
-        parser.add_argument("--scale", type=float, default=4.0, help="degradation scale for HR-only data (default 4)")
+        parser.add_argument("--scale", type=number_option(1, 32), default=4.0, help="degradation scale for HR-only data (default 4)")
 
 
 def _add_loop_options(parser, steps: int, batch_size: int, lr: float) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder: checkpoint, losses.jsonl, results")
-    parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="per process")
-    parser.add_argument("--lr", type=float, default=lr)
-    parser.add_argument("--workers", type=int, default=0, help="data loader processes")
-    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--steps", type=number_option(1, 10**9, integer=True), default=steps)
+    parser.add_argument("--batch-size", type=number_option(1, 4096, integer=True), default=batch_size, help="per process")
+    parser.add_argument("--lr", type=number_option(1e-12, 10), default=lr)
+    parser.add_argument("--workers", type=number_option(0, 256, integer=True), default=0, help="data loader processes")
+    parser.add_argument("--checkpoint-every", type=number_option(1, 10**9, integer=True), default=200)
     parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="learning rate: constant, or warm-up then cosine decay")
-    parser.add_argument("--warmup", type=int, default=0, help="warm-up steps of the cosine schedule")
+    parser.add_argument("--warmup", type=number_option(0, 10**9, integer=True), default=0, help="warm-up steps of the cosine schedule")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="auto: bfloat16 autocast on CUDA and on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32")
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in RUN_DIR")
@@ -274,9 +276,12 @@ def add_commands(commands) -> None:
     recipe.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder; running the command again resumes it")
     recipe.add_argument("--preset", default="small", choices=["small", "tiny"], help="default small (what ships); tiny for tests")
     recipe.add_argument("--base", metavar="MODEL_DIR", help="start from this finished flow stage (RUN/flow/model of another run)")
-    recipe.add_argument("--fatc-weight", type=float, help="weight of the FATC term (default: the preset recipe's; the paper's is 1)")
-    recipe.add_argument("--atm-weight", type=float, help="weight of the ATM term (default: the preset recipe's; the paper's is 1)")
-    recipe.add_argument("--allosr2-steps", type=int, help="AlloSR² steps (default: the preset recipe's), for ablations at a smaller budget")
+    recipe.add_argument("--fatc-weight", type=number_option(0, 10**6), help="weight of the FATC term (default: the preset recipe's; the paper's is 1)")
+    recipe.add_argument("--atm-weight", type=number_option(0, 10**6), help="weight of the ATM term (default: the preset recipe's; the paper's is 1)")
+    recipe.add_argument("--clean-fraction", type=number_option(0, 1),
+                        help="share of AlloSR² pairs made by clean bicubic downscaling, the rest by the degradation pipeline "
+                             "(default: the preset recipe's)")
+    recipe.add_argument("--allosr2-steps", type=number_option(1, 10**9, integer=True), help="AlloSR² steps (default: the preset recipe's), for ablations at a smaller budget")
     recipe.set_defaults(run=run_recipe)
 
     vae = train.add_parser("vae", help="pre-train the autoencoder of a preset on HR crops")
@@ -295,24 +300,24 @@ def add_commands(commands) -> None:
     tstar = train.add_parser("estimate-tstar", help="estimate the SNR-guided start time t* and write it into the manifest")
     tstar.add_argument("model", metavar="MODEL_DIR")
     _add_data_options(tstar, crop=128, sr_pairs=True)
-    tstar.add_argument("--samples", type=int, default=256, help="pairs to estimate from")
+    tstar.add_argument("--samples", type=number_option(1, 10**6, integer=True), default=256, help="pairs to estimate from")
     tstar.set_defaults(run=run_estimate_tstar)
 
     allosr2 = train.add_parser("allosr2", help="AlloSR² LoRA fine-tuning (Rec + FATC + ATM): adapters and a merged model")
     allosr2.add_argument("model", metavar="MODEL_DIR", help="base model directory (trained VAE and flow, t* estimated)")
     _add_data_options(allosr2, crop=128, sr_pairs=True)
     _add_loop_options(allosr2, steps=1000, batch_size=8, lr=5e-5)
-    allosr2.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the preset's)")
-    allosr2.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank)")
+    allosr2.add_argument("--rank", type=number_option(1, 4096, integer=True), default=None, help="LoRA rank (default: the preset's)")
+    allosr2.add_argument("--alpha", type=number_option(1e-6, 10**6), default=None, help="LoRA alpha (default: the rank)")
     allosr2.add_argument("--no-fatc", action="store_true", help="ablation: drop the FATC term")
     allosr2.add_argument("--no-atm", action="store_true", help="ablation: drop the ATM term")
-    allosr2.add_argument("--fatc-weight", type=float, default=1.0, help="weight of the FATC term (default 1, the paper's)")
-    allosr2.add_argument("--atm-weight", type=float, default=1.0, help="weight of the ATM term (default 1, the paper's)")
-    allosr2.add_argument("--lpips-weight", type=float, default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
+    allosr2.add_argument("--fatc-weight", type=number_option(0, 10**6), default=1.0, help="weight of the FATC term (default 1, the paper's)")
+    allosr2.add_argument("--atm-weight", type=number_option(0, 10**6), default=1.0, help="weight of the ATM term (default 1, the paper's)")
+    allosr2.add_argument("--lpips-weight", type=number_option(0, 10**6), default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
-    allosr2.add_argument("--clean-fraction", type=float, default=0.0,
+    allosr2.add_argument("--clean-fraction", type=number_option(0, 1), default=0.0,
                          help="share of HR-only samples degraded by clean bicubic downscaling instead of the pipeline (default 0)")
-    allosr2.add_argument("--pixel-weight", type=float, default=0.0, help="weight of an L1 term on the decoded image in L_rec (default 0)")
+    allosr2.add_argument("--pixel-weight", type=number_option(0, 10**6), default=0.0, help="weight of an L1 term on the decoded image in L_rec (default 0)")
     allosr2.add_argument("--synthesize-with", metavar="DEGRADATION_DIR",
                          help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on them")
     allosr2.add_argument("--synth-scales", default="1.5:4:0.25", help="scales for --synthesize-with (default 1.5:4:0.25)")
@@ -331,7 +336,7 @@ def add_commands(commands) -> None:
     _add_scale_data_options(degflow)
     _add_loop_options(degflow, steps=3000, batch_size=8, lr=3e-4)
     degflow.add_argument("--lookahead", default="lpips", choices=["lpips", "l1", "off"], help="distance of the look-ahead term (default lpips)")
-    degflow.add_argument("--lookahead-weight", type=float, default=1.0)
+    degflow.add_argument("--lookahead-weight", type=number_option(0, 10**6), default=1.0)
     degflow.add_argument("--uniform-weighting", action="store_true", help="ablation: drop the segment-normalized 1/t weight")
     degflow.add_argument("--lpips-weights", help="folder with the LPIPS backbone weights (for --lookahead lpips)")
     degflow.set_defaults(run=run_degflow)
@@ -341,8 +346,8 @@ def add_eval_command(commands) -> None:
     evaluation = commands.add_parser("eval", help="score SR models against bicubic on degraded HR images (PSNR, SSIM, MS-SSIM, VIF)")
     evaluation.add_argument("data", metavar="HR_DIR", help="folder of HR images")
     evaluation.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR", help="model directory; repeat to compare (e.g. ablations)")
-    evaluation.add_argument("--scale", type=int, default=4)
-    evaluation.add_argument("--seed", type=int, default=0, help="degradation seed of the first image (then +1 per image)")
+    evaluation.add_argument("--scale", type=number_option(2, 16, integer=True), default=4)
+    evaluation.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0, help="degradation seed of the first image (then +1 per image)")
     evaluation.add_argument("--csv", default="eval.csv", help="per-image scores (default eval.csv)")
     evaluation.add_argument("--device", default=None)
     evaluation.add_argument("--degradation", default="realesrgan", choices=["realesrgan", "bicubic"],
@@ -355,7 +360,7 @@ def add_eval_command(commands) -> None:
     degradation.add_argument("data", metavar="HR_DIR", help="folder of HR images")
     degradation.add_argument("--model", required=True, metavar="DIR", help="degradation model directory")
     degradation.add_argument("--scales", default="2,3,4", help="default 2,3,4 (x3 is not a training knot)")
-    degradation.add_argument("--seed", type=int, default=0)
-    degradation.add_argument("--max-side", type=int, default=512, help="crop images to at most this many pixels per side")
+    degradation.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
+    degradation.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=512, help="crop images to at most this many pixels per side")
     degradation.add_argument("--csv", default="eval-degradation.csv")
     degradation.set_defaults(run=run_eval_degradation)

@@ -1,0 +1,34 @@
+"""Command-line option types and the parser: every number is checked where it is parsed, and a bad option is one
+line (what was wrong, where to look) with exit code 2, before any model loads or any file is read."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flowsr.core.errors import SettingsError, check_number, printable
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: no usage block around the message (subcommands inherit the class)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {printable(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def number_option(low: float, high: float, integer: bool = False):
+    """An argparse `type=` that accepts finite numbers in [low, high] only: nan, inf, 1e308 are refused at parsing."""
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
+        try:
+            return check_number("the value", value, low, high, integer)
+        except SettingsError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("the value must be", "must be")) from None
+
+    parse.__name__ = "integer" if integer else "number"
+    return parse
