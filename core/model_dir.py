@@ -111,6 +111,9 @@ class Manifest(_ManifestFile):
         check_range(path, "t_star", self.t_star, 0.0, 1.0, low_open=True)
         check_range(path, "latent_scale", self.latent_scale, 0.0, 1e6, low_open=True)
         check_range(path, "latent_shift", self.latent_shift, -1e6, 1e6)
+        if (self.guidance is None) != (PRESETS[self.preset].guidance is None):
+            needs = "null: its transformer takes no guidance" if PRESETS[self.preset].guidance is None else "a number: its transformer is guidance-distilled"
+            raise ModelDirError(f"{path}: guidance must be {needs} (preset {self.preset!r}); re-create the model directory")
         if self.guidance is not None:
             check_range(path, "guidance", self.guidance, 0.0, 100.0)
         if not self.scale_factors:

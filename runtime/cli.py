@@ -71,7 +71,6 @@ def run_sr(args: argparse.Namespace) -> int:
 
     from flowsr.core import images
     from flowsr.core.atomic import remove_stale_temporaries
-    from flowsr.core.model_dir import Manifest
     from flowsr.runtime.default_models import default_sr_model
     from flowsr.runtime.super_resolver import SuperResolver
 
@@ -81,8 +80,6 @@ def run_sr(args: argparse.Namespace) -> int:
     remove_stale_temporaries(out_dir)
     if args.model is None:
         args.model = default_sr_model()
-    if not Manifest.read(args.model).trained:
-        _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
     resolver = SuperResolver(
         args.model,
         scale=args.scale,
@@ -95,6 +92,8 @@ def run_sr(args: argparse.Namespace) -> int:
         max_megapixels=args.max_megapixels,
         color_fix=not args.no_color_fix,
     )
+    if not resolver.manifest.trained:
+        _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
     jobs, failures = _collect_inputs(args.inputs, out_dir, args.format)
     skipped = done = 0
     started = time.perf_counter()

@@ -25,6 +25,7 @@ from flowsr.core.atomic import atomic_file
 from flowsr.core.errors import FlowsrError, SettingsError, first_line
 
 
+NAME_MAX = 255  # bytes in one file name on every common file system
 MAX_SCALES = 64  # scales per run: each is one network evaluation and one file per image
 
 
@@ -115,17 +116,23 @@ def run_degrade(args, collect_inputs, error) -> int:
     device = args.device
     if device is None and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    parse_scales(args.scale)  # the form and count, before any model loads; the model's s_max bounds them below
     degrader = Degrader(args.model or default_degradation_model(), device=device, backend=args.backend,
                         solver=args.solver, steps=args.steps, tile=args.tile, overlap=args.overlap,
                         max_megapixels=args.max_megapixels)
+    scales = parse_scales(args.scale, degrader.s_max)
     if not degrader.manifest.trained:
         error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not a real degradation")
-    scales = parse_scales(args.scale, degrader.s_max)
     out_dir = Path(args.output)
     found, failures = collect_inputs(args.inputs, out_dir, "png")
     jobs, names = [], {}
     for source, target in found:
         name = target.relative_to(out_dir).with_suffix("").as_posix().replace("/", "_")
+        longest = max((output_paths(out_dir, name, scale)[1].name for scale in scales), key=lambda n: len(os.fsencode(n)))
+        if len(os.fsencode(longest)) > NAME_MAX:
+            error(f"{source}: its output name {longest} is over the file-name limit of {NAME_MAX} bytes; rename it")
+            failures += 1
+            continue
         if name in names:
             error(f"{source}: its outputs would overwrite those of {names[name]} (both are named {name}); rename one of them")
             failures += 1

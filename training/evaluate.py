@@ -91,8 +91,10 @@ def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, 
         raise ValueError(f"unknown degradation {degradation!r}; choose one of: {', '.join(DEGRADATIONS)}")
     rows = []
     for index, path in enumerate(list_images(hr_root)):
-        hr = images.read_image(path).rgb
-        hr = images.to_8bit(hr)
+        try:
+            hr = images.to_8bit(images.read_image(path).rgb)
+        except images.ImageError as err:  # a mean over fewer images would not be comparable: stop, naming it
+            raise images.ImageError(f"{path}: {err}; remove or replace it, the evaluation scores every image") from None
         height, width = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
         hr = np.ascontiguousarray(hr[:height, :width])
         if degradation == "bicubic":
