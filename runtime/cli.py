@@ -301,7 +301,7 @@ def _quiet_libraries() -> None:
     """Library warnings and log lines around flowsr's one line help no one: flowsr reports what matters itself."""
     warnings.simplefilter("ignore")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when cv2 is first imported, below
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "critical")  # it logs a failed load as an error before raising
 
 
 def main(argv: list[str] | None = None) -> int:

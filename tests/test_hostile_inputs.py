@@ -257,6 +257,8 @@ def test_header_bombs_stay_small(sr_model, tmp_path):
     result = subprocess.run([sys.executable, "-c", probe, "sr", str(folder), "-o", str(tmp_path / "out"), "--model", str(sr_model)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
+    noise = [line for line in result.stderr.splitlines() if not line.startswith(("flowsr:", "peak_rss_kib", "0 written"))]
+    assert not noise, noise  # no library warnings or log lines around flowsr's own
     assert len(flowsr_lines(result.stderr)) == len(list(folder.iterdir())) + 1  # one per bomb, and the summary
     peak_mib = int(result.stderr.split("peak_rss_kib")[1].split()[0]) / 1024
     assert peak_mib < 1500, f"peak RSS {peak_mib:.0f} MiB"
@@ -549,3 +551,29 @@ def test_kill_9_then_rerun_completes_every_output_and_leaves_no_temporary(comman
         written = out / f"p{index}.png" if command == "sr" else out / "4" / f"p{index}_LR4.png"
         assert decodes(written)
     assert not _temporaries(out)
+
+
+def test_eval_names_a_corrupt_image(sr_model, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "a.png")
+    (photos / "b.png").write_bytes(BASES["png"]()[:300])
+    assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
+    lines = flowsr_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(photos / "b.png") in lines[0] and "truncated" in lines[0]
+    assert not (tmp_path / "e.csv").exists()
+
+
+def test_a_bug_shows_its_traceback_and_asks_to_be_reported(sr_model, tmp_path, capsys, monkeypatch):
+    """A ValueError that no check raised is a bug, not bad input: it must not pass for a one-line user error."""
+    from flowsr.runtime import super_resolver
+
+    def broken(self, lr):
+        raise ValueError("an internal invariant failed")
+
+    monkeypatch.setattr(super_resolver.SuperResolver, "upscale_tensor", broken)
+    image = tmp_path / "photo.png"
+    image.write_bytes(BASES["png"]())
+    assert main(["sr", str(image), "-o", str(tmp_path / "out"), "--model", str(sr_model)]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "an internal invariant failed" in err and "please report it" in err.splitlines()[-1]
