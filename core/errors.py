@@ -1,5 +1,6 @@
 """The one base of every error that is about the user's input, files or setup rather than a bug."""
 
+
 class FlowsrError(ValueError):
     """Its message is one line that says what was wrong and what to do; the CLI prints it without a traceback.
 
@@ -30,12 +31,19 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
-def check_number(name: str, value, low: float, high: float, integer: bool = False) -> float:
-    """`value` if it is a finite number in [low, high] (an int when `integer`), else SettingsError naming `name`."""
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise SettingsError(f"{name} must be {kind} in [{low:g}, {high:g}], got {value!r}")
-    if not low <= value <= high:  # NaN fails every comparison
-        raise SettingsError(f"{name} must be {kind} in [{low:g}, {high:g}], got {value!r}")
-    return value
+def out_of_bounds(value, low: float, high: float, integer: bool = False) -> str | None:
+    """Why `value` is not a finite number (an integer when `integer`) in [low, high], or None when it is."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and integer and isinstance(value, float):
+        number = value.is_integer()  # False for nan and inf too
+    if number and low <= value <= high:  # NaN fails every comparison
+        return None
+    return f"must be {'an integer' if integer else 'a number'} in [{low:g}, {high:g}], got {value!r:.40}"
 
+
+def check_number(name: str, value, low: float, high: float, integer: bool = False):
+    """`value` if it is a finite number in [low, high] (an integer when `integer`), else SettingsError naming `name`."""
+    reason = out_of_bounds(value, low, high, integer)
+    if reason is not None:
+        raise SettingsError(f"{name} {reason}")
+    return value

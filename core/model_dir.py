@@ -4,6 +4,7 @@ empty-prompt embeddings. Loading is `from_pretrained` on that folder, safetensor
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -145,7 +146,7 @@ class DegradationManifest(_ManifestFile):
         check_range(path, "s_max", self.s_max, 1.0, 32.0, low_open=True)
         check_range(path, "stride", self.stride, 1, 1024)
         knots = self.knot_scales
-        if len(knots) < 2 or knots[0] != 1.0 or any(b <= a for a, b in zip(knots, knots[1:])) or knots[-1] > self.s_max:
+        if len(knots) < 2 or knots[0] != 1.0 or any(b <= a for a, b in itertools.pairwise(knots)) or knots[-1] > self.s_max:
             raise ModelDirError(f"{path}: knot_scales {knots!r:.60} must start at 1, increase, and end at most at s_max {self.s_max:g}")
 
 

@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flowsr: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # anything else is a bug: its traceback, and a line saying so
+    except Exception:  # noqa: BLE001 - anything else is a bug: its traceback, and a line saying so
         traceback.print_exc()
         print("flowsr: internal error: this is a bug in flowsr, not a problem with your input; please report it with the "
               "traceback above", file=sys.stderr)

@@ -103,14 +103,14 @@ class Degrader:
         if self.solver == "one-step":
             for start in range(0, len(times), self.batch_size):
                 r = torch.tensor(times[start : start + self.batch_size], device=self.device, dtype=torch.float32)
-                images_r = tiled_map(x.expand(len(r), -1, -1, -1), lambda tile: self.run(tile, r), self.tile, self.overlap)
+                images_r = tiled_map(x.expand(len(r), -1, -1, -1), lambda tile, r=r: self.run(tile, r), self.tile, self.overlap)
                 out[start : start + len(r)] = images_r[:, :, :height, :width]
                 self.evaluations += len(r)
         else:
             for index, r in enumerate(times):
                 counts = []
 
-                def solve(tile: torch.Tensor) -> torch.Tensor:
+                def solve(tile: torch.Tensor, r: float = r, counts: list = counts) -> torch.Tensor:
                     image, count = self.model.solve(tile, r, steps=self.steps if self.solver == "euler" else None)
                     counts.append(count)
                     return image

@@ -24,7 +24,6 @@ from flowsr.core import images
 from flowsr.core.atomic import atomic_file
 from flowsr.core.errors import FlowsrError, SettingsError, first_line
 
-
 NAME_MAX = 255  # bytes in one file name on every common file system
 MAX_SCALES = 64  # scales per run: each is one network evaluation and one file per image
 

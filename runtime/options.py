@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowsr.core.errors import SettingsError, check_number, printable
+from flowsr.core.errors import out_of_bounds, printable
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,10 +25,10 @@ def number_option(low: float, high: float, integer: bool = False):
             value = int(text) if integer else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
-        try:
-            return check_number("the value", value, low, high, integer)
-        except SettingsError as err:
-            raise argparse.ArgumentTypeError(str(err).replace("the value must be", "must be")) from None
+        reason = out_of_bounds(value, low, high, integer)
+        if reason is not None:
+            raise argparse.ArgumentTypeError(reason)
+        return value
 
     parse.__name__ = "integer" if integer else "number"
     return parse
