@@ -149,6 +149,10 @@ def _check_png(path: Path) -> None:
             types.add(kind)
             if kind == b"IEND":
                 break
+    try:
+        inflated += len(inflater.flush())  # output held back by the last bounded call (a few hundred bytes)
+    except zlib.error as err:
+        raise ImageError(f"truncated or corrupt image data: {err}") from None
     if header is None or len(header) != 13:
         raise ImageError("truncated or corrupt image data: no valid PNG IHDR chunk")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
