@@ -18,6 +18,7 @@ from torch import nn
 
 from flowsr.core import flow, latents
 from flowsr.core.atomic import atomic_directory
+from flowsr.core.errors import SettingsError
 from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
 
@@ -94,7 +95,7 @@ class AlloSR2Objective(nn.Module):
     def __init__(self, model: OneStepSR, weights: LossWeights = LossWeights(), lpips: nn.Module | None = None):
         super().__init__()
         if weights.lpips and lpips is None:
-            raise ValueError("the LPIPS term needs an LPIPS network; load one or set its weight to 0")
+            raise SettingsError("the LPIPS term needs an LPIPS network; load one or set its weight to 0")
         self.model, self.weights, self.lpips = model, weights, lpips
 
     def velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from flowsr.core import images
 from flowsr.core.atomic import atomic_file
 from flowsr.core.sr_model import resize_to
 
-from .data import list_images
+from .data import DataError, list_images
 from .degradations import DegradationConfig, bicubic_downscale, degrade
 
 
@@ -59,7 +59,7 @@ def vif(restored: np.ndarray, reference: np.ndarray) -> float:
 
     In float32: 25x faster than float64 on the CPU, and within 1e-5 of it on photos."""
     if min(reference.shape[:2]) < VIF_MIN_SIDE:
-        raise ValueError(f"VIF needs images of at least {VIF_MIN_SIDE} px per side, got {reference.shape[1]}x{reference.shape[0]}")
+        raise DataError(f"VIF needs images of at least {VIF_MIN_SIDE} px per side, got {reference.shape[1]}x{reference.shape[0]}")
     preds, target = _nchw(restored, reference)
     return float(visual_information_fidelity(preds, target, sigma_n_sq=2.0))
 

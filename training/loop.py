@@ -144,7 +144,7 @@ def _read_checkpoint(directory: Path, params: dict[str, nn.Parameter], optimizer
     tensors = safetensors.torch.load_file(directory / "state.safetensors")
     missing = [name for name in params if f"param/{name}" not in tensors]
     if missing:
-        raise ValueError(f"checkpoint {directory} does not match this model (no {missing[0]}); resume with the same settings")
+        raise DataError(f"checkpoint {directory} does not match this model (no {missing[0]}); resume with the same settings")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[f"param/{name}"])
