@@ -15,7 +15,10 @@ from flowsr.training.evaluate import gradient_energy
 
 # PSNR gain of the default SR model over bicubic upscaling on the photo below (x4), at least; measured +0.58 dB on
 # clean bicubic downscales and +0.09 dB on the Real-ESRGAN-style degradation (seed 0).
-MIN_GAIN_DB = {"bicubic": 0.4, "realesrgan": 0.0}
+# Measured with the shipped model at 512 px: +0.98 dB clean; +0.17 dB mean over pipeline seeds 0-3 (each of seeds
+# 0-7 gains, +0.02 to +0.32). At 256 px (a 64-pixel input) the pipeline case is a coin flip (-0.06 dB over 8 seeds).
+MIN_GAIN_DB = {"bicubic": 0.5, "realesrgan": 0.0}
+SEEDS = {"bicubic": [0], "realesrgan": [0, 1, 2, 3]}  # one draw of the random pipeline is too noisy to judge by
 
 
 def held_out_photo(size: int = 256) -> np.ndarray:
@@ -65,15 +68,18 @@ def test_packaged_sr_model_is_trained_small_and_default():
 
 @pytest.mark.parametrize("degradation", ["bicubic", "realesrgan"])
 def test_default_sr_model_beats_bicubic_on_a_held_out_photo(degradation):
-    """x4 on skimage's coffee (held out of the training corpus): closer to the HR photo than bicubic upscaling."""
-    hr = (held_out_photo(256) * 255).round().astype(np.uint8)
-    if degradation == "bicubic":
-        lr = bicubic_downscale(hr.astype(np.float32) / 255, 4)
-    else:
-        lr = degrade(hr.astype(np.float32) / 255, 4, seed=0)
-    lr8 = (lr * 255).round().clip(0, 255).astype(np.uint8)
-    restored = SuperResolver(device="cpu")(lr8)
-    bicubic = np.asarray(Image.fromarray(lr8).resize((256, 256), Image.BICUBIC))
-    assert restored.shape == hr.shape
-    gain = peak_signal_noise_ratio(hr, restored) - peak_signal_noise_ratio(hr, bicubic)
-    assert gain > MIN_GAIN_DB[degradation], f"{gain:+.2f} dB"
+    """x4 on skimage's coffee (held out of the training corpus) at the held-out evaluation's size (512 px): closer
+    to the HR photo than bicubic upscaling."""
+    hr = (held_out_photo(512) * 255).round().astype(np.uint8)
+    resolver, gains = SuperResolver(device="cpu"), []
+    for seed in SEEDS[degradation]:
+        if degradation == "bicubic":
+            lr = bicubic_downscale(hr.astype(np.float32) / 255, 4)
+        else:
+            lr = degrade(hr.astype(np.float32) / 255, 4, seed=seed)
+        lr8 = (lr * 255).round().clip(0, 255).astype(np.uint8)
+        restored = resolver(lr8)
+        bicubic = np.asarray(Image.fromarray(lr8).resize((512, 512), Image.BICUBIC))
+        assert restored.shape == hr.shape
+        gains.append(peak_signal_noise_ratio(hr, restored) - peak_signal_noise_ratio(hr, bicubic))
+    assert np.mean(gains) > MIN_GAIN_DB[degradation], f"{np.mean(gains):+.2f} dB ({np.round(gains, 2)})"
