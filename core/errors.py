@@ -26,6 +26,11 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def out_of_memory(err: BaseException) -> str:
+    """The one line for an image that ran out of memory (host or GPU)."""
+    return f"out of memory ({first_line(err)}); use a smaller --tile or --max-megapixels"
+
+
 def printable(text: str) -> str:
     """`text` with control characters escaped (a newline in a file name stays on the one line of an error)."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

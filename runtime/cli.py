@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flowsr.core.errors import FlowsrError, first_line, printable
+from flowsr.core.errors import FlowsrError, out_of_memory, printable
 
-from .options import Parser, number_option
+from .options import DEFAULT_MAX_MEGAPIXELS, MAX_MEGAPIXELS, MAX_SCALE, MAX_STEPS, MAX_TILE, MIN_MEGAPIXELS, Parser, number_option
 
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
 
@@ -30,10 +30,6 @@ def _error(message: str) -> None:
 
 class UsageError(FlowsrError):
     """Something that stops the command before any image is processed."""
-
-
-def _out_of_memory(err: BaseException) -> str:
-    return f"out of memory ({first_line(err)}); use a smaller --tile or --max-megapixels"
 
 
 def _collect_inputs(paths: list[str], out_dir: Path, out_format: str) -> tuple[list[tuple[Path, Path]], int]:
@@ -111,7 +107,7 @@ def run_sr(args: argparse.Namespace) -> int:
             _error(f"{source}: {err}")
             failures += 1
         except (MemoryError, torch.OutOfMemoryError) as err:
-            _error(f"{source}: {_out_of_memory(err)}")
+            _error(f"{source}: {out_of_memory(err)}")
             failures += 1
     summary = f"{done} written to {out_dir}"
     if done:
@@ -214,11 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     sr = commands.add_parser("sr", help="upscale images with one network evaluation per tile")
     sr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     sr.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    sr.add_argument("--scale", type=number_option(1, 32), default=4.0, help="output size / input size (default 4)")
+    sr.add_argument("--scale", type=number_option(1, MAX_SCALE), default=4.0, help="output size / input size (default 4)")
     sr.add_argument("--model", metavar="DIR", help="flowsr model directory (default: the packaged sr-small-x4 model)")
-    sr.add_argument("--tile", type=number_option(0, 16384, integer=True), default=512, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)")
-    sr.add_argument("--overlap", type=number_option(0, 16384, integer=True), default=128, help="tile overlap in output pixels (default 128)")
-    sr.add_argument("--vae-tile", type=number_option(0, 16384, integer=True), default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
+    sr.add_argument("--tile", type=number_option(0, MAX_TILE, integer=True), default=512, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)")
+    sr.add_argument("--overlap", type=number_option(0, MAX_TILE, integer=True), default=128, help="tile overlap in output pixels (default 128)")
+    sr.add_argument("--vae-tile", type=number_option(0, MAX_TILE, integer=True), default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
     sr.add_argument("--no-color-fix", action="store_true", help="keep the decoder's colours (default: wavelet color fix to the input's)")
     sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     sr.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
@@ -229,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tensorrt (NVIDIA GPU); ONNX graphs and engines are made on first use and cached (default torch)",
     )
     sr.add_argument("--format", default="png", choices=OUTPUT_FORMATS, help="output file format (default png)")
-    sr.add_argument("--max-megapixels", type=number_option(1e-6, 10000), default=100.0, help="refuse inputs or outputs larger than this (default 100)")
+    sr.add_argument("--max-megapixels", type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS), default=DEFAULT_MAX_MEGAPIXELS, help="refuse inputs or outputs larger than this (default 100)")
     sr.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     sr.set_defaults(run=run_sr)
 
@@ -240,11 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("--model", metavar="DIR", help="degradation model directory (default: the packaged degradation-small model)")
     degrade.add_argument("--solver", default="one-step", choices=["one-step", "euler", "adaptive"],
                          help="one-step (1 NFE per scale, default), euler (--steps NFEs) or adaptive (dopri5): the multi-step references")
-    degrade.add_argument("--steps", type=number_option(1, 10000, integer=True), default=32, help="Euler steps for --solver euler (default 32)")
-    degrade.add_argument("--tile", type=number_option(0, 16384, integer=True), default=512,
+    degrade.add_argument("--steps", type=number_option(1, MAX_STEPS, integer=True), default=32, help="Euler steps for --solver euler (default 32)")
+    degrade.add_argument("--tile", type=number_option(0, MAX_TILE, integer=True), default=512,
                          help="tile size in HR pixels, a multiple of the model stride; 0 = no tiling (default 512)")
-    degrade.add_argument("--overlap", type=number_option(0, 16384, integer=True), default=64, help="tile overlap in HR pixels (default 64)")
-    degrade.add_argument("--max-megapixels", type=number_option(1e-6, 10000), default=100.0, help="refuse larger HR images (default 100)")
+    degrade.add_argument("--overlap", type=number_option(0, MAX_TILE, integer=True), default=64, help="tile overlap in HR pixels (default 64)")
+    degrade.add_argument("--max-megapixels", type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS), default=DEFAULT_MAX_MEGAPIXELS, help="refuse larger HR images (default 100)")
     degrade.add_argument("--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size")
     degrade.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)")
     degrade.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime"], help="default torch")

@@ -24,11 +24,10 @@ from flowsr.core.sr_model import resize_to
 
 from .default_models import default_degradation_model
 from .devices import resolve_device
-from .super_resolver import DEFAULT_MAX_MEGAPIXELS, MAX_MEGAPIXELS, MAX_TILE, MIN_MEGAPIXELS
+from .options import DEFAULT_MAX_MEGAPIXELS, MAX_BATCH, MAX_MEGAPIXELS, MAX_STEPS, MAX_TILE, MIN_MEGAPIXELS
 from .tiling import pad_to_multiple, tiled_map
 
 SOLVERS = ("one-step", "euler", "adaptive")
-MAX_STEPS = 10000  # Euler steps of the multi-step reference
 
 
 class Degrader:
@@ -56,7 +55,7 @@ class Degrader:
         manifest: DegradationManifest | None = None,
     ):
         check_number("steps", steps, 1, MAX_STEPS, integer=True)
-        check_number("batch size", batch_size, 1, 1024, integer=True)
+        check_number("batch size", batch_size, 1, MAX_BATCH, integer=True)
         check_number("tile", tile, 0, MAX_TILE, integer=True)
         check_number("overlap", overlap, 0, MAX_TILE, integer=True)
         check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)

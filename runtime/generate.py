@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from flowsr.core import images
 from flowsr.core.atomic import atomic_file
-from flowsr.core.errors import FlowsrError, SettingsError, first_line
+from flowsr.core.errors import FlowsrError, SettingsError, out_of_memory
 
 NAME_MAX = 255  # bytes in one file name on every common file system
 MAX_SCALES = 64  # scales per run: each is one network evaluation and one file per image
@@ -101,7 +101,7 @@ def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list
             error(f"{source}: {err}")
             failed += 1
         except (MemoryError, torch.OutOfMemoryError) as err:
-            error(f"{source}: out of memory ({first_line(err)}); use a smaller --tile or --max-megapixels")
+            error(f"{source}: {out_of_memory(err)}")
             failed += 1
     return done, skipped, failed
 

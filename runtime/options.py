@@ -8,6 +8,14 @@ import sys
 
 from flowsr.core.errors import out_of_bounds, printable
 
+# The bounds of the settings that `SuperResolver`, `Degrader` and their options share.
+DEFAULT_MAX_MEGAPIXELS = 100.0
+MIN_MEGAPIXELS, MAX_MEGAPIXELS = 1e-6, 10000.0
+MAX_SCALE = 32.0  # beyond this the input is a few pixels of the output: no model restores that
+MAX_TILE = 16384
+MAX_BATCH = 1024
+MAX_STEPS = 10000  # Euler steps of the degrader's multi-step reference
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: no usage block around the message (subcommands inherit the class)."""

@@ -22,12 +22,8 @@ from flowsr.core.sr_model import OneStepSR, resize_to
 from .backends import create_backend
 from .default_models import default_sr_model
 from .devices import resolve_device
+from .options import DEFAULT_MAX_MEGAPIXELS, MAX_BATCH, MAX_MEGAPIXELS, MAX_SCALE, MAX_TILE, MIN_MEGAPIXELS
 from .tiling import pad_to_multiple, tiled_map
-
-DEFAULT_MAX_MEGAPIXELS = 100.0
-MIN_MEGAPIXELS, MAX_MEGAPIXELS = 1e-6, 10000.0
-MAX_SCALE = 32.0  # beyond this the input is a few pixels of the output: no model restores that
-MAX_TILE = 16384
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -62,7 +58,7 @@ class SuperResolver:
     ):
         check_number("scale", scale, 1, MAX_SCALE)
         check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)
-        check_number("batch size", batch_size, 1, 1024, integer=True)
+        check_number("batch size", batch_size, 1, MAX_BATCH, integer=True)
         for name, size in (("tile", tile), ("VAE tile", vae_tile), ("overlap", overlap)):
             check_number(name, size, 0, MAX_TILE, integer=True)
         self.device = resolve_device(device)
