@@ -67,17 +67,25 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+def architecture_mismatch(config, expected: dict) -> tuple[str, object, object] | None:
+    """The first architecture key of a preset's config that `config` (a dict or a diffusers config) does not
+    match, as (key, found, needed); None when it builds the preset's module."""
+    for key, value in expected.items():
+        found = config.get(key)
+        if key not in FREE_CONFIG_KEYS and (list(found) if isinstance(found, (list, tuple)) else found) != value:
+            return key, found, value
+    return None
+
+
 def check_architecture(folder: Path, expected: dict, preset: str, class_name: str | None = None) -> None:
     """The part's config builds the preset's module: every architecture key of the preset has its value."""
     config = read_config(folder)
     if class_name is not None and config.get("_class_name") != class_name:
         raise ModelDirError(f"{folder}/config.json names class {config.get('_class_name')!r:.40}, but preset {preset!r} uses {class_name}")
-    for key, value in expected.items():
-        if key in FREE_CONFIG_KEYS:
-            continue
-        found = config.get(key)
-        if (list(found) if isinstance(found, (list, tuple)) else found) != value:
-            raise ModelDirError(f"{folder}/config.json has {key}={found!r:.60}, but preset {preset!r} needs {value!r}; re-create the model directory")
+    mismatch = architecture_mismatch(config, expected)
+    if mismatch is not None:
+        key, found, value = mismatch
+        raise ModelDirError(f"{folder}/config.json has {key}={found!r:.60}, but preset {preset!r} needs {value!r}; re-create the model directory")
 
 
 def check_embeddings(path: Path, embeddings: dict, shapes: dict[str, tuple[int, ...]]) -> None:

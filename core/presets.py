@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from .autoencoders import Autoencoder, build_autoencoder, downsample_factor
 from .errors import ModelDirError, SettingsError
+from .model_schema import architecture_mismatch
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,8 @@ def load_base_components(folder: str, preset: Preset, dtype: torch.dtype = torch
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
     transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
     for part, expected, module in (("vae", preset.vae, vae), ("transformer", preset.transformer, transformer)):
-        for key, value in expected.items():
-            found = module.config.get(key)
-            if key in ("scaling_factor", "shift_factor", "sample_size", "force_upcast"):
-                continue  # calibration and tiling hints, not architecture
-            if (list(found) if isinstance(found, (list, tuple)) else found) != value:
-                raise ModelDirError(f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; pick the matching --preset")
+        mismatch = architecture_mismatch(module.config, expected)
+        if mismatch is not None:
+            key, found, value = mismatch
+            raise ModelDirError(f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; pick the matching --preset")
     return vae, transformer

@@ -90,7 +90,6 @@ def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list
             continue
         try:
             picture = images.read_image(source, max_pixels=degrader.max_pixels)
-            degrader.check_size(*picture.rgb.shape[:2])
             for scale, pixels in zip(todo, degrader(picture.rgb, todo, lr_grid=lr_grid)):
                 hr_path, lr_path = output_paths(out_dir, name, scale)
                 _write_png(lr_path, pixels)

@@ -394,22 +394,15 @@ def _run_model_case(command: list[str], model: Path, out: Path, capsys, valid: b
     assert not out.exists() or no_temporaries(out)
 
 
-def test_sr_model_directories_broken_field_by_field(sr_model, full, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["sr", "degrade"])
+def test_model_directories_broken_field_by_field(command, sr_model, degradation_model, full, tmp_path, capsys):
     image = tmp_path / "photo.png"
     image.write_bytes(BASES["png"]())
-    for index, (label, edit, valid) in enumerate(sample(SR_MODEL_CASES, 4, full)):
-        model = _broken_copy(sr_model, tmp_path / f"m{index}", edit)
+    source, cases, options = (sr_model, SR_MODEL_CASES, []) if command == "sr" else (degradation_model, DEGRADATION_MODEL_CASES, ["--scale", "2"])
+    for index, (label, edit, valid) in enumerate(sample(cases, 4, full)):
+        model = _broken_copy(source, tmp_path / f"m{index}", edit)
         out = tmp_path / f"out{index}"
-        _run_model_case(["sr", str(image), "-o", str(out), "--model", str(model)], model, out, capsys, valid, label)
-
-
-def test_degradation_model_directories_broken_field_by_field(degradation_model, full, tmp_path, capsys):
-    image = tmp_path / "photo.png"
-    image.write_bytes(BASES["png"]())
-    for index, (label, edit, valid) in enumerate(sample(DEGRADATION_MODEL_CASES, 4, full)):
-        model = _broken_copy(degradation_model, tmp_path / f"m{index}", edit)
-        out = tmp_path / f"out{index}"
-        _run_model_case(["degrade", str(image), "-o", str(out), "--model", str(model), "--scale", "2"], model, out, capsys, valid, label)
+        _run_model_case([command, str(image), "-o", str(out), "--model", str(model), *options], model, out, capsys, valid, label)
 
 
 def test_export_and_eval_refuse_broken_models_in_one_line(sr_model, full, tmp_path, capsys):
