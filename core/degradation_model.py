@@ -70,6 +70,12 @@ class DegradationModel(nn.Module):
         if self.knot_times[0] != 0.0:
             raise ValueError(f"the first knot must be the HR image (scale 1), got scales {self.knot_scales}")
 
+    kind = "degradation"
+
+    def graph_constants(self) -> list:
+        """What the exported graph bakes in besides the weights."""
+        return [self.s_max, list(self.knot_scales)]
+
     @property
     def stride(self) -> int:
         """Image sides must be multiples of this: the RAE's 8 times the UNet's downsampling."""

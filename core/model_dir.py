@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 
 from .atomic import atomic_directory, atomic_file
 from .autoencoders import load_autoencoder
+from .content_hash import weights_sha256
 from .degradation_model import (
     DEGRADATION_PRESETS,
     DegradationModel,
@@ -97,6 +98,7 @@ class Manifest(_ManifestFile):
     created: str = ""
     format: int = FORMAT_VERSION
     t_star_source: str = "preset"  # "estimated" once `estimate-tstar` measured it on training pairs
+    weights_sha256: str | None = None  # of the stored weights, hashed when saved: the key of exports made from them
 
     T_STAR_SOURCES: ClassVar[tuple[str, ...]] = ("preset", "estimated")
 
@@ -139,6 +141,7 @@ class DegradationManifest(_ManifestFile):
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT_VERSION
+    weights_sha256: str | None = None  # of the stored weights, hashed when saved: the key of exports made from them
 
     def check(self, path: Path) -> None:
         if self.preset not in DEGRADATION_PRESETS:
@@ -152,6 +155,8 @@ class DegradationManifest(_ManifestFile):
 
 def model_kind(directory: str | Path) -> str:
     """"sr" or "degradation": what a model directory holds, from its manifest."""
+    if not Path(directory).is_dir():
+        raise ModelDirError(f"model directory {directory} does not exist")
     path = Path(directory) / MANIFEST
     try:
         kind = json.loads(path.read_text()).get("kind")
@@ -224,6 +229,7 @@ def save_sr_model(model: OneStepSR, manifest: Manifest, directory: str | Path, o
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise ModelDirError(f"{directory} already exists; choose another path or pass --overwrite")
     manifest.t_star = model.t_star
+    manifest.weights_sha256 = weights_sha256(model)
     manifest.versions = _versions()
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with atomic_directory(directory) as staging:
@@ -294,6 +300,7 @@ def save_degradation_model(model: DegradationModel, manifest: DegradationManifes
     directory = Path(directory)
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise ModelDirError(f"{directory} already exists; choose another path or pass --overwrite")
+    manifest.weights_sha256 = weights_sha256(model)
     manifest.versions = _versions()
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with atomic_directory(directory) as staging:
@@ -316,3 +323,15 @@ def load_degradation_model(directory: str | Path, device: str | torch.device = "
         raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
     model = DegradationModel(rae, unet, manifest.knot_scales, manifest.s_max)
     return model.to(device).eval(), manifest
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Either kind of model directory, by what its manifest says it holds: (model, manifest)."""
+    load = load_degradation_model if model_kind(directory) == DegradationManifest.KIND else load_sr_model
+    return load(directory, device, dtype)
+
+
+def save_model(model, manifest, directory: str | Path, overwrite: bool = False) -> Path:
+    """Either kind of model, by its manifest's kind."""
+    save = save_degradation_model if manifest.kind == DegradationManifest.KIND else save_sr_model
+    return save(model, manifest, directory, overwrite=overwrite)

@@ -27,6 +27,7 @@ def _is_number(value) -> bool:
 
 _TYPES = {
     "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)), "a sha256 hex digest or null"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "float": (_is_number, "a finite number"),

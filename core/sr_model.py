@@ -41,6 +41,12 @@ class OneStepSR(nn.Module):
         self.guidance = guidance
         self.normalization = LatentNormalization(vae.config.shift_factor or 0.0, vae.config.scaling_factor)
 
+    kind = "sr"
+
+    def graph_constants(self) -> list:
+        """What the exported graphs bake in besides the weights."""
+        return [self.t_star, self.guidance, self.normalization.shift, self.normalization.scale]
+
     @property
     def stride(self) -> int:
         """Image sides must be multiples of this (autoencoder downsampling x 2x2 packing)."""
@@ -69,20 +75,25 @@ class OneStepSR(nn.Module):
             return_dict=False,
         )[0]
 
-    def restore(self, z_lr: torch.Tensor) -> torch.Tensor:
-        """Normalized LR latent -> raw (VAE-scale) HR latent with exactly one velocity evaluation."""
+    def predict_velocity(self, z_lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalized LR latent -> (its packed tokens, t* per sample, v(z_L, t*)): the one network evaluation."""
         batch, _, height, width = z_lr.shape
         tokens = latents.pack(z_lr)
         t_star = torch.full((batch,), self.t_star, device=z_lr.device, dtype=torch.float32)
-        velocity = self.velocity(tokens, t_star, height, width)
-        if z_lr.is_cuda and not torch.compiler.is_exporting():
-            # Step, unpack, denormalize and cast in one pass; exported graphs keep the plain ops for ONNX/TensorRT.
-            from flowsr.kernels.euler_update import fused_euler_unpack
+        return tokens, t_star, self.velocity(tokens, t_star, height, width)
 
-            norm = self.normalization
-            return fused_euler_unpack(velocity, tokens, -t_star, height, width, norm.shift, norm.scale, z_lr.dtype)
+    def euler_unpack(self, velocity: torch.Tensor, tokens: torch.Tensor, t_star: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The Euler step z_H = z_L - t*·v, unpacked and denormalized to the raw (VAE-scale) HR latent.
+
+        `flowsr.kernels.euler_update.fused_euler_unpack` does the same in one pass on CUDA; this is its reference.
+        """
         z_hr = latents.unpack(flow.one_step_sr(tokens, velocity, t_star.to(tokens.dtype)), height, width)
         return self.normalization.denormalize(z_hr)
+
+    def restore(self, z_lr: torch.Tensor) -> torch.Tensor:
+        """Normalized LR latent -> raw (VAE-scale) HR latent with exactly one velocity evaluation."""
+        tokens, t_star, velocity = self.predict_velocity(z_lr)
+        return self.euler_unpack(velocity, tokens, t_star, *z_lr.shape[2:])
 
     def decode(self, raw_latent: torch.Tensor) -> torch.Tensor:
         """Raw latent -> image in [-1, 1] (unclamped, as the decoder gives it)."""

@@ -1,1 +1,1 @@
-"""flowsr.export: LoRA merge (merge.py), ONNX export and verification (onnx_export.py), TensorRT engines (tensorrt_engine.py)."""
+"""flowsr.export: export specs (spec.py), LoRA merge (merge.py), ONNX export and verification (onnx_export.py, onnxruntime_graph.py), TensorRT engines (tensorrt_engine.py)."""

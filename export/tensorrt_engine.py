@@ -1,11 +1,11 @@
-"""TensorRT engines built from the exported ONNX parts (TensorRT 10 Python API), cached on disk.
+"""TensorRT engines built from the exported ONNX graphs of either model (TensorRT 10 Python API), cached on disk.
 
-One engine per part with one optimization profile: the min/opt/max input shapes of the export spec. The
+One engine per graph with one optimization profile: the min/opt/max shapes of each input in the export spec. The
 precision is the ONNX dtype: float32 graphs build in float32 (TF32 off); float16 and bfloat16 graphs build
 strongly typed, so the engine keeps exactly the graph's types. Builds share a timing cache file per TensorRT
-version and GPU, so tactics timed once are not timed again. Engines live in `$FLOWSR_CACHE/tensorrt/` (default `~/.cache/flowsr`), keyed by the part's ONNX files' sha256, the
-shapes, the precision, the TensorRT version and the GPU name: the same inputs never build twice, and another
-GPU or TensorRT version builds its own.
+version and GPU, so tactics timed once are not timed again. Engines live in `$FLOWSR_CACHE/tensorrt/` (default
+`~/.cache/flowsr`), keyed by the graph's ONNX files' sha256, the shapes, the precision, the TensorRT version and the
+GPU name: the same inputs never build twice, and another GPU or TensorRT version builds its own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 
 from flowsr.core.atomic import atomic_file
 from flowsr.core.errors import BackendError
-from flowsr.export.onnx_export import cache_root, read_spec
+
+from .spec import engine_cache_dir, read_spec
 
 
 class TensorRTUnavailable(BackendError):
@@ -43,8 +44,9 @@ def require_tensorrt():
     return trt
 
 
-def build_engine(onnx_path: Path, input_name: str, shapes: dict, dtype: str, timing_cache: Path) -> bytes:
-    """Parse the ONNX file, build a serialized engine for one profile, and save the updated timing cache."""
+def build_engine(onnx_path: Path, profile_shapes: dict[str, dict], dtype: str, timing_cache: Path) -> bytes:
+    """Parse the ONNX file, build a serialized engine for one profile (min/opt/max of each input by name), and
+    save the updated timing cache."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -58,7 +60,8 @@ def build_engine(onnx_path: Path, input_name: str, shapes: dict, dtype: str, tim
     if dtype == "float32":
         config.clear_flag(trt.BuilderFlag.TF32)  # float32 means float32: the engine matches what onnxruntime verified
     profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
+    for name, shapes in profile_shapes.items():
+        profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -70,34 +73,38 @@ def build_engine(onnx_path: Path, input_name: str, shapes: dict, dtype: str, tim
     return bytes(serialized)
 
 
-def engine_path(onnx_dir: Path, part: str) -> Path:
-    """Where the engine of `part` of this export lives for this GPU and TensorRT version (built or not)."""
+def profile_shapes(entry: dict) -> dict[str, dict]:
+    """The optimization profile of one graph of an export spec: {input name: {"min", "opt", "max"}}."""
+    return {tensor["name"]: {key: tensor[key] for key in ("min", "opt", "max")} for tensor in entry["inputs"]}
+
+
+def engine_path(onnx_dir: Path, graph: str) -> Path:
+    """Where the engine of `graph` of this export lives for this GPU and TensorRT version (built or not)."""
     trt = require_tensorrt()
-    spec = _spec(onnx_dir, part)
-    files = {name: sha for name, sha in spec["files"].items() if name.startswith(f"{part}.onnx")}  # graph + external weights
-    shapes = {key: spec["parts"][part]["input"][key] for key in ("min", "opt", "max")}
-    identity = [files, shapes, spec["dtype"], trt.__version__, torch.cuda.get_device_name()]
+    spec = _spec(onnx_dir, graph)
+    files = {name: sha for name, sha in spec["files"].items() if name.startswith(f"{graph}.onnx")}  # graph + external weights
+    identity = [files, profile_shapes(spec["graphs"][graph]), spec["dtype"], trt.__version__, torch.cuda.get_device_name()]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_root() / "tensorrt" / f"{part}-{spec['dtype']}-{key}.engine"
+    return engine_cache_dir() / f"{spec['kind']}-{graph}-{spec['dtype']}-{key}.engine"
 
 
-def ensure_engine(onnx_dir: Path, part: str) -> Path:
-    """The cached engine of `part`, built first if this GPU and TensorRT version have none for these inputs."""
+def ensure_engine(onnx_dir: Path, graph: str) -> Path:
+    """The cached engine of `graph`, built first if this GPU and TensorRT version have none for these inputs."""
     trt = require_tensorrt()
-    path = engine_path(onnx_dir, part)
+    path = engine_path(onnx_dir, graph)
     if not path.is_file():
-        spec = _spec(onnx_dir, part)
+        spec = _spec(onnx_dir, graph)
         gpu = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-")
         timing_cache = path.parent / f"timing-{trt.__version__}-{gpu}.cache"
-        entry = spec["parts"][part]
-        engine = build_engine(onnx_dir / entry["file"], entry["input"]["name"], entry["input"], spec["dtype"], timing_cache)
+        entry = spec["graphs"][graph]
+        engine = build_engine(onnx_dir / entry["file"], profile_shapes(entry), spec["dtype"], timing_cache)
         with atomic_file(path) as file:
             file.write(engine)
     return path
 
 
-def _spec(onnx_dir: Path, part: str) -> dict:
+def _spec(onnx_dir: Path, graph: str) -> dict:
     spec = read_spec(onnx_dir)
-    if spec is None or part not in spec["parts"]:
-        raise EngineBuildError(f"{onnx_dir} has no complete ONNX export of the {part} part; run `flowsr export onnx` first")
+    if spec is None or graph not in spec["graphs"]:
+        raise EngineBuildError(f"{onnx_dir} has no complete ONNX export of the {graph} graph; run `flowsr export onnx` first")
     return spec

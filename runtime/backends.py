@@ -1,90 +1,112 @@
-"""Execution backends of the SR pipeline's three stages: encode, restore (one NFE), decode.
+"""Execution backends of both models: each runs a model's runtime graphs (`export.spec`) on torch tensors.
 
-Every backend takes and returns torch tensors, so the tiler, padding and I/O around it are shared:
-`torch` (eager), `compile` (torch.compile; CUDA graphs on GPU), `onnxruntime` (exported graphs, CPU or CUDA
-provider), `tensorrt` (engines built from the exported graphs, CUDA graphs per shape).
+SR runs encoder -> transformer (restore: one NFE) -> decoder; degradation synthesis runs degrader (hr, r).
+Every backend gives the same callables by graph name, so the tiling, padding and I/O around them are shared:
+`torch` (eager; on CUDA the SR Euler step is the fused Triton kernel), `compile` (torch.compile; CUDA graphs
+on GPU), `onnxruntime` (the exported graphs, CPU or CUDA provider), `tensorrt` (engines built from the exported
+graphs, CUDA graphs per shape). Exports and engines are made on first use and cached.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from flowsr.core.errors import BackendError, SettingsError
-from flowsr.core.sr_model import OneStepSR
+from flowsr.export.spec import SPECS, Graph
 
 
-class TorchBackend:
+@dataclass
+class Backend:
+    """A model's runtime graphs as callables, e.g. `backend.graphs["encoder"](image)`."""
+
+    name: str
+    graphs: dict[str, Callable[..., torch.Tensor]]
+    folder: Path | None = None  # the ONNX export the graphs were made from (onnxruntime, tensorrt)
+
+
+def _typed(method: Callable, graph: Graph, dtype: torch.dtype, contiguous: bool = False) -> Callable:
+    """`method` with image and latent inputs cast to the backend's dtype (target times stay float32)."""
+    dtypes = [torch.float32 if tensor.space == "time" else dtype for tensor in graph.inputs]
+
+    def call(*inputs: torch.Tensor) -> torch.Tensor:
+        inputs = [x.to(dtype) for x, dtype in zip(inputs, dtypes)]
+        return method(*(x.contiguous() for x in inputs) if contiguous else inputs)
+
+    return call
+
+
+def _fused_restore(model: nn.Module) -> Callable:
+    """SR's restore with the Euler step, unpack, denormalization and cast in one Triton kernel (CUDA)."""
+    from flowsr.kernels.euler_update import fused_euler_unpack  # triton: imported only where a GPU runs it
+
+    def restore(z_lr: torch.Tensor) -> torch.Tensor:
+        tokens, t_star, velocity = model.predict_velocity(z_lr)
+        norm = model.normalization
+        return fused_euler_unpack(velocity, tokens, -t_star, *z_lr.shape[2:], norm.shift, norm.scale, z_lr.dtype)
+
+    return restore
+
+
+def torch_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, **_) -> Backend:
     """Eager PyTorch on the model's own modules."""
-
-    name = "torch"
-
-    def __init__(self, model: OneStepSR, device: torch.device, dtype: torch.dtype):
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.dtype = dtype
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(image.to(self.dtype))
-
-    def restore(self, z_lr: torch.Tensor) -> torch.Tensor:
-        return self.model.restore(z_lr.to(self.dtype))
-
-    def decode(self, raw_latent: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(raw_latent.to(self.dtype))
+    model.to(device=device, dtype=dtype).eval()
+    spec = SPECS[model.kind]
+    graphs = {}
+    for name in spec.runtime_graphs:
+        graph = spec.graphs[name]
+        method = _fused_restore(model) if (device.type, graph.method) == ("cuda", "restore") else getattr(model, graph.method)
+        graphs[name] = _typed(method, graph, dtype)
+    return Backend("torch", graphs)
 
 
-class CompileBackend(TorchBackend):
-    """`torch.compile` of each stage, specialized to each input shape (inductor on CPU and CUDA).
+def compile_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, **_) -> Backend:
+    """`torch.compile` of each graph, specialized to each input shape (inductor on CPU and CUDA).
 
-    On CUDA the stages are also captured as CUDA graphs ("reduce-overhead"). The first call with a new shape
-    compiles and captures (seconds to minutes); later calls with that shape replay. The tiler cuts every
-    image into tiles of one size (the last tile is flush with the edge, not smaller), so a run compiles once
-    per stage and reuses the graphs; images smaller than a tile compile once per size, up to torch._dynamo's
-    recompile limit, after which that stage runs eagerly.
+    On CUDA the graphs are also captured as CUDA graphs ("reduce-overhead"). The first call with a new shape
+    compiles and captures (seconds to minutes); later calls with that shape replay. The tiler cuts every image
+    into tiles of one size (the last tile is flush with the edge, not smaller), so a run compiles once per graph;
+    images smaller than a tile compile once per size, up to torch._dynamo's recompile limit, after which that
+    graph runs eagerly.
     """
-
-    name = "compile"
-
-    def __init__(self, model: OneStepSR, device: torch.device, dtype: torch.dtype):
-        super().__init__(model, device, dtype)
-        self.cuda_graphs = device.type == "cuda"
-        mode = "reduce-overhead" if self.cuda_graphs else None
-        self._encode, self._restore, self._decode = (
-            torch.compile(stage, mode=mode, dynamic=False) for stage in (self.model.encode, self.model.restore, self.model.decode)
-        )
-
-    def _run(self, stage, x: torch.Tensor) -> torch.Tensor:
+    model.to(device=device, dtype=dtype).eval()
+    spec = SPECS[model.kind]
+    cuda_graphs = device.type == "cuda"
+    graphs = {}
+    for name in spec.runtime_graphs:
+        graph = spec.graphs[name]
+        compiled = torch.compile(getattr(model, graph.method), mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
         # Tiles are views whose strides depend on the whole image; contiguous inputs make the shape the only key.
-        out = stage(x.to(self.dtype).contiguous())
-        # A CUDA graph writes every replay into the same output memory: keep this result before the next call.
-        return out.clone() if self.cuda_graphs else out
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self._run(self._encode, image)
-
-    def restore(self, z_lr: torch.Tensor) -> torch.Tensor:
-        return self._run(self._restore, z_lr)
-
-    def decode(self, raw_latent: torch.Tensor) -> torch.Tensor:
-        return self._run(self._decode, raw_latent)
+        run = _typed(compiled, graph, dtype, contiguous=True)
+        # A CUDA graph writes every replay into the same output memory: keep each result before the next call.
+        graphs[name] = (lambda *inputs, run=run: run(*inputs).clone()) if cuda_graphs else run
+    return Backend("compile", graphs)
 
 
 # Imported on first use: each backend pulls in its own runtime (onnxruntime, tensorrt).
 BACKENDS = {
-    "torch": ("flowsr.runtime.backends", "TorchBackend", None),
-    "compile": ("flowsr.runtime.backends", "CompileBackend", None),
-    "onnxruntime": ("flowsr.runtime.backend_onnxruntime", "OnnxRuntimeBackend", "pip install 'flowsr[onnx]'"),
-    "tensorrt": ("flowsr.runtime.backend_tensorrt", "TensorRTBackend", "pip install 'flowsr[gpu]' on a machine with an NVIDIA GPU"),
+    "torch": ("flowsr.runtime.backends", "torch_backend", None),
+    "compile": ("flowsr.runtime.backends", "compile_backend", None),
+    "onnxruntime": ("flowsr.runtime.backend_onnxruntime", "onnxruntime_backend", "pip install 'flowsr[onnx]'"),
+    "tensorrt": ("flowsr.runtime.backend_tensorrt", "tensorrt_backend", "pip install 'flowsr[gpu]' on a machine with an NVIDIA GPU"),
 }
 
 
-def create_backend(name: str, model: OneStepSR, device: torch.device, dtype: torch.dtype):
+def create_backend(name: str, model: nn.Module, device: torch.device, dtype: torch.dtype, *,
+                   weights_sha256: str | None = None, model_dir: str | Path | None = None) -> Backend:
+    """Backend `name` for an SR or degradation model. `weights_sha256` and `model_dir` (from a loaded model
+    directory) let the exporting backends find the directory's own export, or the cached one, without hashing
+    the weights; the model then belongs to the backend (it may be moved and cast)."""
     if name not in BACKENDS:
-        raise SettingsError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    module, cls, install = BACKENDS[name]
+        raise SettingsError(f"unknown backend {name!r:.40}; choose one of: {', '.join(BACKENDS)}")
+    module, function, install = BACKENDS[name]
     try:
-        backend = getattr(importlib.import_module(module), cls)
+        make = getattr(importlib.import_module(module), function)
     except ImportError as err:
         raise BackendError(f"the {name} backend needs {err.name or 'a missing package'}, which is not installed; {install}") from None
-    return backend(model, device, dtype)
+    return make(model, device, dtype, weights_sha256=weights_sha256, model_dir=model_dir)

@@ -1,4 +1,5 @@
-"""The `flowsr` command line: `flowsr sr`, `flowsr degrade`, `flowsr model`, `flowsr export` (and `train`, `eval`).
+"""The `flowsr` command line: `flowsr sr`, `flowsr degrade`, `flowsr model`, `flowsr export` (and, from
+flowsr.training through the `flowsr.commands` entry points, `train` and `eval`).
 
 Every failure is one line on stderr naming what failed and what to do; one bad file never stops the others,
 and the exit code says whether any failed: 0 all done, 1 some files failed, 2 nothing could start (a bad option,
@@ -13,6 +14,7 @@ import sys
 import time
 import traceback
 import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from tqdm import tqdm
@@ -145,14 +147,10 @@ def run_model_import(args: argparse.Namespace) -> int:
 def run_model_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from flowsr.core import model_dir
+    from flowsr.core.model_dir import load_model, save_model
 
-    if model_dir.model_kind(args.model) == "degradation":
-        model, manifest = model_dir.load_degradation_model(args.model, dtype=getattr(torch, args.dtype))
-        model_dir.save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
-    else:
-        model, manifest = model_dir.load_sr_model(args.model, dtype=getattr(torch, args.dtype))
-        model_dir.save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
+    model, manifest = load_model(args.model, dtype=getattr(torch, args.dtype))
+    save_model(model, manifest, args.output, overwrite=args.overwrite)
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0
 
@@ -169,16 +167,20 @@ def run_degrade(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import load_sr_model
-    from flowsr.export.onnx_export import ExportError, export_onnx, parse_dtype, parse_parts
+    from flowsr.core.model_dir import load_model, model_kind
+    from flowsr.export.onnx_export import export_onnx
+    from flowsr.export.spec import SPECS, ExportError, checked_opset
 
+    checked_opset(args.dtype, args.opset)
     out = Path(args.output) if args.output else Path(args.model) / "onnx" / args.dtype
-    dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
-    model, manifest = load_sr_model(args.model)
-    spec = export_onnx(model, out, dtype=dtype, parts=parts, opset=args.opset, manifest=manifest, overwrite=args.overwrite)
-    for entry in spec["parts"].values():
+    spec = SPECS[model_kind(args.model)]
+    graphs = spec.parse_graphs(args.graphs) if args.graphs else tuple(spec.graphs)
+    model, manifest = load_model(args.model)
+    document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, manifest=manifest,
+                           weights_sha256=manifest.weights_sha256, overwrite=args.overwrite)
+    for entry in document["graphs"].values():
         check = entry["verification"]
         if "psnr_db" in check:
             status = f"onnxruntime vs torch {check['psnr_db']:.1f} dB PSNR (>= {check['min_psnr_db']:g}) on {' and '.join(check['inputs'])}"
@@ -189,17 +191,19 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 
 def run_export_trt(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import load_sr_model
-    from flowsr.export.onnx_export import onnx_dir_for, parse_dtype, parse_parts
+    from flowsr.core.model_dir import load_model, model_kind
+    from flowsr.export.onnx_export import onnx_dir_for
+    from flowsr.export.spec import SPECS
     from flowsr.export.tensorrt_engine import ensure_engine, require_tensorrt
 
     require_tensorrt()
-    dtype, parts = parse_dtype(args.dtype), parse_parts(args.parts)
-    model, _ = load_sr_model(args.model)
-    folder = onnx_dir_for(model, dtype, args.opset, parts)
+    spec = SPECS[model_kind(args.model)]
+    graphs = spec.parse_graphs(args.graphs) if args.graphs else spec.runtime_graphs
+    model, manifest = load_model(args.model)
+    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, weights_sha256=manifest.weights_sha256, model_dir=args.model)
     print(f"ONNX: {folder}")
-    for part in parts:
-        print(f"{part}: {ensure_engine(folder, part)}")
+    for graph in graphs:
+        print(f"{graph}: {ensure_engine(folder, graph)}")
     return 0
 
 
@@ -243,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("--max-megapixels", type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS), default=DEFAULT_MAX_MEGAPIXELS, help="refuse larger HR images (default 100)")
     degrade.add_argument("--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size")
     degrade.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)")
-    degrade.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime"], help="default torch")
+    degrade.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime", "tensorrt"],
+                         help="torch (eager), compile, onnxruntime or tensorrt (the last three: one-step only); default torch")
     degrade.set_defaults(run=run_degrade)
 
     model = commands.add_parser("model", help="model directories").add_subparsers(dest="model_command", required=True)
@@ -270,26 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=run_model_convert)
 
     export = commands.add_parser("export", help="ONNX graphs and TensorRT engines").add_subparsers(dest="export_command", required=True)
-    onnx = export.add_parser("onnx", help="export ONNX graphs with dynamic batch and size, verified against torch")
-    onnx.add_argument("model", metavar="MODEL_DIR")
+    onnx = export.add_parser("onnx", help="export a model's ONNX graphs with dynamic batch and size, verified against torch")
+    onnx.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
     onnx.add_argument("output", metavar="OUT", nargs="?", help="output folder (default MODEL_DIR/onnx/<dtype>)")
     onnx.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="default float32")
-    onnx.add_argument("--parts", default="sr,encoder,transformer,decoder", help="comma-separated parts (default all four)")
+    onnx.add_argument("--graphs", help="comma-separated graphs (default all: sr,encoder,transformer,decoder for SR; degrader)")
     onnx.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset (default 20; 22 for bfloat16)")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     onnx.set_defaults(run=run_export_onnx)
     trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
-    trt.add_argument("model", metavar="MODEL_DIR")
+    trt.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
     trt.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="graph and engine precision (default float16)")
-    trt.add_argument("--parts", default="encoder,transformer,decoder", help="comma-separated parts (default the three stages)")
+    trt.add_argument("--graphs", help="comma-separated graphs (default what the runtime runs: encoder,transformer,decoder for SR; degrader)")
     trt.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
     trt.set_defaults(run=run_export_trt)
 
-    from flowsr.training.cli import add_commands as add_train_commands
-    from flowsr.training.cli import add_eval_command
-
-    add_train_commands(commands)
-    add_eval_command(commands)
+    # Other packages add their commands (flowsr.training: `train` and `eval`) through this entry-point group, so
+    # the runtime depends on none of them.
+    for entry in entry_points(group="flowsr.commands"):
+        entry.load()(commands)
     return parser
 
 

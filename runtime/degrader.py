@@ -21,7 +21,9 @@ from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.model_dir import DegradationManifest, load_degradation_model
 from flowsr.core.sr_model import resize_to
+from flowsr.export.spec import dtype_name
 
+from .backends import create_backend
 from .default_models import default_degradation_model
 from .devices import resolve_device
 from .options import DEFAULT_MAX_MEGAPIXELS, MAX_BATCH, MAX_MEGAPIXELS, MAX_STEPS, MAX_TILE, MIN_MEGAPIXELS
@@ -34,8 +36,8 @@ class Degrader:
     """Synthesize degraded versions of HR images.
 
     `solver`: "one-step" (the average velocity, 1 NFE per scale), "euler" (`steps` Euler steps of the
-    instantaneous velocity) or "adaptive" (torchdiffeq's dopri5; the reference). `backend`: "torch",
-    "compile" or "onnxruntime" (one-step only: the exported single-NFE graph). `tile` and `overlap` are in HR
+    instantaneous velocity) or "adaptive" (torchdiffeq's dopri5; the reference). `backend`: "torch", "compile",
+    "onnxruntime" or "tensorrt" (the last three one-step only: the single-NFE graph, compiled or exported). `tile` and `overlap` are in HR
     pixels, multiples of the model stride (0: the whole image at once); `max_megapixels` refuses larger images.
     """
 
@@ -60,23 +62,26 @@ class Degrader:
         check_number("overlap", overlap, 0, MAX_TILE, integer=True)
         check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)
         self.device = resolve_device(device)
-        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.dtype = getattr(torch, dtype_name(dtype))
         if model is None:
             model = default_degradation_model()
+        model_dir = weights_sha256 = None
         if isinstance(model, (str, Path)):
+            model_dir = model
             model, manifest = load_degradation_model(model)
+            weights_sha256 = manifest.weights_sha256
         if solver not in SOLVERS:
             raise SettingsError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
         if solver != "one-step" and backend != "torch":
             raise SettingsError(f"the {solver} reference solver runs on the torch backend only; pass --backend torch")
         if tile and (tile % model.stride or overlap % model.stride or overlap >= tile):
             raise SettingsError(f"tile {tile} and overlap {overlap} must be multiples of the model stride {model.stride} with overlap < tile")
-        self.model, self.manifest = model.to(self.device, self.dtype).eval(), manifest
+        self.model, self.manifest = model, manifest
         self.solver, self.steps, self.batch_size = solver, steps, batch_size
         self.tile, self.overlap, self.max_pixels = tile, overlap, int(max_megapixels * 1e6)
         self.s_max, self.stride = model.s_max, model.stride
         self.evaluations = 0  # velocity evaluations so far: one per scale for the one-step solver
-        self.run = _single_step_backend(backend, self.model, self.device, self.dtype)
+        self.run = create_backend(backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir).graphs["degrader"]
 
     def times(self, scales: Sequence[float]) -> list[float]:
         return [scale_to_time(float(scale), self.s_max) for scale in scales]
@@ -133,15 +138,3 @@ class Degrader:
             results.append(images.from_tensor(degraded, bit_depth=16 if rgb.dtype == np.uint16 else 8))
         return results
 
-
-def _single_step_backend(name: str, model: DegradationModel, device: torch.device, dtype: torch.dtype):
-    """The one-NFE graph `(hr, r) -> images` on the chosen backend."""
-    if name == "torch":
-        return model
-    if name == "compile":
-        return torch.compile(model, dynamic=False)
-    if name == "onnxruntime":
-        from .backend_onnxruntime import DegraderSession
-
-        return DegraderSession(model, device, dtype)
-    raise SettingsError(f"unknown backend {name!r} for the degrader; choose torch, compile or onnxruntime")

@@ -18,6 +18,7 @@ from flowsr.core.color_fix import wavelet_color_fix
 from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
 from flowsr.core.sr_model import OneStepSR, resize_to
+from flowsr.export.spec import dtype_name
 
 from .backends import create_backend
 from .default_models import default_sr_model
@@ -62,12 +63,15 @@ class SuperResolver:
         for name, size in (("tile", tile), ("VAE tile", vae_tile), ("overlap", overlap)):
             check_number(name, size, 0, MAX_TILE, integer=True)
         self.device = resolve_device(device)
-        self.dtype = _parse_dtype(dtype) if dtype is not None else default_dtype(self.device)
+        self.dtype = getattr(torch, dtype_name(dtype)) if dtype is not None else default_dtype(self.device)
         if model is None:
             model = default_sr_model()
+        model_dir = weights_sha256 = None
         if isinstance(model, (str, Path)):
+            model_dir = model
             model, manifest = load_sr_model(model)
-        self.manifest = manifest
+            weights_sha256 = manifest.weights_sha256
+        self.model, self.manifest = model, manifest  # the torch and compile backends run this model
         self.stride = model.stride
         self.latent_factor = self.stride // 2
         for size in (tile, vae_tile):
@@ -79,7 +83,7 @@ class SuperResolver:
         self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
         self.batch_size, self.color_fix = batch_size, color_fix
         self.max_pixels = int(max_megapixels * 1e6)
-        self.backend = create_backend(backend, model, self.device, self.dtype)
+        self.backend = create_backend(backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir)
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> SuperResolver:
@@ -109,10 +113,10 @@ class SuperResolver:
         x = lr.to(self.device, torch.float32)
         x = resize_to(x, out_h, out_w)
         x = pad_to_multiple(x, self.stride)
-        f = self.latent_factor
-        z = tiled_map(x, self.backend.encode, self.vae_tile, self.overlap, scale=1 / f)
-        raw = tiled_map(z, self.backend.restore, self.tile // f, self.overlap // f)
-        y = tiled_map(raw, self.backend.decode, self.vae_tile // f, self.overlap // f, scale=f).float()
+        f, graphs = self.latent_factor, self.backend.graphs
+        z = tiled_map(x, graphs["encoder"], self.vae_tile, self.overlap, scale=1 / f)
+        raw = tiled_map(z, graphs["transformer"], self.tile // f, self.overlap // f)
+        y = tiled_map(raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, scale=f).float()
         if self.color_fix:
             y = wavelet_color_fix(y, x)
         return y[:, :, :out_h, :out_w].clamp_(-1, 1)
@@ -165,16 +169,6 @@ class SuperResolver:
         chunks = [self.upscale_tensor(part.float() * 2 - 1) for part in batch.split(self.batch_size)]
         result = ((torch.cat(chunks) + 1) / 2).to(image.device, image.dtype)
         return result if image.ndim == 4 else result[0]
-
-
-def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise SettingsError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
-    return names[dtype]
 
 
 def _to_picture(item) -> images.Picture:

@@ -1,4 +1,5 @@
-"""Backends behind one interface: compile and onnxruntime give the torch backend's image; tensorrt says when it cannot run."""
+"""Backends behind one interface: compile and onnxruntime give the torch backend's image; tensorrt says when it cannot run.
+(The degradation model's backends: tests/test_degrade_cli.py.)"""
 
 import contextlib
 import importlib.util
@@ -10,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from flowsr.core.content_hash import content_sha256
 from flowsr.core.model_dir import load_sr_model
-from flowsr.export.onnx_export import SPEC, STAGE_PARTS, model_sha256, onnx_dir_for, psnr, read_spec, reference_photo
-from flowsr.runtime.backend_onnxruntime import OnnxRuntimeUnavailable, providers_for
+from flowsr.export.onnx_export import onnx_dir_for, psnr, reference_photo
+from flowsr.export.onnxruntime_graph import OnnxRuntimeUnavailable, providers_for
+from flowsr.export.spec import SPEC_FILE, SR, read_spec
 from flowsr.runtime.cli import main
 from flowsr.runtime.devices import DeviceError
 from flowsr.runtime.super_resolver import SuperResolver
@@ -28,7 +31,7 @@ def exported(tmp_path_factory):
     assert main(["model", "init", "--preset", "tiny", str(path)]) == 0
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["export", "onnx", str(path), "--parts", ",".join(STAGE_PARTS)]) == 0
+        assert main(["export", "onnx", str(path), "--graphs", ",".join(SR.runtime_graphs)]) == 0
     return path, printed.getvalue().splitlines()
 
 
@@ -50,10 +53,10 @@ def upscale(model_dir, backend, lr, **settings):
 def test_export_command_prints_its_verification(exported):
     path, lines = exported
     spec = read_spec(path / "onnx" / "float32")
-    assert set(spec["parts"]) == set(STAGE_PARTS) and len(lines) == len(STAGE_PARTS)
-    for name, line in zip(STAGE_PARTS, lines):
+    assert set(spec["graphs"]) == set(SR.runtime_graphs) and len(lines) == len(SR.runtime_graphs)
+    for name, line in zip(SR.runtime_graphs, lines):
         assert line.startswith(f"{path / 'onnx' / 'float32' / name}.onnx: onnxruntime vs torch ")
-        recorded = spec["parts"][name]["verification"]["psnr_db"]
+        recorded = spec["graphs"][name]["verification"]["psnr_db"]
         assert recorded >= 50 and f" vs torch {recorded:.1f} dB PSNR (>= 50)" in line
 
 
@@ -81,17 +84,34 @@ def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path
     model, _ = load_sr_model(model_dir)
     with torch.no_grad():
         model.vae.encoder.conv_in.bias.add_(0.1)  # other weights: the directory's export does not apply
-    digest = model_sha256(model)
-    folder = onnx_dir_for(model, torch.float32, parts=("encoder",))
-    assert folder == tmp_path / "cache" / "onnx" / f"{digest[:16]}-float32-opset20"
-    assert read_spec(folder)["model_sha256"] == digest
-    written = (folder / SPEC).stat().st_mtime_ns
+    digest = content_sha256(model)
+    folder = onnx_dir_for(model, torch.float32, graphs=("encoder",), model_dir=model_dir)
+    assert folder == tmp_path / "cache" / "onnx" / f"sr-{digest[:16]}-float32-opset20"
+    assert read_spec(folder)["content_sha256"] == digest
+    written = (folder / SPEC_FILE).stat().st_mtime_ns
     model, _ = load_sr_model(model_dir)
     with torch.no_grad():
         model.vae.encoder.conv_in.bias.add_(0.1)
-    assert onnx_dir_for(model, torch.float32, parts=("encoder",)) == folder  # found again, not re-exported
-    assert (folder / SPEC).stat().st_mtime_ns == written
+    assert onnx_dir_for(model, torch.float32, graphs=("encoder",)) == folder  # found again, not re-exported
+    assert (folder / SPEC_FILE).stat().st_mtime_ns == written
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging folders left behind
+
+
+def test_the_manifest_digest_finds_the_export_without_reading_weights(model_dir, tmp_path, monkeypatch):
+    """A loaded model directory names its export by the digest saved with it: no weight is hashed again."""
+    from flowsr.core import content_hash
+
+    model, manifest = load_sr_model(model_dir)
+    expected = content_sha256(model)
+    assert content_sha256(model, manifest.weights_sha256) == expected  # the saved digest is of these weights
+
+    def no_hashing(module):
+        raise AssertionError("weights were hashed again")
+
+    monkeypatch.setattr(content_hash, "weights_sha256", no_hashing)
+    resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32")
+    assert read_spec(resolver.backend.folder)["content_sha256"] == expected
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="the error path is for a CPU-only onnxruntime")

@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data, transform
 from skimage.metrics import peak_signal_noise_ratio
 
-from flowsr.core.model_dir import DegradationManifest, Manifest
+from flowsr.core.content_hash import weights_sha256
+from flowsr.core.model_dir import DegradationManifest, Manifest, load_model
 from flowsr.runtime.default_models import DEFAULT_DEGRADATION_MODEL, DEFAULT_SR_MODEL
 from flowsr.runtime.degrader import Degrader
 from flowsr.runtime.super_resolver import SuperResolver
@@ -33,6 +35,13 @@ def test_packaged_model_is_trained_and_small():
     assert DegradationManifest.read(DEFAULT_DEGRADATION_MODEL).trained
     size = sum(p.stat().st_size for p in DEFAULT_DEGRADATION_MODEL.rglob("*") if p.is_file())
     assert size < 20 * 2**20, f"{size / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("directory", [DEFAULT_SR_MODEL, DEFAULT_DEGRADATION_MODEL], ids=["sr", "degradation"])
+def test_packaged_models_carry_the_digest_of_their_weights(directory):
+    """The key of their exports: it must be the hash of the weights stored (float16), or exports go stale."""
+    model, manifest = load_model(directory, dtype=torch.float16)
+    assert manifest.weights_sha256 == weights_sha256(model)
 
 
 def test_default_degradation_model_degrades_more_at_larger_scales():

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core.model_dir import DegradationManifest, load_degradation_model
-from flowsr.export.degrader_onnx import export_degrader_onnx
+from flowsr.export.onnx_export import export_onnx
 from flowsr.runtime.cli import main
 from flowsr.runtime.degrader import Degrader
 from flowsr.runtime.generate import parse_scales
@@ -96,9 +96,9 @@ def test_onnx_graph_matches_torch_with_dynamic_shapes(model_dir, tmp_path):
     with torch.no_grad():  # make the output depend on the latent
         for parameter in model.rae.to_image[-1].parameters():
             parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
-    spec = export_degrader_onnx(model, tmp_path / "onnx")
-    assert spec["verification"]["psnr_db"] >= 50
-    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["inputs"][0]["shape"][0] == "batch"
+    spec = export_onnx(model, tmp_path / "onnx")
+    assert spec["graphs"]["degrader"]["verification"]["psnr_db"] >= 50
+    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["graphs"]["degrader"]["inputs"][0]["shape"][0] == "batch"
     os.environ["FLOWSR_CACHE"] = str(tmp_path / "cache")
     try:
         eager = Degrader(model, device="cpu", backend="torch")(data.astronaut()[:40, :56], [1.5, 3.3])

@@ -1,4 +1,5 @@
-"""ONNX export: whole graph and stages, dynamic batch/size, spec file, fp32/fp16/bf16, onnxruntime vs torch."""
+"""ONNX export of both models by one exporter: whole graph and stages, dynamic batch/size, spec file,
+fp32/fp16/bf16, onnxruntime vs torch."""
 
 import json
 
@@ -6,39 +7,56 @@ import onnx
 import pytest
 import torch
 
-from flowsr.core.model_dir import init_sr_model, save_sr_model
-from flowsr.export import onnx_export
-from flowsr.export.onnx_export import PARTS, SPEC, ExportError, Geometry, export_onnx, file_sha256, psnr, reference_photo
-from flowsr.runtime.backend_onnxruntime import OnnxPart, OnnxRuntimeUnavailable
+from flowsr.core.content_hash import content_sha256, weights_sha256
+from flowsr.core.model_dir import init_degradation_model, init_sr_model, load_degradation_model, save_degradation_model, save_sr_model
+from flowsr.export.onnx_export import export_onnx, file_sha256, geometry_of, pipeline_inputs, psnr, reference_photo
+from flowsr.export.onnxruntime_graph import OnnxGraph, OnnxRuntimeUnavailable
+from flowsr.export.spec import DEGRADATION, MIN_PSNR_DB, SPEC_FILE, SR, ExportError
+from flowsr.export.tensorrt_engine import profile_shapes
 from flowsr.runtime.cli import main
+
+PARTS = SR.graphs
 
 # Sizes the export never saw (it traces at batch 2, 64x96 and verifies at 128x128 and 96x160).
 CHECK_SIZES = ((3, 80, 112), (1, 144, 64))
 
 
-def stage_input(model, part, batch, height, width):
-    """The input a part gets in the pipeline, computed by torch from the reference photo."""
+def stage_input(model, graph, batch, height, width):
+    """The input a graph gets in the pipeline, computed by torch from the reference photo, written out per graph."""
     image = reference_photo(batch, height, width).to(next(model.parameters()).dtype)
-    if part.input_space == "image":
-        return image
+    if graph.name in ("sr", "encoder"):
+        return [image]
+    if graph.name == "degrader":
+        return [image, torch.linspace(0.2, 1.0, batch)]
     latent = model.encode(image)
-    return latent if part.method == "restore" else model.restore(latent)
+    return [latent if graph.name == "transformer" else model.restore(latent)]
 
 
-def onnxruntime_psnr(model, folder, name, sizes=CHECK_SIZES):
+def onnxruntime_psnr(model, folder, name, sizes=CHECK_SIZES, spec=SR):
     """Worst PSNR of onnxruntime vs torch over `sizes`, on inputs independent of the export's own check."""
-    part = PARTS[name]
+    graph = spec.graphs[name]
     dtype = next(model.parameters()).dtype
-    session = OnnxPart(folder / f"{name}.onnx", part, Geometry.of(model), torch.device("cpu"), dtype)
+    session = OnnxGraph(folder / f"{name}.onnx", graph, geometry_of(model), torch.device("cpu"), dtype)
     worst = float("inf")
     with torch.inference_mode():
         for size in sizes:
-            x = stage_input(model, part, *size)
-            expected = getattr(model, part.method)(x)
-            got = session(x)
+            inputs = stage_input(model, graph, *size)
+            expected = getattr(model, graph.method)(*inputs)
+            got = session(*inputs)
             assert got.shape == expected.shape
             worst = min(worst, psnr(expected, got))
     return worst
+
+
+@pytest.mark.parametrize("name", list(PARTS))
+def test_pipeline_inputs_are_what_each_stage_gets(name):
+    """The verification's inputs, found by following the spec's tensor names, equal the hand-written pipeline."""
+    model, _ = init_sr_model("tiny")
+    image = reference_photo(2, 64, 96)
+    with torch.inference_mode():
+        expected = stage_input(model, PARTS[name], 2, 64, 96)
+        got = pipeline_inputs(model, PARTS[name], image)
+    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +71,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("name", list(PARTS))
 def test_float32_parts_match_torch_at_new_sizes(tiny, name):
     model, _, folder, spec = tiny
-    assert spec["parts"][name]["verification"]["psnr_db"] >= 50
+    assert spec["graphs"][name]["verification"]["psnr_db"] >= 50
     assert onnxruntime_psnr(model, folder, name) >= 50
 
 
@@ -61,7 +79,7 @@ def test_inputs_and_outputs_are_dynamic(tiny):
     model, _, folder, _ = tiny
     for name, part in PARTS.items():
         graph = onnx.load(folder / f"{name}.onnx", load_external_data=False).graph
-        assert [i.name for i in graph.input] == [part.input] and [o.name for o in graph.output] == [part.output]
+        assert [i.name for i in graph.input] == [t.name for t in part.inputs] and [o.name for o in graph.output] == [part.output.name]
         for tensor in (graph.input[0], graph.output[0]):
             dims = tensor.type.tensor_type.shape.dim
             assert all(dims[axis].dim_param for axis in (0, 2, 3)), (name, tensor.name)
@@ -72,35 +90,35 @@ def test_inputs_and_outputs_are_dynamic(tiny):
 
 def test_spec_records_files_manifest_and_profiles(tiny):
     model, manifest, folder, spec = tiny
-    assert json.loads((folder / SPEC).read_text()) == spec
-    assert spec["model_sha256"] == onnx_export.model_sha256(init_sr_model("tiny")[0])
-    assert spec["manifest"]["preset"] == "tiny" and spec["manifest"]["t_star"] == manifest.t_star
+    assert json.loads((folder / SPEC_FILE).read_text()) == spec
+    assert spec["content_sha256"] == content_sha256(init_sr_model("tiny")[0])
+    assert spec["kind"] == "sr" and spec["manifest"]["preset"] == "tiny" and spec["manifest"]["t_star"] == manifest.t_star
     assert spec["opset"] == 20 and spec["dtype"] == "float32"
-    assert set(spec["files"]) == {p.name for p in folder.iterdir()} - {SPEC}
+    assert set(spec["files"]) == {p.name for p in folder.iterdir()} - {SPEC_FILE}
     for name, sha in spec["files"].items():
         assert file_sha256(folder / name) == sha
     latent = model.vae.config.latent_channels
-    encoder, decoder = spec["parts"]["encoder"], spec["parts"]["decoder"]
-    assert encoder["input"]["min"] == [1, 3, 16, 16] and encoder["input"]["max"] == [4, 3, 2048, 2048]
-    assert decoder["input"]["opt"] == [1, latent, 128, 128] and decoder["output"]["shape"][1] == 3
-    assert spec["parts"]["transformer"]["input"]["shape"] == ["batch", latent, "2*height", "2*width"]
+    (encoder,), (decoder,) = spec["graphs"]["encoder"]["inputs"], spec["graphs"]["decoder"]["inputs"]
+    assert encoder["min"] == [1, 3, 16, 16] and encoder["max"] == [4, 3, 2048, 2048]
+    assert decoder["opt"] == [1, latent, 128, 128] and spec["graphs"]["decoder"]["output"]["shape"][1] == 3
+    assert spec["graphs"]["transformer"]["inputs"][0]["shape"] == ["batch", latent, "2*height", "2*width"]
 
 
 def test_existing_output_is_kept_and_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):
     model, _, folder, spec = tiny
     with pytest.raises(ExportError, match="already exists"):
         export_onnx(model, folder)
-    assert json.loads((folder / SPEC).read_text()) == spec
-    monkeypatch.setitem(onnx_export.MIN_PSNR_DB, torch.float32, 1000.0)  # no export can pass: verification fails
+    assert json.loads((folder / SPEC_FILE).read_text()) == spec
+    monkeypatch.setitem(MIN_PSNR_DB, "float32", 1000.0)  # no export can pass: verification fails
     with pytest.raises(ExportError, match="differs from torch"):
-        export_onnx(init_sr_model("tiny")[0], tmp_path / "out", parts=("encoder",))
+        export_onnx(init_sr_model("tiny")[0], tmp_path / "out", graphs=("encoder",))
     assert list(tmp_path.iterdir()) == []  # neither the target nor a staging folder
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--parts", "vae"], "unknown part"),
+        (["--graphs", "vae"], "unknown graph"),
         (["--dtype", "bfloat16", "--opset", "20"], "bfloat16 needs --opset 22"),
         (["--opset", "9"], "opset 9 is not supported"),
     ],
@@ -125,7 +143,7 @@ def test_cli_refuses_missing_model_and_existing_output(tiny, tmp_path, capsys):
 def tiny_float16(tmp_path_factory):
     model, _ = init_sr_model("tiny")
     folder = tmp_path_factory.mktemp("onnx") / "tiny-float16"
-    return model, folder, export_onnx(model, folder, dtype=torch.float16, parts=("sr",))
+    return model, folder, export_onnx(model, folder, dtype=torch.float16, graphs=("sr",))
 
 
 def test_float16_runs_in_onnxruntime_and_matches_torch(tiny_float16):
@@ -134,8 +152,8 @@ def test_float16_runs_in_onnxruntime_and_matches_torch(tiny_float16):
     graph = onnx.load(folder / "sr.onnx").graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     # onnxruntime's CPU provider runs float16 nodes that lack a float16 kernel in float32 (inserted casts).
-    assert spec["parts"]["sr"]["verification"]["psnr_db"] >= onnx_export.MIN_PSNR_DB[torch.float16]
-    assert onnxruntime_psnr(model, folder, "sr") >= onnx_export.MIN_PSNR_DB[torch.float16]
+    assert spec["graphs"]["sr"]["verification"]["psnr_db"] >= MIN_PSNR_DB["float16"]
+    assert onnxruntime_psnr(model, folder, "sr") >= MIN_PSNR_DB["float16"]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +161,7 @@ def tiny_bfloat16(tmp_path_factory):
     """The encoder: its Conv and InstanceNormalization are what need opset 22 in bfloat16."""
     model, _ = init_sr_model("tiny")
     folder = tmp_path_factory.mktemp("onnx") / "tiny-bfloat16"
-    return model, folder, export_onnx(model, folder, dtype=torch.bfloat16, parts=("encoder",))
+    return model, folder, export_onnx(model, folder, dtype=torch.bfloat16, graphs=("encoder",))
 
 
 def test_bfloat16_export_is_valid_onnx_at_opset_22(tiny_bfloat16):
@@ -156,19 +174,57 @@ def test_bfloat16_export_is_valid_onnx_at_opset_22(tiny_bfloat16):
 
 def test_bfloat16_in_onnxruntime(tiny_bfloat16):
     model, folder, spec = tiny_bfloat16
-    check = spec["parts"]["encoder"]["verification"]
+    check = spec["graphs"]["encoder"]["verification"]
     if "skipped" in check:
         with pytest.raises(OnnxRuntimeUnavailable, match="bfloat16"):
             onnxruntime_psnr(model, folder, "encoder")
         pytest.skip(f"exported and checked, not run: {check['skipped']}")
-    assert onnxruntime_psnr(model, folder, "encoder") >= onnx_export.MIN_PSNR_DB[torch.bfloat16]
+    assert onnxruntime_psnr(model, folder, "encoder") >= MIN_PSNR_DB["bfloat16"]
 
 
 @pytest.mark.slow
 def test_small_preset_transformer(tmp_path):
     """The shipped size: 64 latent channels at 1/8 size (a PatchAutoencoder), a 4-head transformer, stride 16."""
     model, manifest = init_sr_model("small")
-    spec = export_onnx(model, tmp_path / "small", manifest=manifest, parts=("transformer",))
-    assert spec["parts"]["transformer"]["verification"]["psnr_db"] >= 50
-    assert spec["geometry"] == {"stride": 16, "latent_factor": 8, "latent_channels": 64}
+    spec = export_onnx(model, tmp_path / "small", manifest=manifest, graphs=("transformer",))
+    assert spec["graphs"]["transformer"]["verification"]["psnr_db"] >= 50
+    assert spec["geometry"] == {"stride": 16, "latent_factor": 8, "latent_channels": 64, "latent_multiple": 2}
     assert onnxruntime_psnr(model, tmp_path / "small", "transformer", sizes=((2, 64, 80),)) >= 50
+
+
+@pytest.fixture(scope="module")
+def degradation(tmp_path_factory):
+    """The tiny degradation model, its decoder perturbed so the output depends on the latent, as a directory."""
+    model, manifest = init_degradation_model("tiny")
+    with torch.no_grad():
+        for parameter in model.rae.to_image[-1].parameters():
+            parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
+    return save_degradation_model(model, manifest, tmp_path_factory.mktemp("models") / "degradation")
+
+
+def test_degradation_model_exports_through_the_same_command(degradation, tmp_path, capsys):
+    assert main(["export", "onnx", str(degradation), str(tmp_path / "onnx")]) == 0
+    spec = json.loads((tmp_path / "onnx" / SPEC_FILE).read_text())
+    assert spec["kind"] == "degradation" and list(spec["graphs"]) == ["degrader"]
+    hr, r = spec["graphs"]["degrader"]["inputs"]
+    assert hr["name"] == "hr" and hr["shape"][0] == "batch" and hr["max"] == [8, 3, 2048, 2048]
+    assert r == {"name": "r", "dtype": "float32", "shape": ["batch"], "min": [1], "opt": [1], "max": [8]}
+    # What `export trt` gives TensorRT's optimization profile: every input by name.
+    assert profile_shapes(spec["graphs"]["degrader"]) == {
+        "hr": {"min": [1, 3, 64, 64], "opt": [1, 3, 512, 512], "max": [8, 3, 2048, 2048]},
+        "r": {"min": [1], "opt": [1], "max": [8]},
+    }
+    assert spec["graphs"]["degrader"]["verification"]["psnr_db"] >= 50
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'onnx' / 'degrader.onnx'}: onnxruntime vs torch ")
+    model, manifest = load_degradation_model(degradation)
+    assert spec["content_sha256"] == content_sha256(model, manifest.weights_sha256)
+    assert onnxruntime_psnr(model, tmp_path / "onnx", "degrader", spec=DEGRADATION) >= 50
+
+
+def test_stored_weights_digest_is_the_weights_hash(degradation):
+    """What `save` writes into the manifest is the hash of the weights it saved: exports found by it are of them."""
+    model, manifest = load_degradation_model(degradation)
+    assert manifest.weights_sha256 == weights_sha256(model)
+    with torch.no_grad():
+        model.unet.conv_in.bias.add_(0.1)
+    assert weights_sha256(model) != manifest.weights_sha256

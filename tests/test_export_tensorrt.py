@@ -7,6 +7,7 @@ import torch
 
 from flowsr.core.model_dir import init_sr_model, save_sr_model
 from flowsr.export.onnx_export import psnr, reference_photo
+from flowsr.export.spec import engine_cache_dir
 from flowsr.runtime.cli import main
 
 HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
@@ -37,12 +38,10 @@ def test_export_trt_without_tensorrt_is_one_clear_line(model_dir, capsys):
 
 @needs_tensorrt
 def test_export_trt_builds_cached_engines_and_a_timing_cache(model_dir, tmp_path_factory, capsys):
-    from flowsr.export.onnx_export import cache_root
-
     assert main(["export", "trt", str(model_dir), "--dtype", "float32"]) == 0
-    engines = sorted((cache_root() / "tensorrt").glob("*.engine"))
-    assert [e.name.split("-")[0] for e in engines] == ["decoder", "encoder", "transformer"]
-    assert list((cache_root() / "tensorrt").glob("timing-*.cache"))
+    engines = sorted(engine_cache_dir().glob("*.engine"))
+    assert [e.name.split("-")[:2] for e in engines] == [["sr", "decoder"], ["sr", "encoder"], ["sr", "transformer"]]
+    assert list(engine_cache_dir().glob("timing-*.cache"))
     built = {e: e.stat().st_mtime_ns for e in engines}
     assert main(["export", "trt", str(model_dir), "--dtype", "float32"]) == 0  # cached: nothing is rebuilt
     assert {e: e.stat().st_mtime_ns for e in engines} == built
@@ -63,13 +62,33 @@ def test_tensorrt_backend_matches_torch_tiled(model_dir, dtype, min_psnr):
 def test_cuda_graphs_replay_per_shape(model_dir):
     """Alternating shapes replays each shape's graph with its own bindings: same results as the first calls."""
     from flowsr.core.model_dir import load_sr_model
-    from flowsr.runtime.backend_tensorrt import TensorRTBackend
+    from flowsr.runtime.backend_tensorrt import tensorrt_backend
 
     model, _ = load_sr_model(model_dir)
-    backend = TensorRTBackend(model, torch.device("cuda"), torch.float32)
+    encode = tensorrt_backend(model, torch.device("cuda"), torch.float32).graphs["encoder"]
     a, b = reference_photo(1, 64, 64).cuda(), reference_photo(2, 96, 64).cuda()
-    first_a, first_b = backend.encode(a), backend.encode(b)
-    assert torch.equal(backend.encode(a), first_a) and torch.equal(backend.encode(b), first_b)
-    assert len(backend.encode.graphs) == 2
+    first_a, first_b = encode(a), encode(b)
+    assert torch.equal(encode(a), first_a) and torch.equal(encode(b), first_b)
+    assert len(encode.graphs) == 2
     with pytest.raises(RuntimeError, match="outside the engine's profile"):
-        backend.encode(reference_photo(5, 64, 64).cuda())  # the profile's largest batch is 4
+        encode(reference_photo(5, 64, 64).cuda())  # the profile's largest batch is 4
+
+
+@needs_tensorrt
+def test_degrader_on_tensorrt_matches_torch(tmp_path):
+    """The degradation model's two-input graph (hr, r) through the same engine path."""
+    import numpy as np
+    from skimage import data
+
+    from flowsr.core.model_dir import init_degradation_model
+    from flowsr.runtime.degrader import Degrader
+
+    model, _ = init_degradation_model("tiny")
+    with torch.no_grad():
+        for parameter in model.rae.to_image[-1].parameters():
+            parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
+    photo = data.astronaut()[:64, :96]
+    eager = Degrader(model, device="cuda", backend="torch")(photo, [1.5, 3.3])
+    engine = Degrader(model, device="cuda", backend="tensorrt")(photo, [1.5, 3.3])
+    for a, b in zip(eager, engine):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

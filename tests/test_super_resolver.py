@@ -29,7 +29,7 @@ def resolver():
 def count_velocity_samples(resolver):
     """Number of latent tiles the transformer has evaluated: batch size summed over calls."""
     seen = []
-    resolver.backend.model.transformer.register_forward_pre_hook(
+    resolver.model.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
     )
     return seen
@@ -47,7 +47,7 @@ def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_f
     """With the velocity forced to zero, SR must equal decode(encode(bicubic(LR))) of the padded image, color-fixed
     to that padded image, cropped."""
     r = SuperResolver.from_preset("tiny", scale=1.5, tile=0, vae_tile=0, color_fix=color_fix)
-    model = r.backend.model
+    model = r.model
     torch.nn.init.zeros_(model.transformer.proj_out.weight)
     torch.nn.init.zeros_(model.transformer.proj_out.bias)
     lr = images.to_tensor(photo[:50, :70])

@@ -1,0 +1,206 @@
+"""Export specs: what each model's graphs take and give, and where exports and engines are kept.
+
+Standard library only, so any tool (an engine builder, a serving process) reads a spec without torch or onnx.
+One spec per model kind, as in TensorRT's Diffusion demo: each graph's input and output names, their symbolic
+axes, and the min/opt/max shapes of its optimization profile. An export folder holds `<graph>.onnx` (plus
+`<graph>.onnx.data` when the weights pass the protobuf limit) and `export.json`, this spec filled in for one
+model, dtype and opset, with each graph's verification against torch and the sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowsr.core.errors import FlowsrError, SettingsError
+
+SPEC_FILE = "export.json"
+SPEC_FORMAT = 2
+
+DTYPES = ("float32", "float16", "bfloat16")
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+ONNX_ELEMENT_TYPES = {"float32": 1, "uint8": 2, "float16": 10, "bfloat16": 16}  # onnx.TensorProto's numbers
+# onnxruntime vs torch on the verification photo, in dB over the reference's value range. float32 differs only by
+# summation order (~120-150 dB measured); float16 by where each runtime rounds (~70 dB measured: onnxruntime's CPU
+# provider runs float16 nodes that have no float16 kernel in float32, between inserted casts).
+MIN_PSNR_DB = {"float32": 50.0, "float16": 40.0, "bfloat16": 30.0}
+DEFAULT_OPSET = 20
+BFLOAT16_OPSET = 22  # ONNX's Conv (and the VAE's normalization) take bfloat16 from opset 22
+OPSETS = range(18, 24)
+
+
+class ExportError(FlowsrError):
+    """An export that cannot be done or did not verify; the message says what to do."""
+
+
+def dtype_name(value) -> str:
+    """The canonical name of a dtype given as a name ("float16"), an alias ("fp16") or a torch.dtype."""
+    name = str(value).removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise SettingsError(f"unknown dtype {str(value)!r:.40}; use one of {', '.join(DTYPES)}")
+    return name
+
+
+def checked_opset(dtype: str, opset: int | None) -> int:
+    """The opset to export `dtype` graphs at: the default for the dtype, or `opset` if it can hold them."""
+    if opset is None:
+        return BFLOAT16_OPSET if dtype == "bfloat16" else DEFAULT_OPSET
+    if dtype == "bfloat16" and opset < BFLOAT16_OPSET:
+        raise ExportError(f"bfloat16 needs --opset {BFLOAT16_OPSET} or newer (ONNX Conv takes bfloat16 from opset 22)")
+    if opset not in OPSETS:
+        raise ExportError(f"opset {opset} is not supported; use 19 or 20 ({BFLOAT16_OPSET} for bfloat16)")
+    return opset
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A model's tensor shapes from four numbers. Image sides are multiples of `stride`; a latent has
+    `latent_channels` channels at 1/`latent_factor` of the image size, sides multiples of `latent_multiple`."""
+
+    stride: int
+    latent_factor: int = 1
+    latent_channels: int = 0
+    latent_multiple: int = 1
+
+    def shape(self, space: str, batch: int, height: int, width: int) -> list[int]:
+        """The shape of a tensor of `space` for an image of height x width pixels."""
+        if space == "image":
+            return [batch, 3, height, width]
+        if space == "latent":
+            return [batch, self.latent_channels, height // self.latent_factor, width // self.latent_factor]
+        return [batch]  # "time": one value per sample
+
+    def image_size(self, space: str, shape) -> tuple[int, int]:
+        """(height, width) in image pixels of a tensor of `space` (image or latent)."""
+        factor = self.latent_factor if space == "latent" else 1
+        return shape[2] * factor, shape[3] * factor
+
+    def symbolic(self, space: str) -> list:
+        if space == "time":
+            return ["batch"]
+        multiple = self.stride if space == "image" else self.latent_multiple
+        channels = 3 if space == "image" else self.latent_channels
+        return ["batch", channels, f"{multiple}*height", f"{multiple}*width"]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A graph input or output. "image" and "latent" tensors have the export's dtype; "time" is float32."""
+
+    name: str
+    space: str  # "image", "latent" or "time" (one value per sample)
+
+    def dtype(self, export_dtype: str) -> str:
+        return "float32" if self.space == "time" else export_dtype
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One exported graph: a model method from its inputs to one output, batch, height and width dynamic."""
+
+    name: str
+    method: str
+    inputs: tuple[Tensor, ...]
+    output: Tensor
+
+    def output_shape(self, geometry: Geometry, input_shape) -> list[int]:
+        """The output's shape for the first input's shape."""
+        height, width = geometry.image_size(self.inputs[0].space, input_shape)
+        return geometry.shape(self.output.space, input_shape[0], height, width)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A TensorRT optimization profile in image pixels (rounded to the stride): every graph input gets the
+    min/opt/max shapes of these sides and batches."""
+
+    min_side: int
+    opt_side: int
+    max_side: int
+    opt_batch: int
+    max_batch: int
+
+    def shapes(self, geometry: Geometry, graph: Graph) -> dict[str, dict[str, list[int]]]:
+        def side(value: int) -> int:
+            return max(geometry.stride, value // geometry.stride * geometry.stride)
+
+        sizes = {"min": (1, self.min_side), "opt": (self.opt_batch, self.opt_side), "max": (self.max_batch, self.max_side)}
+        return {
+            tensor.name: {key: geometry.shape(tensor.space, batch, side(value), side(value)) for key, (batch, value) in sizes.items()}
+            for tensor in graph.inputs
+        }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything exported of one model kind; `runtime_graphs` are what the backends run, in pipeline order."""
+
+    kind: str
+    graphs: dict[str, Graph]
+    runtime_graphs: tuple[str, ...]
+    profile: Profile
+
+    def parse_graphs(self, text: str) -> tuple[str, ...]:
+        """A comma-separated list of graph names, checked."""
+        names = tuple(name.strip() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in self.graphs]
+        if unknown or not names:
+            raise ExportError(f"unknown graph(s) {', '.join(unknown) or text!r:.60} for a {self.kind} model; choose from {', '.join(self.graphs)}")
+        return names
+
+
+SR = ModelSpec(
+    kind="sr",
+    graphs={
+        # The whole model: an LR image already resized to the output size -> the SR image.
+        "sr": Graph("sr", "forward", (Tensor("image", "image"),), Tensor("sr_image", "image")),
+        "encoder": Graph("encoder", "encode", (Tensor("image", "image"),), Tensor("latent", "latent")),
+        # The restore stage: normalized LR latent -> raw HR latent, one velocity evaluation and the Euler step.
+        "transformer": Graph("transformer", "restore", (Tensor("latent", "latent"),), Tensor("raw_latent", "latent")),
+        "decoder": Graph("decoder", "decode", (Tensor("raw_latent", "latent"),), Tensor("image", "image")),
+    },
+    runtime_graphs=("encoder", "transformer", "decoder"),
+    # Any padded image up to the default VAE tile, tuned for the default transformer tile, batches up to 4.
+    profile=Profile(min_side=16, opt_side=1024, max_side=2048, opt_batch=1, max_batch=4),
+)
+DEGRADATION = ModelSpec(
+    kind="degradation",
+    graphs={
+        # HR image and target time r = (s - 1) / (s_max - 1) -> the degraded image at HR size, one evaluation.
+        "degrader": Graph("degrader", "forward", (Tensor("hr", "image"), Tensor("r", "time")), Tensor("degraded", "image")),
+    },
+    runtime_graphs=("degrader",),
+    # Tiles of the default 512 px, a batch of scales per call.
+    profile=Profile(min_side=64, opt_side=512, max_side=2048, opt_batch=1, max_batch=8),
+)
+SPECS = {spec.kind: spec for spec in (SR, DEGRADATION)}
+
+
+def read_spec(folder: str | Path) -> dict | None:
+    """The spec of an export folder, or None when there is no complete export of this format there."""
+    folder = Path(folder)
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        return None
+    if not all((folder / name).is_file() for name in spec.get("files", {})):
+        return None
+    return spec
+
+
+def cache_root() -> Path:
+    """Where exports and engines made on first use are kept: $FLOWSR_CACHE, default ~/.cache/flowsr."""
+    return Path(os.environ.get("FLOWSR_CACHE") or Path.home() / ".cache" / "flowsr").expanduser()
+
+
+def onnx_cache_dir(kind: str, content_sha256: str, dtype: str, opset: int) -> Path:
+    return cache_root() / "onnx" / f"{kind}-{content_sha256[:16]}-{dtype}-opset{opset}"
+
+
+def engine_cache_dir() -> Path:
+    return cache_root() / "tensorrt"
