@@ -5,37 +5,11 @@ import os
 if not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import platform  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from device_key import baseline_key, device_name, latency_versions, module_version  # noqa: E402 (beside this conftest, on sys.path)
 
 from flowsr.training.loop import native_cpu_bfloat16  # noqa: E402
-
-
-def _version(module: str) -> str:
-    try:
-        return __import__(module).__version__
-    except Exception:
-        return "absent"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux reports it in /proc/cpuinfo; platform.processor() there is only "x86_64")."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"CPU: {cpu_model()} x{os.cpu_count()}"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -44,7 +18,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["cuda"] = torch.version.cuda or "none"
     for module in ("triton", "onnxruntime", "diffusers", "tensorrt"):
-        machine_info[module] = _version(module)
+        machine_info[module] = module_version(module)
+    machine_info["baseline_key"] = baseline_key(machine_info["device"], latency_versions())
 
 
 @pytest.fixture
