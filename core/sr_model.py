@@ -13,12 +13,47 @@ from torch import nn
 
 from . import flow, latents
 from .autoencoders import Autoencoder, downsample_factor, latent_of
+from .color_fix import wavelet_color_fix
 from .latents import LatentNormalization
 
 
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The SR model's input: the LR image (in [-1, 1]) brought to the output size, bicubic, in training and serving alike."""
     return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple of the stride; reflection avoids a dark border, replicate covers images
+    smaller than one stride.
+
+    Always one F.pad (of zero when nothing is missing), and the mode depends only on whether a side reaches one
+    stride, so an exported graph (sides of at least one stride) has no branch on the image size.
+    """
+    height, width = x.shape[2], x.shape[3]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    mode = "reflect" if height >= multiple and width >= multiple else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def bicubic_padded(lr: torch.Tensor, height: int, width: int, stride: int) -> torch.Tensor:
+    """The model's input for an LR image: bicubic to height x width, padded to the stride."""
+    return pad_to_multiple(resize_to(lr, height, width), stride)
+
+
+def restore_image(x: torch.Tensor, encode, restore, decode, color_fix: bool = True) -> torch.Tensor:
+    """encode -> restore (one NFE) -> decode, then the wavelet colour fix to the bicubic image `x`: float32."""
+    y = decode(restore(encode(x))).float()
+    return wavelet_color_fix(y, x) if color_fix else y
+
+
+def super_resolve(lr: torch.Tensor, height: int, width: int, stride: int, encode, restore, decode, color_fix: bool = True) -> torch.Tensor:
+    """The SR pipeline around the model: LR (B, 3, h, w) in [-1, 1] -> bicubic to height x width -> pad to the
+    stride -> encode -> restore (one NFE) -> decode -> wavelet colour fix to the bicubic image -> crop -> float32
+    in [-1, 1]. The stages are callables: the runtime's tiled backends, or the model's own methods in the
+    end-to-end graph, so both give the same pixels.
+    """
+    x = bicubic_padded(lr, height, width, stride)
+    return restore_image(x, encode, restore, decode, color_fix)[:, :, :height, :width].clamp(-1, 1)
 
 
 class OneStepSR(nn.Module):

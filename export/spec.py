@@ -71,7 +71,9 @@ class Geometry:
             return [batch, 3, height, width]
         if space == "latent":
             return [batch, self.latent_channels, height // self.latent_factor, width // self.latent_factor]
-        return [batch]  # "time": one value per sample
+        if space == "pixels":
+            return [batch, height, width, 3]
+        return [batch]  # "time", "scale": one value per sample
 
     def image_size(self, space: str, shape) -> tuple[int, int]:
         """(height, width) in image pixels of a tensor of `space` (image or latent)."""
@@ -79,8 +81,10 @@ class Geometry:
         return shape[2] * factor, shape[3] * factor
 
     def symbolic(self, space: str) -> list:
-        if space == "time":
+        if space in ("time", "scale"):
             return ["batch"]
+        if space == "pixels":
+            return ["batch", "height", "width", 3]
         multiple = self.stride if space == "image" else self.latent_multiple
         channels = 3 if space == "image" else self.latent_channels
         return ["batch", channels, f"{multiple}*height", f"{multiple}*width"]
@@ -88,13 +92,14 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Tensor:
-    """A graph input or output. "image" and "latent" tensors have the export's dtype; "time" is float32."""
+    """A graph input or output. "image" (NCHW in [-1, 1]) and "latent" tensors have the export's dtype; "pixels"
+    are uint8 RGB images (NHWC, as files hold them); "time" and "scale" are float32, one value per sample."""
 
     name: str
-    space: str  # "image", "latent" or "time" (one value per sample)
+    space: str
 
     def dtype(self, export_dtype: str) -> str:
-        return "float32" if self.space == "time" else export_dtype
+        return {"time": "float32", "scale": "float32", "pixels": "uint8"}.get(self.space, export_dtype)
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,8 @@ class Profile:
     max_batch: int
 
     def shapes(self, geometry: Geometry, graph: Graph) -> dict[str, dict[str, list[int]]]:
-        def side(value: int) -> int:
-            return max(geometry.stride, value // geometry.stride * geometry.stride)
+        def side(value: int) -> int:  # image and latent sides are multiples of the stride; pixels are any size
+            return value if graph.inputs[0].space == "pixels" else max(geometry.stride, value // geometry.stride * geometry.stride)
 
         sizes = {"min": (1, self.min_side), "opt": (self.opt_batch, self.opt_side), "max": (self.max_batch, self.max_side)}
         return {
@@ -136,12 +141,21 @@ class Profile:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything exported of one model kind; `runtime_graphs` are what the backends run, in pipeline order."""
+    """Everything exported of one model kind. `runtime_graphs` are what the backends run, in pipeline order;
+    `end_to_end` is the whole command in one graph, uint8 pixels in and out, with its own profile."""
 
     kind: str
     graphs: dict[str, Graph]
     runtime_graphs: tuple[str, ...]
     profile: Profile
+    end_to_end: Graph
+    end_to_end_profile: Profile
+
+    def graph(self, name: str) -> Graph:
+        return self.end_to_end if name == self.end_to_end.name else self.graphs[name]
+
+    def profile_for(self, graph: Graph) -> Profile:
+        return self.end_to_end_profile if graph == self.end_to_end else self.profile
 
     def parse_graphs(self, text: str) -> tuple[str, ...]:
         """A comma-separated list of graph names, checked."""
@@ -165,6 +179,11 @@ SR = ModelSpec(
     runtime_graphs=("encoder", "transformer", "decoder"),
     # Any padded image up to the default VAE tile, tuned for the default transformer tile, batches up to 4.
     profile=Profile(min_side=16, opt_side=1024, max_side=2048, opt_batch=1, max_batch=4),
+    # `flowsr sr` untiled: LR pixels -> bicubic x scale (fixed at export) -> pad -> encode -> restore -> decode ->
+    # colour fix -> crop -> SR pixels.
+    end_to_end=Graph("end_to_end", "end_to_end", (Tensor("lr", "pixels"),), Tensor("sr", "pixels")),
+    # LR sides: at least 16 px (an output of at least one stride), up to 512 px (2048 px out at x4).
+    end_to_end_profile=Profile(min_side=16, opt_side=256, max_side=512, opt_batch=1, max_batch=4),
 )
 DEGRADATION = ModelSpec(
     kind="degradation",
@@ -175,6 +194,9 @@ DEGRADATION = ModelSpec(
     runtime_graphs=("degrader",),
     # Tiles of the default 512 px, a batch of scales per call.
     profile=Profile(min_side=64, opt_side=512, max_side=2048, opt_batch=1, max_batch=8),
+    # `flowsr degrade` untiled: HR pixels and a scale in [1, s_max] per sample -> the degraded pixels at HR size.
+    end_to_end=Graph("end_to_end", "end_to_end", (Tensor("hr", "pixels"), Tensor("scale", "scale")), Tensor("degraded", "pixels")),
+    end_to_end_profile=Profile(min_side=64, opt_side=512, max_side=2048, opt_batch=1, max_batch=8),
 )
 SPECS = {spec.kind: spec for spec in (SR, DEGRADATION)}
 
@@ -198,8 +220,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("FLOWSR_CACHE") or Path.home() / ".cache" / "flowsr").expanduser()
 
 
-def onnx_cache_dir(kind: str, content_sha256: str, dtype: str, opset: int) -> Path:
-    return cache_root() / "onnx" / f"{kind}-{content_sha256[:16]}-{dtype}-opset{opset}"
+def export_name(dtype: str, end_to_end: bool = False, scale: int | None = None) -> str:
+    """An export folder's name: `<dtype>` for the graphs the runtime runs, `end-to-end-<dtype>` for a
+    degradation model's end-to-end graph and `end-to-end-x<scale>-<dtype>` for an SR model's."""
+    if not end_to_end:
+        return dtype
+    return f"end-to-end-x{scale}-{dtype}" if scale else f"end-to-end-{dtype}"
+
+
+def onnx_cache_dir(kind: str, content_sha256: str, name: str, opset: int) -> Path:
+    return cache_root() / "onnx" / f"{kind}-{content_sha256[:16]}-{name}-opset{opset}"
 
 
 def engine_cache_dir() -> Path:

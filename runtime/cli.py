@@ -166,19 +166,31 @@ def run_degrade(args: argparse.Namespace) -> int:
     return generate(args, _collect_inputs, _error)
 
 
+def _end_to_end_scale(args: argparse.Namespace, spec) -> int | None:
+    """The scale fixed in an end-to-end SR graph (a whole number); None for other graphs."""
+    if args.end_to_end and args.graphs:
+        raise UsageError("--end-to-end and --graphs exclude each other: the end-to-end graph is one graph")
+    if not args.end_to_end or spec.kind != "sr":
+        return None
+    if args.scale != int(args.scale):
+        raise UsageError(f"--scale {args.scale:g}: the end-to-end SR graph fixes a whole scale (1 to 8); use the stage graphs for others")
+    return int(args.scale)
+
+
 def run_export_onnx(args: argparse.Namespace) -> int:
     from flowsr.core.model_dir import load_model, model_kind
     from flowsr.export.onnx_export import export_onnx
-    from flowsr.export.spec import SPECS, ExportError, checked_opset
+    from flowsr.export.spec import SPECS, ExportError, checked_opset, export_name
 
     checked_opset(args.dtype, args.opset)
-    out = Path(args.output) if args.output else Path(args.model) / "onnx" / args.dtype
+    spec = SPECS[model_kind(args.model)]
+    scale = _end_to_end_scale(args, spec)
+    out = Path(args.output) if args.output else Path(args.model) / "onnx" / export_name(args.dtype, args.end_to_end, scale)
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
-    spec = SPECS[model_kind(args.model)]
-    graphs = spec.parse_graphs(args.graphs) if args.graphs else tuple(spec.graphs)
+    graphs = (spec.end_to_end.name,) if args.end_to_end else spec.parse_graphs(args.graphs) if args.graphs else tuple(spec.graphs)
     model, manifest = load_model(args.model)
-    document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, manifest=manifest,
+    document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, scale=scale, manifest=manifest,
                            weights_sha256=manifest.weights_sha256, overwrite=args.overwrite)
     for entry in document["graphs"].values():
         check = entry["verification"]
@@ -198,9 +210,11 @@ def run_export_trt(args: argparse.Namespace) -> int:
 
     require_tensorrt()
     spec = SPECS[model_kind(args.model)]
-    graphs = spec.parse_graphs(args.graphs) if args.graphs else spec.runtime_graphs
+    scale = _end_to_end_scale(args, spec)
+    graphs = (spec.end_to_end.name,) if args.end_to_end else spec.parse_graphs(args.graphs) if args.graphs else spec.runtime_graphs
     model, manifest = load_model(args.model)
-    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, weights_sha256=manifest.weights_sha256, model_dir=args.model)
+    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=manifest.weights_sha256,
+                          model_dir=args.model)
     print(f"ONNX: {folder}")
     for graph in graphs:
         print(f"{graph}: {ensure_engine(folder, graph)}")
@@ -280,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("output", metavar="OUT", nargs="?", help="output folder (default MODEL_DIR/onnx/<dtype>)")
     onnx.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="default float32")
     onnx.add_argument("--graphs", help="comma-separated graphs (default all: sr,encoder,transformer,decoder for SR; degrader)")
+    onnx.add_argument("--end-to-end", action="store_true",
+                      help="one graph of the whole command instead: uint8 pixels in and out, the CLI's pixels (untiled)")
+    onnx.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     onnx.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset (default 20; 22 for bfloat16)")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     onnx.set_defaults(run=run_export_onnx)
@@ -287,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
     trt.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="graph and engine precision (default float16)")
     trt.add_argument("--graphs", help="comma-separated graphs (default what the runtime runs: encoder,transformer,decoder for SR; degrader)")
+    trt.add_argument("--end-to-end", action="store_true", help="an engine of the end-to-end graph (uint8 pixels in and out) instead")
+    trt.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     trt.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
     trt.set_defaults(run=run_export_trt)
 

@@ -20,14 +20,14 @@ from flowsr.core.degflow import scale_to_time
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.model_dir import DegradationManifest, load_degradation_model
-from flowsr.core.sr_model import resize_to
+from flowsr.core.sr_model import pad_to_multiple, resize_to
 from flowsr.export.spec import dtype_name
 
 from .backends import create_backend
 from .default_models import default_degradation_model
 from .devices import resolve_device
 from .options import DEFAULT_MAX_MEGAPIXELS, MAX_BATCH, MAX_MEGAPIXELS, MAX_STEPS, MAX_TILE, MIN_MEGAPIXELS
-from .tiling import pad_to_multiple, tiled_map
+from .tiling import tiled_map
 
 SOLVERS = ("one-step", "euler", "adaptive")
 

@@ -1,7 +1,8 @@
 """`SuperResolver`: any image in, the image upscaled by any factor out, with one velocity evaluation per tile.
 
-LR image -> bicubic resize to the target size -> pad to the model stride -> encode (tiled) ->
-restore, one NFE per latent tile, blended -> decode (tiled) -> crop -> same type as the input.
+LR image -> bicubic resize to the target size -> pad to the model stride -> encode (tiled) -> restore, one NFE
+per latent tile, blended -> decode (tiled) -> colour fix -> crop -> same type as the input
+(`core.sr_model.super_resolve`, the same code as the end-to-end ONNX graph).
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ import torch
 from PIL import Image
 
 from flowsr.core import images
-from flowsr.core.color_fix import wavelet_color_fix
 from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
-from flowsr.core.sr_model import OneStepSR, resize_to
+from flowsr.core.sr_model import OneStepSR, super_resolve
 from flowsr.export.spec import dtype_name
 
 from .backends import create_backend
 from .default_models import default_sr_model
 from .devices import resolve_device
 from .options import DEFAULT_MAX_MEGAPIXELS, MAX_BATCH, MAX_MEGAPIXELS, MAX_SCALE, MAX_TILE, MIN_MEGAPIXELS
-from .tiling import pad_to_multiple, tiled_map
+from .tiling import tiled_map
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -109,17 +109,16 @@ class SuperResolver:
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) image batch, got shape {tuple(lr.shape)}")
         self.check_size(lr.shape[2], lr.shape[3])
-        out_h, out_w = self.output_size(lr.shape[2], lr.shape[3])
-        x = lr.to(self.device, torch.float32)
-        x = resize_to(x, out_h, out_w)
-        x = pad_to_multiple(x, self.stride)
         f, graphs = self.latent_factor, self.backend.graphs
-        z = tiled_map(x, graphs["encoder"], self.vae_tile, self.overlap, scale=1 / f)
-        raw = tiled_map(z, graphs["transformer"], self.tile // f, self.overlap // f)
-        y = tiled_map(raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, scale=f).float()
-        if self.color_fix:
-            y = wavelet_color_fix(y, x)
-        return y[:, :, :out_h, :out_w].clamp_(-1, 1)
+        return super_resolve(
+            lr.to(self.device, torch.float32),
+            *self.output_size(lr.shape[2], lr.shape[3]),
+            self.stride,
+            encode=lambda x: tiled_map(x, graphs["encoder"], self.vae_tile, self.overlap, scale=1 / f),
+            restore=lambda z: tiled_map(z, graphs["transformer"], self.tile // f, self.overlap // f),
+            decode=lambda raw: tiled_map(raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, scale=f),
+            color_fix=self.color_fix,
+        )
 
     def __call__(self, image):
         """Upscale one image or a list: PIL, numpy uint8/uint16 HWC, torch uint8 HWC or float (B,)3HW in [0, 1].

@@ -88,11 +88,3 @@ def tiled_map(
             total[window] += weight
     return (out / total).to(dtype)
 
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right to a multiple of the stride; reflection avoids a dark border, replicate covers tiny images."""
-    pad_h, pad_w = -x.shape[2] % multiple, -x.shape[3] % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < x.shape[2] and pad_w < x.shape[3] else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)

@@ -133,8 +133,10 @@ def test_cli_bad_options_are_one_line(tmp_path, capsys, args, message):
 
 
 def test_cli_refuses_missing_model_and_existing_output(tiny, tmp_path, capsys):
+    model, manifest = tiny[:2]
+    save_sr_model(model, manifest, tmp_path / "model")
     assert main(["export", "onnx", str(tmp_path / "nothing")]) == 2
-    assert main(["export", "onnx", str(tmp_path), str(tiny[2])]) == 2
+    assert main(["export", "onnx", str(tmp_path / "model"), str(tiny[2])]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "does not exist" in lines[0] and "already exists" in lines[1]
 
