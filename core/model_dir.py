@@ -41,9 +41,14 @@ _LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
 
 
 class _ManifestFile:
-    """`flowsr.json`: what a model directory holds, read with a one-line error for anything unusable."""
+    """`flowsr.json`: what a model directory holds, read with a one-line error for anything unusable.
+
+    It holds only what no part's config holds: the latent normalization, the stride and the architecture are the
+    parts' own (diffusers `config.json`). Fields that older versions wrote as copies (LEGACY_FIELDS) are ignored.
+    """
 
     KIND: ClassVar[str]
+    LEGACY_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -66,7 +71,7 @@ class _ManifestFile:
         if data.get("kind", cls.KIND) != cls.KIND:
             raise ModelDirError(f"{directory} holds a {data['kind']!r:.40} model, not a {cls.KIND!r} model; pass the matching model directory")
         try:
-            manifest = cls(**data)
+            manifest = cls(**{key: value for key, value in data.items() if key not in cls.LEGACY_FIELDS})
         except TypeError as err:  # a missing or unknown field
             raise ModelDirError(f"{path} is not a valid manifest ({err}); re-create the model directory") from None
         check_field_types(manifest, path)
@@ -85,15 +90,12 @@ class Manifest(_ManifestFile):
     """A one-step super-resolution model directory."""
 
     KIND: ClassVar[str] = "sr"
+    LEGACY_FIELDS: ClassVar[frozenset[str]] = frozenset({"latent_shift", "latent_scale", "scale_factors", "stride"})
     kind: str
     preset: str
     t_star: float
-    latent_shift: float
-    latent_scale: float
-    scale_factors: list[float]
     guidance: float | None
     trained: bool
-    stride: int
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT_VERSION
@@ -112,19 +114,11 @@ class Manifest(_ManifestFile):
         if self.preset not in PRESETS:
             raise ModelDirError(f"{path} names preset {self.preset!r:.40}; flowsr knows {', '.join(PRESETS)}")
         check_range(path, "t_star", self.t_star, 0.0, 1.0, low_open=True)
-        check_range(path, "latent_scale", self.latent_scale, 0.0, 1e6, low_open=True)
-        check_range(path, "latent_shift", self.latent_shift, -1e6, 1e6)
         if (self.guidance is None) != (PRESETS[self.preset].guidance is None):
             needs = "null: its transformer takes no guidance" if PRESETS[self.preset].guidance is None else "a number: its transformer is guidance-distilled"
             raise ModelDirError(f"{path}: guidance must be {needs} (preset {self.preset!r}); re-create the model directory")
         if self.guidance is not None:
             check_range(path, "guidance", self.guidance, 0.0, 100.0)
-        if not self.scale_factors:
-            raise ModelDirError(f"{path}: scale_factors is empty; re-create the model directory")
-        for factor in self.scale_factors:
-            check_range(path, "a scale factor", factor, 1.0, 32.0)
-        if self.stride != PRESETS[self.preset].stride:
-            raise ModelDirError(f"{path}: stride {self.stride} is not preset {self.preset!r}'s {PRESETS[self.preset].stride}; re-create the model directory")
 
 
 @dataclass
@@ -132,12 +126,12 @@ class DegradationManifest(_ManifestFile):
     """A DegFlow degradation model directory: RAE and velocity UNet, the knot scales it was trained on."""
 
     KIND: ClassVar[str] = "degradation"
+    LEGACY_FIELDS: ClassVar[frozenset[str]] = frozenset({"stride"})
     kind: str
     preset: str
     s_max: float
     knot_scales: list[float]
     trained: bool
-    stride: int
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT_VERSION
@@ -147,7 +141,6 @@ class DegradationManifest(_ManifestFile):
         if self.preset not in DEGRADATION_PRESETS:
             raise ModelDirError(f"{path} names degradation preset {self.preset!r:.40}; flowsr knows {', '.join(DEGRADATION_PRESETS)}")
         check_range(path, "s_max", self.s_max, 1.0, 32.0, low_open=True)
-        check_range(path, "stride", self.stride, 1, 1024)
         knots = self.knot_scales
         if len(knots) < 2 or knots[0] != 1.0 or any(b <= a for a, b in itertools.pairwise(knots)) or knots[-1] > self.s_max:
             raise ModelDirError(f"{path}: knot_scales {knots!r:.60} must start at 1, increase, and end at most at s_max {self.s_max:g}")
@@ -189,12 +182,8 @@ def init_sr_model(preset: Preset | str, seed: int = 0) -> tuple[OneStepSR, Manif
         kind="sr",
         preset=preset.name,
         t_star=preset.default_t_star,
-        latent_shift=model.normalization.shift,
-        latent_scale=model.normalization.scale,
-        scale_factors=[4.0],
         guidance=preset.guidance,
         trained=False,
-        stride=model.stride,
     )
     return model.eval(), manifest
 
@@ -217,9 +206,7 @@ def import_sr_model(pipeline_dir: str | Path, preset: Preset | str) -> tuple[One
     except Exception as err:  # transformers and tokenizers raise many types for a broken folder; all mean the same here
         raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line(err)}); pass a complete FLUX pipeline folder") from None
     model = OneStepSR(vae, transformer, prompt.float(), pooled.float(), preset.default_t_star, preset.guidance)
-    manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, latent_shift=model.normalization.shift,
-                        latent_scale=model.normalization.scale, scale_factors=[4.0], guidance=preset.guidance, trained=False,
-                        stride=model.stride)
+    manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
     return model.eval(), manifest
 
 
@@ -292,7 +279,7 @@ def init_degradation_model(preset: DegradationPreset | str, seed: int = 0) -> tu
     torch.manual_seed(seed)
     model = build_degradation_model(preset)
     manifest = DegradationManifest(kind="degradation", preset=preset.name, s_max=model.s_max, knot_scales=list(model.knot_scales),
-                                   trained=False, stride=model.stride)
+                                   trained=False)
     return model.eval(), manifest
 
 

@@ -279,12 +279,11 @@ def _manifest_cases(fields: dict[str, list]) -> list[tuple[str, object, bool]]:
 
 
 SR_FIELDS = {
-    "kind": ["sr"], "preset": ["tiny"], "t_star": [], "latent_shift": [-1, 0], "latent_scale": [], "scale_factors": [],
-    "guidance": [None], "trained": [True], "stride": [], "versions": [{}], "created": ["x", "1", "NaN"], "format": [],
-    "t_star_source": [],
+    "kind": ["sr"], "preset": ["tiny"], "t_star": [], "guidance": [None], "trained": [True], "versions": [{}],
+    "created": ["x", "1", "NaN"], "format": [], "t_star_source": [], "weights_sha256": [None],
 }
-DEGRADATION_FIELDS = {"kind": ["degradation"], "preset": ["tiny"], "s_max": [], "knot_scales": [], "trained": [True], "stride": [],
-                      "versions": [{}], "created": ["x", "1", "NaN"], "format": []}
+DEGRADATION_FIELDS = {"kind": ["degradation"], "preset": ["tiny"], "s_max": [], "knot_scales": [], "trained": [True],
+                      "versions": [{}], "created": ["x", "1", "NaN"], "format": [], "weights_sha256": [None]}
 
 
 def _broken_copy(source: Path, target: Path, edit) -> Path:

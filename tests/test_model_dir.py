@@ -88,3 +88,15 @@ def test_manifests_without_t_star_source_read_as_the_preset_fallback(tiny, tmp_p
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     _, loaded = load_sr_model(tmp_path / "m")
     assert loaded.t_star_source == "preset" and not loaded.t_star_estimated
+
+
+def test_manifests_of_older_versions_still_load(tiny, tmp_path):
+    """Older manifests also held copies of the VAE's normalization, the stride and the scale factors: ignored."""
+    model, manifest = tiny
+    save_sr_model(model, manifest, tmp_path / "m")
+    data = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    assert not {"latent_shift", "latent_scale", "stride", "scale_factors"} & set(data)  # no longer written
+    data.update(latent_shift=0.5, latent_scale=2.0, stride=16, scale_factors=[4.0])
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
+    loaded, _ = load_sr_model(tmp_path / "m")
+    assert loaded.normalization.shift == model.normalization.shift  # the VAE config's, not the stale copy

@@ -41,7 +41,7 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert main(["train", "vae", "--preset", "tiny", "--data", str(photos), "-o", str(tmp_path / "vae"), *FAST]) == 0
     vae_model = tmp_path / "vae" / "model"
     manifest = Manifest.read(vae_model)
-    assert manifest.trained is False and manifest.latent_scale != 1.0  # calibrated from the data
+    assert manifest.trained is False and load_sr_model(vae_model)[0].normalization.scale != 1.0  # calibrated from the data
     rows = [json.loads(line) for line in (tmp_path / "vae" / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and {"l1", "mse"} <= set(rows[0])  # a PatchAutoencoder: no KL
 

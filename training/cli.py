@@ -36,14 +36,14 @@ def run_photos(args) -> int:
 
 
 def run_vae(args) -> int:
-    from flowsr.core.model_dir import Manifest
+    from flowsr.core.model_dir import load_sr_model
 
     from .stages import train_autoencoder
 
     model_dir = train_autoencoder(args.output, _crops(args), _loop_config(args), preset=args.preset, model_dir=args.model, restart=args.restart)
     if model_dir:
-        manifest = Manifest.read(model_dir)
-        print(f"autoencoder trained; latent shift {manifest.latent_shift:.4f}, scale {manifest.latent_scale:.4f}; model directory: {model_dir}")
+        norm = load_sr_model(model_dir)[0].normalization
+        print(f"autoencoder trained; latent shift {norm.shift:.4f}, scale {norm.scale:.4f}; model directory: {model_dir}")
     return 0
 
 

@@ -81,7 +81,7 @@ def train_autoencoder(out: str | Path, crops: Crops, loop: LoopConfig, preset: s
     if distributed()[0]:
         return None
     model = model.cpu().eval()
-    manifest.latent_shift, manifest.latent_scale = calibrate_latents(model, _first(dataset, CALIBRATION_CROPS))
+    calibrate_latents(model, _first(dataset, CALIBRATION_CROPS))  # into the autoencoder's config
     return save_sr_model(model, manifest, Path(out) / "model", overwrite=True)
 
 
@@ -118,6 +118,6 @@ def train_allosr2(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, we
         return None
     adapters = save_adapters(model.cpu(), Path(out) / "adapters", manifest)
     merged = merge_adapters(model_dir, adapters, Path(out) / "model", overwrite=True)
-    update_manifest(merged, trained=True, scale_factors=[pairs.scale])
+    update_manifest(merged, trained=True)
     return merged
 
