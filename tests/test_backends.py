@@ -13,9 +13,10 @@ from PIL import Image
 
 from flowsr.core.content_hash import content_sha256
 from flowsr.core.model_dir import load_sr_model
-from flowsr.export.onnx_export import onnx_dir_for, psnr, reference_photo
+from flowsr.export.onnx_export import onnx_dir_for
 from flowsr.export.onnxruntime_graph import OnnxRuntimeUnavailable, providers_for
 from flowsr.export.spec import SPEC_FILE, SR, read_spec
+from flowsr.export.verify import psnr, reference_photo
 from flowsr.runtime.cli import main
 from flowsr.runtime.devices import DeviceError
 from flowsr.runtime.super_resolver import SuperResolver

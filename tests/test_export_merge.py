@@ -11,7 +11,7 @@ from peft.utils import get_peft_model_state_dict
 
 from flowsr.core.model_dir import init_sr_model, load_sr_model, save_sr_model
 from flowsr.export.merge import MERGE_TOLERANCE, MergeError, merge_adapters
-from flowsr.export.onnx_export import reference_photo
+from flowsr.export.verify import reference_photo
 
 TRAINED_T_STAR = 0.37
 

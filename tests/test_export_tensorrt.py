@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from flowsr.core.model_dir import init_sr_model, save_sr_model
-from flowsr.export.onnx_export import psnr, reference_photo
 from flowsr.export.spec import engine_cache_dir
+from flowsr.export.verify import psnr, reference_photo
 from flowsr.runtime.cli import main
 
 HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
