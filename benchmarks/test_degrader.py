@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage import data, transform
 
-from flowsr.core.model_dir import init_degradation_model
+from flowsr.core.degradation_model import DegradationModel
 from flowsr.runtime.degrader import Degrader
 
 SIZE = 512
@@ -18,9 +18,9 @@ def photo():
 
 @pytest.mark.parametrize("solver,steps", [("one-step", 1), ("euler", 8)])
 def test_degrade_512(benchmark, photo, solver, steps):
-    model, manifest = init_degradation_model("small")
+    model = DegradationModel.from_preset("small")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    degrader = Degrader(model, manifest=manifest, device=device, solver=solver, steps=steps)
+    degrader = Degrader(model, device=device, solver=solver, steps=steps)
     degrader(photo, [3.0])  # warm-up
     degrader.evaluations = 0
     benchmark.extra_info.update(size=SIZE, solver=solver, scales=1)

@@ -8,62 +8,31 @@ z(r) = z(0) + r u -> RAE decode with the HR skips -> the degraded image at scale
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DModel
 from torch import nn
 
 from .degflow import scale_to_time
-from .errors import SettingsError
+from .errors import ModelDirError, first_line
 from .flow import per_sample
+from .model_dir import LOAD_ERRORS, DegradationManifest, write_model_dir
+from .model_schema import check_architecture
+from .presets import DegradationPreset, get_degradation_preset
 from .rae import ResidualAutoencoder
 
 TIME_SCALE = 1000.0  # diffusers' sinusoidal time embedding is made for timesteps in [0, 1000]
 
 
-@dataclass(frozen=True)
-class DegradationPreset:
-    name: str
-    rae: dict
-    unet: dict
-    s_max: float = 4.0
-    knot_scales: tuple[float, ...] = (1.0, 2.0, 4.0)  # x3 stays out: the unseen scale of DegFlow's evaluation
-
-
-def _unet(channels: Sequence[int], layers: int, groups: int, attention_from: int) -> dict:
-    down = ["AttnDownBlock2D" if level >= attention_from else "DownBlock2D" for level in range(len(channels))]
-    return {
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": list(channels),
-        "layers_per_block": layers,
-        "down_block_types": down,
-        "up_block_types": [name.replace("Down", "Up") for name in reversed(down)],
-        "norm_num_groups": groups,
-        "attention_head_dim": 32,
-        "class_embed_type": "timestep",  # the target time r, embedded like t and added to its embedding
-        "add_attention": True,
-    }
-
-
-DEGRADATION_PRESETS = {
-    "tiny": DegradationPreset("tiny", rae={"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4}, unet=_unet((16, 32), 1, 8, 1)),
-    "small": DegradationPreset("small", rae={"block_out_channels": [32, 64, 96, 128], "norm_num_groups": 16}, unet=_unet((64, 128, 192), 1, 32, 2)),
-}
-
-
-def get_degradation_preset(name: str) -> DegradationPreset:
-    try:
-        return DEGRADATION_PRESETS[name]
-    except KeyError:
-        raise SettingsError(f"unknown degradation preset {name!r}; choose one of: {', '.join(DEGRADATION_PRESETS)}") from None
-
-
 class DegradationModel(nn.Module):
-    def __init__(self, rae: ResidualAutoencoder, unet: UNet2DModel, knot_scales: Sequence[float], s_max: float):
+    """The degradation model. Its directory (`from_pretrained`/`save_pretrained`) holds rae/ and unet/ (diffusers)
+    and `flowsr.json` (`self.manifest`): the preset, s_max and the knot scales it was trained on."""
+
+    def __init__(self, rae: ResidualAutoencoder, unet: UNet2DModel, knot_scales: Sequence[float], s_max: float,
+                 manifest: DegradationManifest | None = None):
         super().__init__()
-        self.rae, self.unet = rae, unet
+        self.rae, self.unet, self.manifest = rae, unet, manifest
         self.s_max = float(s_max)
         self.knot_scales = tuple(float(s) for s in knot_scales)
         self.knot_times = tuple(scale_to_time(s, self.s_max) for s in self.knot_scales)
@@ -71,6 +40,39 @@ class DegradationModel(nn.Module):
             raise ValueError(f"the first knot must be the HR image (scale 1), got scales {self.knot_scales}")
 
     kind = "degradation"
+
+    @classmethod
+    def from_preset(cls, preset: DegradationPreset | str, seed: int = 0) -> DegradationModel:
+        """Random weights of a preset (tests, the start of training); labelled untrained."""
+        preset = get_degradation_preset(preset) if isinstance(preset, str) else preset
+        torch.manual_seed(seed)
+        manifest = DegradationManifest(kind="degradation", preset=preset.name, s_max=preset.s_max, knot_scales=list(preset.knot_scales),
+                                       trained=False)
+        return cls(ResidualAutoencoder(**preset.rae), UNet2DModel(**preset.unet), preset.knot_scales, preset.s_max, manifest).eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DegradationModel:
+        """Load a model directory; both parts are checked against the preset before any weight is read."""
+        directory = Path(directory)
+        manifest = DegradationManifest.read(directory)
+        preset = get_degradation_preset(manifest.preset)
+        check_architecture(directory / "rae", preset.rae, preset.name)
+        check_architecture(directory / "unet", preset.unet, preset.name)
+        try:
+            rae = ResidualAutoencoder.from_pretrained(directory, subfolder="rae", use_safetensors=True, torch_dtype=dtype)
+            unet = UNet2DModel.from_pretrained(directory, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
+        except LOAD_ERRORS as err:
+            raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
+        return cls(rae, unet, manifest.knot_scales, manifest.s_max, manifest).to(device).eval()
+
+    def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the model directory atomically, with `self.manifest`."""
+
+        def write_parts(folder: Path) -> None:
+            self.rae.save_pretrained(folder / "rae", safe_serialization=True)
+            self.unet.save_pretrained(folder / "unet", safe_serialization=True)
+
+        return write_model_dir(directory, self, self.manifest, write_parts, overwrite)
 
     def graph_constants(self) -> list:
         """What the exported graph bakes in besides the weights."""
@@ -125,7 +127,3 @@ class DegradationModel(nn.Module):
         times = torch.tensor([0.0, r], dtype=torch.float32, device=z0.device)
         return odeint(field, z0, times, method="dopri5", rtol=rtol, atol=atol)[-1], evaluations
 
-
-def build_degradation_model(preset: DegradationPreset | str) -> DegradationModel:
-    preset = get_degradation_preset(preset) if isinstance(preset, str) else preset
-    return DegradationModel(ResidualAutoencoder(**preset.rae), UNet2DModel(**preset.unet), preset.knot_scales, preset.s_max)

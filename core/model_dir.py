@@ -1,5 +1,8 @@
-"""Model directories: a `flowsr.json` manifest, diffusers `save_pretrained` subfolders and the constant
-empty-prompt embeddings. Loading is `from_pretrained` on that folder, safetensors only; writing is atomic.
+"""Model directories: a `flowsr.json` manifest beside the parts' diffusers `save_pretrained` subfolders.
+
+The models read and write their own directories (`OneStepSR.from_pretrained`/`save_pretrained`,
+`DegradationModel.from_pretrained`/`save_pretrained`, safetensors only); this module holds what both share:
+the manifests, their checks, and the atomic write of a directory.
 """
 
 from __future__ import annotations
@@ -12,32 +15,19 @@ from pathlib import Path
 from typing import ClassVar
 
 import diffusers
-import safetensors.torch
 import torch
-from diffusers import FluxTransformer2DModel, UNet2DModel
 from safetensors import SafetensorError
 
 from .atomic import atomic_directory, atomic_file
-from .autoencoders import load_autoencoder
 from .content_hash import weights_sha256
-from .degradation_model import (
-    DEGRADATION_PRESETS,
-    DegradationModel,
-    DegradationPreset,
-    build_degradation_model,
-    get_degradation_preset,
-)
-from .errors import ModelDirError, first_line
-from .model_schema import check_architecture, check_embeddings, check_field_types, check_range
-from .presets import PRESETS, Preset, build_transformer, build_vae, get_preset, load_base_components
-from .rae import ResidualAutoencoder
-from .sr_model import OneStepSR
+from .errors import ModelDirError
+from .model_schema import check_field_types, check_range
+from .presets import DEGRADATION_PRESETS, PRESETS
 
 MANIFEST = "flowsr.json"
-TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 FORMAT_VERSION = 1
 # What loading a saved part may raise for a broken file (diffusers, safetensors, torch); all mean the same here.
-_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
 
 
 class _ManifestFile:
@@ -170,94 +160,19 @@ def _versions() -> dict:
     return {"flowsr": flowsr_version, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
-def init_sr_model(preset: Preset | str, seed: int = 0) -> tuple[OneStepSR, Manifest]:
-    """An untrained SR model with random weights (tests, benchmarks, the start of training)."""
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    generator = torch.manual_seed(seed)
-    vae, transformer = build_vae(preset), build_transformer(preset)
-    prompt = torch.randn(1, preset.text_tokens, preset.transformer["joint_attention_dim"], generator=generator)
-    pooled = torch.randn(1, preset.transformer["pooled_projection_dim"], generator=generator)
-    model = OneStepSR(vae, transformer, prompt, pooled, preset.default_t_star, preset.guidance)
-    manifest = Manifest(
-        kind="sr",
-        preset=preset.name,
-        t_star=preset.default_t_star,
-        guidance=preset.guidance,
-        trained=False,
-    )
-    return model.eval(), manifest
-
-
-@torch.no_grad()
-def import_sr_model(pipeline_dir: str | Path, preset: Preset | str) -> tuple[OneStepSR, Manifest]:
-    """A base model from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev): its VAE and transformer, and
-    the empty-prompt conditioning computed once with its own CLIP and T5 encoders (then no text encoder runs
-    again). The start of AlloSR² training on a real backbone; labelled untrained until fine-tuned."""
-    from diffusers import FluxPipeline
-
-    preset = get_preset(preset) if isinstance(preset, str) else preset
-    try:
-        vae, transformer = load_base_components(str(pipeline_dir), preset)
-    except OSError as err:
-        raise ModelDirError(f"{pipeline_dir}: no loadable vae/ and transformer/ ({str(err).strip().splitlines()[0]}); pass a diffusers FLUX pipeline folder") from None
-    try:
-        pipeline = FluxPipeline.from_pretrained(pipeline_dir, vae=None, transformer=None, use_safetensors=True)
-        prompt, pooled, _ = pipeline.encode_prompt(prompt="", prompt_2="", device="cpu", max_sequence_length=preset.text_tokens)
-    except Exception as err:  # transformers and tokenizers raise many types for a broken folder; all mean the same here
-        raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line(err)}); pass a complete FLUX pipeline folder") from None
-    model = OneStepSR(vae, transformer, prompt.float(), pooled.float(), preset.default_t_star, preset.guidance)
-    manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
-    return model.eval(), manifest
-
-
-def save_sr_model(model: OneStepSR, manifest: Manifest, directory: str | Path, overwrite: bool = False) -> Path:
-    """Write the model directory atomically: into a temporary sibling, then renamed into place."""
+def write_model_dir(directory: str | Path, model: torch.nn.Module, manifest: _ManifestFile, write_parts, overwrite: bool = False) -> Path:
+    """Write a model directory atomically (into a temporary sibling, then renamed into place): `write_parts(folder)`
+    saves the parts, then the manifest follows, stamped with the weights' digest, the versions and the time."""
     directory = Path(directory)
     if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
         raise ModelDirError(f"{directory} already exists; choose another path or pass --overwrite")
-    manifest.t_star = model.t_star
     manifest.weights_sha256 = weights_sha256(model)
     manifest.versions = _versions()
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with atomic_directory(directory) as staging:
-        model.vae.save_pretrained(staging / "vae", safe_serialization=True)
-        model.transformer.save_pretrained(staging / "transformer", safe_serialization=True)
-        embeddings = {"prompt_embeds": model.prompt_embeds, "pooled_prompt_embeds": model.pooled_prompt_embeds}
-        safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in embeddings.items()}, staging / TEXT_EMBEDDINGS)
+        write_parts(staging)
         (staging / MANIFEST).write_text(manifest.to_json())
     return directory
-
-
-def load_sr_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[OneStepSR, Manifest]:
-    directory = Path(directory)
-    manifest = Manifest.read(directory)
-    if manifest.kind != "sr":
-        raise ModelDirError(f"{directory} holds a {manifest.kind!r} model, not a super-resolution model")
-    preset = get_preset(manifest.preset)
-    check_architecture(directory / "vae", preset.vae, preset.name, class_name=preset.vae_class)
-    check_architecture(directory / "transformer", preset.transformer, preset.name)
-    try:
-        embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
-    except _LOAD_ERRORS as err:
-        raise ModelDirError(f"{directory / TEXT_EMBEDDINGS} is missing or not a safetensors file ({first_line(err)}); re-create the model directory") from None
-    check_embeddings(directory / TEXT_EMBEDDINGS, embeddings, {
-        "prompt_embeds": (1, preset.text_tokens, preset.transformer["joint_attention_dim"]),
-        "pooled_prompt_embeds": (1, preset.transformer["pooled_projection_dim"]),
-    })
-    try:
-        vae = load_autoencoder(directory / "vae", dtype=dtype)
-        transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
-    except _LOAD_ERRORS as err:
-        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
-    model = OneStepSR(
-        vae,
-        transformer,
-        embeddings["prompt_embeds"],
-        embeddings["pooled_prompt_embeds"],
-        manifest.t_star,
-        manifest.guidance,
-    )
-    return model.to(device).eval(), manifest
 
 
 def update_manifest(directory: str | Path, **fields) -> Manifest:
@@ -271,54 +186,3 @@ def update_manifest(directory: str | Path, **fields) -> Manifest:
     with atomic_file(directory / MANIFEST, "w") as f:
         f.write(manifest.to_json())
     return manifest
-
-
-def init_degradation_model(preset: DegradationPreset | str, seed: int = 0) -> tuple[DegradationModel, DegradationManifest]:
-    """An untrained DegFlow model with random weights (tests, the start of training)."""
-    preset = get_degradation_preset(preset) if isinstance(preset, str) else preset
-    torch.manual_seed(seed)
-    model = build_degradation_model(preset)
-    manifest = DegradationManifest(kind="degradation", preset=preset.name, s_max=model.s_max, knot_scales=list(model.knot_scales),
-                                   trained=False)
-    return model.eval(), manifest
-
-
-def save_degradation_model(model: DegradationModel, manifest: DegradationManifest, directory: str | Path, overwrite: bool = False) -> Path:
-    directory = Path(directory)
-    if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
-        raise ModelDirError(f"{directory} already exists; choose another path or pass --overwrite")
-    manifest.weights_sha256 = weights_sha256(model)
-    manifest.versions = _versions()
-    manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with atomic_directory(directory) as staging:
-        model.rae.save_pretrained(staging / "rae", safe_serialization=True)
-        model.unet.save_pretrained(staging / "unet", safe_serialization=True)
-        (staging / MANIFEST).write_text(manifest.to_json())
-    return directory
-
-
-def load_degradation_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[DegradationModel, DegradationManifest]:
-    directory = Path(directory)
-    manifest = DegradationManifest.read(directory)
-    preset = get_degradation_preset(manifest.preset)
-    check_architecture(directory / "rae", preset.rae, preset.name)
-    check_architecture(directory / "unet", preset.unet, preset.name)
-    try:
-        rae = ResidualAutoencoder.from_pretrained(directory, subfolder="rae", use_safetensors=True, torch_dtype=dtype)
-        unet = UNet2DModel.from_pretrained(directory, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
-    except _LOAD_ERRORS as err:
-        raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
-    model = DegradationModel(rae, unet, manifest.knot_scales, manifest.s_max)
-    return model.to(device).eval(), manifest
-
-
-def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Either kind of model directory, by what its manifest says it holds: (model, manifest)."""
-    load = load_degradation_model if model_kind(directory) == DegradationManifest.KIND else load_sr_model
-    return load(directory, device, dtype)
-
-
-def save_model(model, manifest, directory: str | Path, overwrite: bool = False) -> Path:
-    """Either kind of model, by its manifest's kind."""
-    save = save_degradation_model if manifest.kind == DegradationManifest.KIND else save_sr_model
-    return save(model, manifest, directory, overwrite=overwrite)

@@ -10,6 +10,7 @@ photos at ~39 dB before any training, where a small VAE needs hours on a CPU to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -160,3 +161,41 @@ def load_base_components(folder: str, preset: Preset, dtype: torch.dtype = torch
             key, found, value = mismatch
             raise ModelDirError(f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; pick the matching --preset")
     return vae, transformer
+
+
+@dataclass(frozen=True)
+class DegradationPreset:
+    name: str
+    rae: dict
+    unet: dict
+    s_max: float = 4.0
+    knot_scales: tuple[float, ...] = (1.0, 2.0, 4.0)  # x3 stays out: the unseen scale of DegFlow's evaluation
+
+
+def _unet(channels: Sequence[int], layers: int, groups: int, attention_from: int) -> dict:
+    down = ["AttnDownBlock2D" if level >= attention_from else "DownBlock2D" for level in range(len(channels))]
+    return {
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": list(channels),
+        "layers_per_block": layers,
+        "down_block_types": down,
+        "up_block_types": [name.replace("Down", "Up") for name in reversed(down)],
+        "norm_num_groups": groups,
+        "attention_head_dim": 32,
+        "class_embed_type": "timestep",  # the target time r, embedded like t and added to its embedding
+        "add_attention": True,
+    }
+
+
+DEGRADATION_PRESETS = {
+    "tiny": DegradationPreset("tiny", rae={"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4}, unet=_unet((16, 32), 1, 8, 1)),
+    "small": DegradationPreset("small", rae={"block_out_channels": [32, 64, 96, 128], "norm_num_groups": 16}, unet=_unet((64, 128, 192), 1, 32, 2)),
+}
+
+
+def get_degradation_preset(name: str) -> DegradationPreset:
+    try:
+        return DEGRADATION_PRESETS[name]
+    except KeyError:
+        raise SettingsError(f"unknown degradation preset {name!r}; choose one of: {', '.join(DEGRADATION_PRESETS)}") from None

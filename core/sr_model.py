@@ -6,15 +6,24 @@ latent tiler run them separately: encode the whole image, restore the latent til
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 from torch import nn
 
 from . import flow, latents
-from .autoencoders import Autoencoder, downsample_factor, latent_of
+from .autoencoders import Autoencoder, downsample_factor, latent_of, load_autoencoder
 from .color_fix import wavelet_color_fix
+from .errors import ModelDirError, first_line
 from .latents import LatentNormalization
+from .model_dir import LOAD_ERRORS, Manifest, write_model_dir
+from .model_schema import check_architecture, check_embeddings
+from .presets import Preset, build_transformer, build_vae, get_preset, load_base_components
+
+TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 
 
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -57,6 +66,9 @@ def super_resolve(lr: torch.Tensor, height: int, width: int, stride: int, encode
 
 
 class OneStepSR(nn.Module):
+    """The SR model. Its directory (`from_pretrained`/`save_pretrained`) holds vae/ and transformer/ (diffusers),
+    the empty-prompt embeddings, and `flowsr.json` (`self.manifest`): the preset, t* and its provenance, guidance."""
+
     def __init__(
         self,
         vae: Autoencoder,
@@ -65,8 +77,10 @@ class OneStepSR(nn.Module):
         pooled_prompt_embeds: torch.Tensor,
         t_star: float,
         guidance: float | None = None,
+        manifest: Manifest | None = None,
     ):
         super().__init__()
+        self.manifest = manifest
         self.vae = vae
         self.transformer = transformer
         # Constant empty-prompt conditioning, computed once when the model was made (no text encoder at run time).
@@ -77,6 +91,74 @@ class OneStepSR(nn.Module):
         self.normalization = LatentNormalization(vae.config.shift_factor or 0.0, vae.config.scaling_factor)
 
     kind = "sr"
+
+    @classmethod
+    def from_preset(cls, preset: Preset | str, seed: int = 0) -> OneStepSR:
+        """Random weights of a preset (tests, benchmarks, the start of training); labelled untrained."""
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        generator = torch.manual_seed(seed)
+        vae, transformer = build_vae(preset), build_transformer(preset)
+        prompt = torch.randn(1, preset.text_tokens, preset.transformer["joint_attention_dim"], generator=generator)
+        pooled = torch.randn(1, preset.transformer["pooled_projection_dim"], generator=generator)
+        manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
+        return cls(vae, transformer, prompt, pooled, preset.default_t_star, preset.guidance, manifest).eval()
+
+    @classmethod
+    @torch.no_grad()
+    def from_flux_pipeline(cls, pipeline_dir: str | Path, preset: Preset | str) -> OneStepSR:
+        """A base model from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev): its VAE and transformer, and
+        the empty-prompt conditioning computed once with its own CLIP and T5 encoders (then no text encoder runs
+        again). The start of AlloSR² training on a real backbone; labelled untrained until fine-tuned."""
+        from diffusers import FluxPipeline  # pulls in transformers, needed only here
+
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        try:
+            vae, transformer = load_base_components(str(pipeline_dir), preset)
+        except OSError as err:
+            raise ModelDirError(f"{pipeline_dir}: no loadable vae/ and transformer/ ({first_line(err)}); pass a diffusers FLUX pipeline folder") from None
+        try:
+            pipeline = FluxPipeline.from_pretrained(pipeline_dir, vae=None, transformer=None, use_safetensors=True)
+            prompt, pooled, _ = pipeline.encode_prompt(prompt="", prompt_2="", device="cpu", max_sequence_length=preset.text_tokens)
+        except Exception as err:  # transformers and tokenizers raise many types for a broken folder; all mean the same here
+            raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line(err)}); pass a complete FLUX pipeline folder") from None
+        manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
+        return cls(vae, transformer, prompt.float(), pooled.float(), preset.default_t_star, preset.guidance, manifest).eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> OneStepSR:
+        """Load a model directory; every part is checked against its preset before any weight is read."""
+        directory = Path(directory)
+        manifest = Manifest.read(directory)
+        preset = get_preset(manifest.preset)
+        check_architecture(directory / "vae", preset.vae, preset.name, class_name=preset.vae_class)
+        check_architecture(directory / "transformer", preset.transformer, preset.name)
+        try:
+            embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
+        except LOAD_ERRORS as err:
+            raise ModelDirError(f"{directory / TEXT_EMBEDDINGS} is missing or not a safetensors file ({first_line(err)}); re-create the model directory") from None
+        check_embeddings(directory / TEXT_EMBEDDINGS, embeddings, {
+            "prompt_embeds": (1, preset.text_tokens, preset.transformer["joint_attention_dim"]),
+            "pooled_prompt_embeds": (1, preset.transformer["pooled_projection_dim"]),
+        })
+        try:
+            vae = load_autoencoder(directory / "vae", dtype=dtype)
+            transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
+        except LOAD_ERRORS as err:
+            raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
+        model = cls(vae, transformer, embeddings["prompt_embeds"], embeddings["pooled_prompt_embeds"], manifest.t_star, manifest.guidance, manifest)
+        return model.to(device).eval()
+
+    def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the model directory atomically, with `self.manifest` (t* as the model has it now)."""
+        self.manifest.t_star = self.t_star
+
+        def write_parts(folder: Path) -> None:
+            self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+            self.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
+            embeddings = {"prompt_embeds": self.prompt_embeds, "pooled_prompt_embeds": self.pooled_prompt_embeds}
+            safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in embeddings.items()}, folder / TEXT_EMBEDDINGS)
+
+        return write_model_dir(directory, self, self.manifest, write_parts, overwrite)
 
     def graph_constants(self) -> list:
         """What the exported graphs bake in besides the weights."""

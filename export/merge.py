@@ -30,7 +30,6 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import set_peft_model_state_dict
 
 from flowsr.core.errors import FlowsrError
-from flowsr.core.model_dir import load_sr_model, save_sr_model
 from flowsr.core.sr_model import OneStepSR
 
 ADAPTERS_JSON = "adapters.json"
@@ -89,7 +88,8 @@ def merge_adapters(model_dir: str | Path, adapters_dir: str | Path, out_dir: str
     adapters = read_adapters(adapters_dir)
     if Path(out_dir).exists() and not overwrite:
         raise MergeError(f"{out_dir} already exists; choose another path or pass overwrite=True")
-    model, manifest = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
+    manifest = model.manifest
     if adapters.preset != manifest.preset:
         raise MergeError(f"the adapters in {adapters_dir} are for preset {adapters.preset!r}, but {model_dir} is {manifest.preset!r}")
     attach_adapters(model, adapters)
@@ -98,4 +98,4 @@ def merge_adapters(model_dir: str | Path, adapters_dir: str | Path, out_dir: str
         getattr(model, part).unload_lora()
     if any(isinstance(module, BaseTunerLayer) for module in model.modules()):
         raise MergeError("LoRA layers remained after merging; the installed peft/diffusers cannot unload them")
-    return save_sr_model(model, manifest, out_dir, overwrite=overwrite)
+    return model.save_pretrained(out_dir, overwrite=overwrite)

@@ -170,15 +170,14 @@ def export_onnx(
     graphs: tuple[str, ...] | None = None,
     opset: int | None = None,
     scale: int | None = None,
-    manifest=None,
     weights_sha256: str | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Export, check and verify `graphs` of `model` into `out_dir` atomically; returns the spec written.
 
     `graphs` defaults to all of the model's stage graphs; "end_to_end" is the whole command in one graph (an SR
-    model's at `scale`, fixed in it). `weights_sha256` is the manifest's digest of the stored weights (hashed now
-    when not given). `model` is cast to `dtype` in place, on the CPU.
+    model's at `scale`, fixed in it). `weights_sha256` is the manifest's digest of the stored weights, for a model
+    just loaded from its directory (hashed now when not given). `model` is cast to `dtype` in place, on the CPU.
     """
     out_dir = Path(out_dir)
     spec, dtype = model_spec(model), dtype_name(dtype)
@@ -219,7 +218,7 @@ def export_onnx(
             "scale": int(scale) if end_to_end and spec.kind == "sr" else None,
             "geometry": dataclasses.asdict(geometry),
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__},
-            "manifest": dataclasses.asdict(manifest) if manifest else None,
+            "manifest": dataclasses.asdict(model.manifest) if model.manifest else None,
             "graphs": written,
             "files": {path.name: file_sha256(path) for path in sorted(staging.iterdir())},
         }

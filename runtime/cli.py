@@ -123,34 +123,39 @@ def run_sr(args: argparse.Namespace) -> int:
 
 
 def run_model_init(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import init_degradation_model, init_sr_model, save_degradation_model, save_sr_model
+    from flowsr.core.degradation_model import DegradationModel
+    from flowsr.core.sr_model import OneStepSR
 
-    if args.kind == "degradation":
-        model, manifest = init_degradation_model(args.preset, seed=args.seed)
-        save_degradation_model(model, manifest, args.output, overwrite=args.overwrite)
-    else:
-        model, manifest = init_sr_model(args.preset, seed=args.seed)
-        save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
+    model_class = DegradationModel if args.kind == "degradation" else OneStepSR
+    model_class.from_preset(args.preset, seed=args.seed).save_pretrained(args.output, overwrite=args.overwrite)
     print(f"wrote an UNTRAINED {args.preset} model (random weights, for tests and benchmarks) to {args.output}")
     return 0
 
 
 def run_model_import(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import import_sr_model, save_sr_model
+    from flowsr.core.sr_model import OneStepSR
 
-    model, manifest = import_sr_model(args.pipeline, args.preset)
-    save_sr_model(model, manifest, args.output, overwrite=args.overwrite)
+    OneStepSR.from_flux_pipeline(args.pipeline, args.preset).save_pretrained(args.output, overwrite=args.overwrite)
     print(f"wrote the {args.preset} base model from {args.pipeline} to {args.output} (fine-tune it with `flowsr train allosr2`)")
     return 0
+
+
+def _load_model(directory: str, dtype=None):
+    """Either kind of model directory, by what its manifest says it holds."""
+    import torch
+
+    from flowsr.core.degradation_model import DegradationModel
+    from flowsr.core.model_dir import model_kind
+    from flowsr.core.sr_model import OneStepSR
+
+    model_class = DegradationModel if model_kind(directory) == "degradation" else OneStepSR
+    return model_class.from_pretrained(directory, dtype=dtype or torch.float32)
 
 
 def run_model_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from flowsr.core.model_dir import load_model, save_model
-
-    model, manifest = load_model(args.model, dtype=getattr(torch, args.dtype))
-    save_model(model, manifest, args.output, overwrite=args.overwrite)
+    _load_model(args.model, dtype=getattr(torch, args.dtype)).save_pretrained(args.output, overwrite=args.overwrite)
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0
 
@@ -178,7 +183,7 @@ def _end_to_end_scale(args: argparse.Namespace, spec) -> int | None:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import load_model, model_kind
+    from flowsr.core.model_dir import model_kind
     from flowsr.export.onnx_export import export_onnx
     from flowsr.export.spec import SPECS, ExportError, checked_opset, export_name
 
@@ -189,9 +194,9 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
     graphs = (spec.end_to_end.name,) if args.end_to_end else spec.parse_graphs(args.graphs) if args.graphs else tuple(spec.graphs)
-    model, manifest = load_model(args.model)
-    document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, scale=scale, manifest=manifest,
-                           weights_sha256=manifest.weights_sha256, overwrite=args.overwrite)
+    model = _load_model(args.model)
+    document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, scale=scale,
+                           weights_sha256=model.manifest.weights_sha256, overwrite=args.overwrite)
     for entry in document["graphs"].values():
         check = entry["verification"]
         if "psnr_db" in check:
@@ -203,7 +208,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 
 def run_export_trt(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import load_model, model_kind
+    from flowsr.core.model_dir import model_kind
     from flowsr.export.onnx_export import onnx_dir_for
     from flowsr.export.spec import SPECS
     from flowsr.export.tensorrt_engine import ensure_engine, require_tensorrt
@@ -212,8 +217,8 @@ def run_export_trt(args: argparse.Namespace) -> int:
     spec = SPECS[model_kind(args.model)]
     scale = _end_to_end_scale(args, spec)
     graphs = (spec.end_to_end.name,) if args.end_to_end else spec.parse_graphs(args.graphs) if args.graphs else spec.runtime_graphs
-    model, manifest = load_model(args.model)
-    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=manifest.weights_sha256,
+    model = _load_model(args.model)
+    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=model.manifest.weights_sha256,
                           model_dir=args.model)
     print(f"ONNX: {folder}")
     for graph in graphs:

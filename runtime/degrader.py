@@ -19,7 +19,6 @@ from flowsr.core import images
 from flowsr.core.degflow import scale_to_time
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.errors import SettingsError, check_number
-from flowsr.core.model_dir import DegradationManifest, load_degradation_model
 from flowsr.core.sr_model import pad_to_multiple, resize_to
 from flowsr.export.spec import dtype_name
 
@@ -54,7 +53,6 @@ class Degrader:
         tile: int = 512,
         overlap: int = 64,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-        manifest: DegradationManifest | None = None,
     ):
         check_number("steps", steps, 1, MAX_STEPS, integer=True)
         check_number("batch size", batch_size, 1, MAX_BATCH, integer=True)
@@ -68,15 +66,15 @@ class Degrader:
         model_dir = weights_sha256 = None
         if isinstance(model, (str, Path)):
             model_dir = model
-            model, manifest = load_degradation_model(model)
-            weights_sha256 = manifest.weights_sha256
+            model = DegradationModel.from_pretrained(model)
+            weights_sha256 = model.manifest.weights_sha256
         if solver not in SOLVERS:
             raise SettingsError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
         if solver != "one-step" and backend != "torch":
             raise SettingsError(f"the {solver} reference solver runs on the torch backend only; pass --backend torch")
         if tile and (tile % model.stride or overlap % model.stride or overlap >= tile):
             raise SettingsError(f"tile {tile} and overlap {overlap} must be multiples of the model stride {model.stride} with overlap < tile")
-        self.model, self.manifest = model, manifest
+        self.model, self.manifest = model, model.manifest
         self.solver, self.steps, self.batch_size = solver, steps, batch_size
         self.tile, self.overlap, self.max_pixels = tile, overlap, int(max_megapixels * 1e6)
         self.s_max, self.stride = model.s_max, model.stride

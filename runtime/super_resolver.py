@@ -16,7 +16,6 @@ from PIL import Image
 
 from flowsr.core import images
 from flowsr.core.errors import SettingsError, check_number
-from flowsr.core.model_dir import Manifest, init_sr_model, load_sr_model
 from flowsr.core.sr_model import OneStepSR, super_resolve
 from flowsr.export.spec import dtype_name
 
@@ -55,7 +54,6 @@ class SuperResolver:
         batch_size: int = 1,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         color_fix: bool = True,
-        manifest: Manifest | None = None,
     ):
         check_number("scale", scale, 1, MAX_SCALE)
         check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)
@@ -69,9 +67,9 @@ class SuperResolver:
         model_dir = weights_sha256 = None
         if isinstance(model, (str, Path)):
             model_dir = model
-            model, manifest = load_sr_model(model)
-            weights_sha256 = manifest.weights_sha256
-        self.model, self.manifest = model, manifest  # the torch and compile backends run this model
+            model = OneStepSR.from_pretrained(model)
+            weights_sha256 = model.manifest.weights_sha256
+        self.model, self.manifest = model, model.manifest  # the torch and compile backends run this model
         self.stride = model.stride
         self.latent_factor = self.stride // 2
         for size in (tile, vae_tile):
@@ -88,8 +86,8 @@ class SuperResolver:
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> SuperResolver:
         """Random weights of a preset: for tests and benchmarks, never for real images."""
-        model, manifest = init_sr_model(preset, seed)
-        return cls(model, manifest=manifest, **kwargs)
+        model = OneStepSR.from_preset(preset, seed)
+        return cls(model, **kwargs)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return max(1, round(height * self.scale)), max(1, round(width * self.scale))

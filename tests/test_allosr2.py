@@ -13,14 +13,15 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core import latents
-from flowsr.core.model_dir import init_sr_model
+from flowsr.core.sr_model import OneStepSR
 from flowsr.training.allosr2 import LORA_PRESETS, RELATIVE_FLOOR, AlloSR2Objective, LossWeights, add_lora, base_encoder
 from flowsr.training.data import DegradedFolder
 from flowsr.training.loop import LoopConfig, run
 
 
 def lora_model(seed=0):
-    model, manifest = init_sr_model("tiny", seed=seed)
+    model = OneStepSR.from_preset("tiny", seed=seed)
+    manifest = model.manifest
     model.t_star = 0.4
     add_lora(model, LORA_PRESETS["tiny"])
     generator = torch.Generator().manual_seed(seed + 1)
@@ -98,7 +99,7 @@ def test_fatc_loss_matches_closed_form():
 
 def test_base_encoder_is_the_frozen_one():
     model, _ = lora_model()
-    plain, _ = init_sr_model("tiny", seed=0)
+    plain = OneStepSR.from_preset("tiny", seed=0)
     x = batch()[1]
     with torch.no_grad():
         with base_encoder(model):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from flowsr.core.content_hash import content_sha256
-from flowsr.core.model_dir import load_sr_model
+from flowsr.core.sr_model import OneStepSR
 from flowsr.export.onnx_export import onnx_dir_for
 from flowsr.export.onnxruntime_graph import OnnxRuntimeUnavailable, providers_for
 from flowsr.export.spec import SPEC_FILE, SR, read_spec
@@ -82,7 +82,7 @@ def test_sr_command_with_onnxruntime_backend(model_dir, tmp_path, capsys):
 
 
 def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path):
-    model, _ = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
     with torch.no_grad():
         model.vae.encoder.conv_in.bias.add_(0.1)  # other weights: the directory's export does not apply
     digest = content_sha256(model)
@@ -90,7 +90,7 @@ def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path
     assert folder == tmp_path / "cache" / "onnx" / f"sr-{digest[:16]}-float32-opset20"
     assert read_spec(folder)["content_sha256"] == digest
     written = (folder / SPEC_FILE).stat().st_mtime_ns
-    model, _ = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
     with torch.no_grad():
         model.vae.encoder.conv_in.bias.add_(0.1)
     assert onnx_dir_for(model, torch.float32, graphs=("encoder",)) == folder  # found again, not re-exported
@@ -102,7 +102,8 @@ def test_the_manifest_digest_finds_the_export_without_reading_weights(model_dir,
     """A loaded model directory names its export by the digest saved with it: no weight is hashed again."""
     from flowsr.core import content_hash
 
-    model, manifest = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
+    manifest = model.manifest
     expected = content_sha256(model)
     assert content_sha256(model, manifest.weights_sha256) == expected  # the saved digest is of these weights
 

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from flowsr.core.model_dir import Manifest, load_sr_model
+from flowsr.core.model_dir import Manifest
+from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime import default_models
 from flowsr.runtime.cli import main
 
@@ -62,8 +63,8 @@ def test_model_convert_to_float16(model_dir, tmp_path):
     weights = "transformer/diffusion_pytorch_model.safetensors"
     assert (half / weights).stat().st_size < 0.6 * (model_dir / weights).stat().st_size
     assert Manifest.read(half).t_star == Manifest.read(model_dir).t_star
-    reference, _ = load_sr_model(model_dir)
-    converted, _ = load_sr_model(half)  # loaded back as float32
+    reference = OneStepSR.from_pretrained(model_dir)
+    converted = OneStepSR.from_pretrained(half)  # loaded back as float32
     image = torch.from_numpy(data.astronaut()[:64, :64]).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():
         error = (converted(image) - reference(image)).abs().max().item()

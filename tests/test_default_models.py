@@ -8,7 +8,9 @@ from skimage import data, transform
 from skimage.metrics import peak_signal_noise_ratio
 
 from flowsr.core.content_hash import weights_sha256
-from flowsr.core.model_dir import DegradationManifest, Manifest, load_model
+from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.model_dir import DegradationManifest, Manifest
+from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.default_models import DEFAULT_DEGRADATION_MODEL, DEFAULT_SR_MODEL
 from flowsr.runtime.degrader import Degrader
 from flowsr.runtime.super_resolver import SuperResolver
@@ -37,11 +39,12 @@ def test_packaged_model_is_trained_and_small():
     assert size < 20 * 2**20, f"{size / 2**20:.1f} MB"
 
 
-@pytest.mark.parametrize("directory", [DEFAULT_SR_MODEL, DEFAULT_DEGRADATION_MODEL], ids=["sr", "degradation"])
-def test_packaged_models_carry_the_digest_of_their_weights(directory):
+@pytest.mark.parametrize("model_class,directory", [(OneStepSR, DEFAULT_SR_MODEL), (DegradationModel, DEFAULT_DEGRADATION_MODEL)],
+                         ids=["sr", "degradation"])
+def test_packaged_models_carry_the_digest_of_their_weights(model_class, directory):
     """The key of their exports: it must be the hash of the weights stored (float16), or exports go stale."""
-    model, manifest = load_model(directory, dtype=torch.float16)
-    assert manifest.weights_sha256 == weights_sha256(model)
+    model = model_class.from_pretrained(directory, dtype=torch.float16)
+    assert model.manifest.weights_sha256 == weights_sha256(model)
 
 
 def test_default_degradation_model_degrades_more_at_larger_scales():

@@ -6,7 +6,9 @@ import torch
 from scipy.interpolate import CubicSpline
 
 from flowsr.core import degflow, spline
-from flowsr.core.model_dir import ModelDirError, init_degradation_model, load_degradation_model, save_degradation_model
+from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.model_dir import ModelDirError
+from flowsr.core.sr_model import OneStepSR
 from flowsr.training.degflow import DegFlowObjective, FlowSettings, RAEObjective, calibrate_rae_latents
 
 TIMES = (0.0, 1 / 3, 1.0)  # x1, x2, x4 with s_max = 4
@@ -57,7 +59,8 @@ def test_average_velocity_is_the_secant_of_the_natural_spline():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    model, manifest = init_degradation_model("tiny")
+    model = DegradationModel.from_preset("tiny")
+    manifest = model.manifest
     with torch.no_grad():  # a decoder that is not the identity on the HR image, so outputs depend on the latent
         for parameter in model.rae.to_image[-1].parameters():
             parameter.normal_(std=0.05)
@@ -92,17 +95,16 @@ def test_calibrated_latents_have_unit_statistics(model):
 
 def test_save_load_round_trip_and_kind_check(model, tmp_path):
     module, manifest = model
-    save_degradation_model(module, manifest, tmp_path / "deg")
-    loaded, loaded_manifest = load_degradation_model(tmp_path / "deg")
-    assert loaded_manifest.knot_scales == [1.0, 2.0, 4.0] and loaded_manifest.stride == 16
+    module.save_pretrained(tmp_path / "deg")
+    loaded = DegradationModel.from_pretrained(tmp_path / "deg")
+    loaded_manifest = loaded.manifest
+    assert loaded_manifest.knot_scales == [1.0, 2.0, 4.0] and loaded.stride == 16
     hr = torch.rand(2, 3, 32, 48) * 2 - 1
     r = torch.tensor([0.2, 0.9])
     with torch.no_grad():
         assert torch.equal(module(hr, r), loaded(hr, r))
-    from flowsr.core.model_dir import load_sr_model
-
     with pytest.raises(ModelDirError, match="holds a 'degradation' model"):
-        load_sr_model(tmp_path / "deg")
+        OneStepSR.from_pretrained(tmp_path / "deg")
 
 
 def test_one_step_uses_one_evaluation_and_euler_converges_to_the_adaptive_solution(model):

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from flowsr.core.model_dir import DegradationManifest, load_degradation_model
+from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.model_dir import DegradationManifest
 from flowsr.export.onnx_export import export_onnx
 from flowsr.runtime.cli import main
 from flowsr.runtime.degrader import Degrader
@@ -92,7 +93,7 @@ def test_torchrun_shards_without_gaps_or_duplicates(model_dir, photos, tmp_path)
 
 
 def test_onnx_graph_matches_torch_with_dynamic_shapes(model_dir, tmp_path):
-    model, _ = load_degradation_model(model_dir)
+    model = DegradationModel.from_pretrained(model_dir)
     with torch.no_grad():  # make the output depend on the latent
         for parameter in model.rae.to_image[-1].parameters():
             parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))

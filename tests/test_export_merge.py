@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from flowsr.core.model_dir import init_sr_model, load_sr_model, save_sr_model
+from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import MERGE_TOLERANCE, MergeError, merge_adapters
 from flowsr.export.verify import reference_photo
 
@@ -31,8 +31,8 @@ def write_adapters(model, folder, preset="tiny"):
 def tuned(tmp_path_factory):
     """A tiny base model directory, and the same model with random non-zero LoRA weights saved as adapters."""
     root = tmp_path_factory.mktemp("merge")
-    model, manifest = init_sr_model("tiny")
-    save_sr_model(model, manifest, root / "base")
+    model = OneStepSR.from_preset("tiny")
+    model.save_pretrained(root / "base")
     torch.manual_seed(1)
     # init_lora_weights=False draws both LoRA matrices at random, so the adapters really change the output.
     model.transformer.add_adapter(
@@ -47,8 +47,9 @@ def tuned(tmp_path_factory):
 
 def test_merged_model_matches_adapter_model(tuned):
     root, adapted = tuned
-    merged, manifest = load_sr_model(root / "merged")
-    base, _ = load_sr_model(root / "base")
+    merged = OneStepSR.from_pretrained(root / "merged")
+    manifest = merged.manifest
+    base = OneStepSR.from_pretrained(root / "base")
     assert manifest.t_star == TRAINED_T_STAR and merged.t_star == TRAINED_T_STAR
     image = reference_photo(2, 64, 96)
     with torch.inference_mode():
@@ -69,8 +70,8 @@ def test_merged_weights_hold_no_peft_keys(tuned):
 
 def test_only_the_targeted_weights_change(tuned):
     root, _ = tuned
-    merged, _ = load_sr_model(root / "merged")
-    base, _ = load_sr_model(root / "base")
+    merged = OneStepSR.from_pretrained(root / "merged")
+    base = OneStepSR.from_pretrained(root / "base")
     for part, targets in (("vae", r"encoder\..*(conv1|conv2|to_q|to_v)\.weight"), ("transformer", r".*(to_q|to_k|to_v|to_out\.0|proj_mlp|proj_out)\.weight")):
         before, after = getattr(base, part).state_dict(), getattr(merged, part).state_dict()
         changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -90,8 +91,8 @@ def test_bad_adapter_folders_say_what_is_wrong(tuned, tmp_path):
 
 def test_adapters_of_another_base_are_refused(tuned, tmp_path):
     root, _ = tuned
-    small, manifest = init_sr_model("small")
-    save_sr_model(small, manifest, tmp_path / "small")
+    small = OneStepSR.from_preset("small")
+    small.save_pretrained(tmp_path / "small")
     with pytest.raises(MergeError, match="preset 'tiny'"):
         merge_adapters(tmp_path / "small", root / "adapters", tmp_path / "out")
     (tmp_path / "renamed").mkdir()

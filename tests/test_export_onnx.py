@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from flowsr.core.content_hash import content_sha256, weights_sha256
-from flowsr.core.model_dir import init_degradation_model, init_sr_model, load_degradation_model, save_degradation_model, save_sr_model
+from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.sr_model import OneStepSR
 from flowsr.export.onnx_export import export_onnx, file_sha256, geometry_of
 from flowsr.export.onnxruntime_graph import OnnxGraph, OnnxRuntimeUnavailable
 from flowsr.export.spec import DEGRADATION, MIN_PSNR_DB, SPEC_FILE, SR, ExportError
@@ -52,7 +53,7 @@ def onnxruntime_psnr(model, folder, name, sizes=CHECK_SIZES, spec=SR):
 @pytest.mark.parametrize("name", list(PARTS))
 def test_pipeline_inputs_are_what_each_stage_gets(name):
     """The verification's inputs, found by following the spec's tensor names, equal the hand-written pipeline."""
-    model, _ = init_sr_model("tiny")
+    model = OneStepSR.from_preset("tiny")
     image = reference_photo(2, 64, 96)
     with torch.inference_mode():
         expected = stage_input(model, PARTS[name], 2, 64, 96)
@@ -63,9 +64,10 @@ def test_pipeline_inputs_are_what_each_stage_gets(name):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny preset exported in float32, all four parts."""
-    model, manifest = init_sr_model("tiny")
+    model = OneStepSR.from_preset("tiny")
+    manifest = model.manifest
     folder = tmp_path_factory.mktemp("onnx") / "tiny-float32"
-    spec = export_onnx(model, folder, manifest=manifest)
+    spec = export_onnx(model, folder)
     return model, manifest, folder, spec
 
 
@@ -92,7 +94,7 @@ def test_inputs_and_outputs_are_dynamic(tiny):
 def test_spec_records_files_manifest_and_profiles(tiny):
     model, manifest, folder, spec = tiny
     assert json.loads((folder / SPEC_FILE).read_text()) == spec
-    assert spec["content_sha256"] == content_sha256(init_sr_model("tiny")[0])
+    assert spec["content_sha256"] == content_sha256(OneStepSR.from_preset("tiny"))
     assert spec["kind"] == "sr" and spec["manifest"]["preset"] == "tiny" and spec["manifest"]["t_star"] == manifest.t_star
     assert spec["opset"] == 20 and spec["dtype"] == "float32"
     assert set(spec["files"]) == {p.name for p in folder.iterdir()} - {SPEC_FILE}
@@ -112,7 +114,7 @@ def test_existing_output_is_kept_and_failed_export_leaves_nothing(tiny, tmp_path
     assert json.loads((folder / SPEC_FILE).read_text()) == spec
     monkeypatch.setitem(MIN_PSNR_DB, "float32", 1000.0)  # no export can pass: verification fails
     with pytest.raises(ExportError, match="differs from torch"):
-        export_onnx(init_sr_model("tiny")[0], tmp_path / "out", graphs=("encoder",))
+        export_onnx(OneStepSR.from_preset("tiny"), tmp_path / "out", graphs=("encoder",))
     assert list(tmp_path.iterdir()) == []  # neither the target nor a staging folder
 
 
@@ -125,8 +127,8 @@ def test_existing_output_is_kept_and_failed_export_leaves_nothing(tiny, tmp_path
     ],
 )
 def test_cli_bad_options_are_one_line(tmp_path, capsys, args, message):
-    model, manifest = init_sr_model("tiny")
-    save_sr_model(model, manifest, tmp_path / "model")
+    model = OneStepSR.from_preset("tiny")
+    model.save_pretrained(tmp_path / "model")
     assert main(["export", "onnx", str(tmp_path / "model"), *args]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0]
@@ -135,7 +137,7 @@ def test_cli_bad_options_are_one_line(tmp_path, capsys, args, message):
 
 def test_cli_refuses_missing_model_and_existing_output(tiny, tmp_path, capsys):
     model, manifest = tiny[:2]
-    save_sr_model(model, manifest, tmp_path / "model")
+    model.save_pretrained(tmp_path / "model")
     assert main(["export", "onnx", str(tmp_path / "nothing")]) == 2
     assert main(["export", "onnx", str(tmp_path / "model"), str(tiny[2])]) == 2
     lines = capsys.readouterr().err.splitlines()
@@ -144,7 +146,7 @@ def test_cli_refuses_missing_model_and_existing_output(tiny, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_float16(tmp_path_factory):
-    model, _ = init_sr_model("tiny")
+    model = OneStepSR.from_preset("tiny")
     folder = tmp_path_factory.mktemp("onnx") / "tiny-float16"
     return model, folder, export_onnx(model, folder, dtype=torch.float16, graphs=("sr",))
 
@@ -162,7 +164,7 @@ def test_float16_runs_in_onnxruntime_and_matches_torch(tiny_float16):
 @pytest.fixture(scope="module")
 def tiny_bfloat16(tmp_path_factory):
     """The encoder: its Conv and InstanceNormalization are what need opset 22 in bfloat16."""
-    model, _ = init_sr_model("tiny")
+    model = OneStepSR.from_preset("tiny")
     folder = tmp_path_factory.mktemp("onnx") / "tiny-bfloat16"
     return model, folder, export_onnx(model, folder, dtype=torch.bfloat16, graphs=("encoder",))
 
@@ -188,8 +190,8 @@ def test_bfloat16_in_onnxruntime(tiny_bfloat16):
 @pytest.mark.slow
 def test_small_preset_transformer(tmp_path):
     """The shipped size: 64 latent channels at 1/8 size (a PatchAutoencoder), a 4-head transformer, stride 16."""
-    model, manifest = init_sr_model("small")
-    spec = export_onnx(model, tmp_path / "small", manifest=manifest, graphs=("transformer",))
+    model = OneStepSR.from_preset("small")
+    spec = export_onnx(model, tmp_path / "small", graphs=("transformer",))
     assert spec["graphs"]["transformer"]["verification"]["psnr_db"] >= 50
     assert spec["geometry"] == {"stride": 16, "latent_factor": 8, "latent_channels": 64, "latent_multiple": 2}
     assert onnxruntime_psnr(model, tmp_path / "small", "transformer", sizes=((2, 64, 80),)) >= 50
@@ -198,11 +200,11 @@ def test_small_preset_transformer(tmp_path):
 @pytest.fixture(scope="module")
 def degradation(tmp_path_factory):
     """The tiny degradation model, its decoder perturbed so the output depends on the latent, as a directory."""
-    model, manifest = init_degradation_model("tiny")
+    model = DegradationModel.from_preset("tiny")
     with torch.no_grad():
         for parameter in model.rae.to_image[-1].parameters():
             parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
-    return save_degradation_model(model, manifest, tmp_path_factory.mktemp("models") / "degradation")
+    return model.save_pretrained(tmp_path_factory.mktemp("models") / "degradation")
 
 
 def test_degradation_model_exports_through_the_same_command(degradation, tmp_path, capsys):
@@ -219,14 +221,16 @@ def test_degradation_model_exports_through_the_same_command(degradation, tmp_pat
     }
     assert spec["graphs"]["degrader"]["verification"]["psnr_db"] >= 50
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'onnx' / 'degrader.onnx'}: onnxruntime vs torch ")
-    model, manifest = load_degradation_model(degradation)
+    model = DegradationModel.from_pretrained(degradation)
+    manifest = model.manifest
     assert spec["content_sha256"] == content_sha256(model, manifest.weights_sha256)
     assert onnxruntime_psnr(model, tmp_path / "onnx", "degrader", spec=DEGRADATION) >= 50
 
 
 def test_stored_weights_digest_is_the_weights_hash(degradation):
     """What `save` writes into the manifest is the hash of the weights it saved: exports found by it are of them."""
-    model, manifest = load_degradation_model(degradation)
+    model = DegradationModel.from_pretrained(degradation)
+    manifest = model.manifest
     assert manifest.weights_sha256 == weights_sha256(model)
     with torch.no_grad():
         model.unet.conv_in.bias.add_(0.1)

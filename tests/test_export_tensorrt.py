@@ -5,7 +5,8 @@ import importlib.util
 import pytest
 import torch
 
-from flowsr.core.model_dir import init_sr_model, save_sr_model
+from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.sr_model import OneStepSR
 from flowsr.export.spec import engine_cache_dir
 from flowsr.export.verify import psnr, reference_photo
 from flowsr.runtime.cli import main
@@ -19,8 +20,8 @@ needs_tensorrt = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model, manifest = init_sr_model("tiny")
-    return save_sr_model(model, manifest, tmp_path_factory.mktemp("models") / "tiny")
+    model = OneStepSR.from_preset("tiny")
+    return model.save_pretrained(tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(autouse=True)
@@ -61,10 +62,9 @@ def test_tensorrt_backend_matches_torch_tiled(model_dir, dtype, min_psnr):
 @needs_tensorrt
 def test_cuda_graphs_replay_per_shape(model_dir):
     """Alternating shapes replays each shape's graph with its own bindings: same results as the first calls."""
-    from flowsr.core.model_dir import load_sr_model
     from flowsr.runtime.backend_tensorrt import tensorrt_backend
 
-    model, _ = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
     encode = tensorrt_backend(model, torch.device("cuda"), torch.float32).graphs["encoder"]
     a, b = reference_photo(1, 64, 64).cuda(), reference_photo(2, 96, 64).cuda()
     first_a, first_b = encode(a), encode(b)
@@ -80,10 +80,9 @@ def test_degrader_on_tensorrt_matches_torch(tmp_path):
     import numpy as np
     from skimage import data
 
-    from flowsr.core.model_dir import init_degradation_model
     from flowsr.runtime.degrader import Degrader
 
-    model, _ = init_degradation_model("tiny")
+    model = DegradationModel.from_preset("tiny")
     with torch.no_grad():
         for parameter in model.rae.to_image[-1].parameters():
             parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))

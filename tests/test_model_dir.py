@@ -5,19 +5,21 @@ import json
 import pytest
 import torch
 
-from flowsr.core.model_dir import MANIFEST, ModelDirError, init_sr_model, load_sr_model, save_sr_model
+from flowsr.core.model_dir import MANIFEST, ModelDirError
+from flowsr.core.sr_model import OneStepSR
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return init_sr_model("tiny", seed=3)
+    return OneStepSR.from_preset("tiny", seed=3)
 
 
 def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):
-    model, manifest = tiny
+    model = tiny
     model.t_star = 0.37
-    save_sr_model(model, manifest, tmp_path / "m")
-    loaded, loaded_manifest = load_sr_model(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
+    loaded = OneStepSR.from_pretrained(tmp_path / "m")
+    loaded_manifest = loaded.manifest
     assert loaded_manifest.t_star == 0.37 and loaded.t_star == 0.37
     assert loaded_manifest.trained is False and loaded_manifest.preset == "tiny"
     assert loaded_manifest.versions["torch"] == torch.__version__
@@ -30,73 +32,73 @@ def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):
 
 
 def test_existing_directory_is_kept_unless_overwrite(tiny, tmp_path):
-    model, manifest = tiny
+    model = tiny
     target = tmp_path / "m"
     target.mkdir()
     (target / "keep.txt").write_text("user data")
     with pytest.raises(ModelDirError, match="already exists"):
-        save_sr_model(model, manifest, target)
+        model.save_pretrained(target)
     assert (target / "keep.txt").read_text() == "user data"
-    save_sr_model(model, manifest, target, overwrite=True)
+    model.save_pretrained(target, overwrite=True)
     assert (target / MANIFEST).is_file() and not (target / "keep.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging leftovers
 
 
 def test_failed_save_leaves_nothing_behind(tiny, tmp_path, monkeypatch):
-    model, manifest = tiny
+    model = tiny
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr("safetensors.torch.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_sr_model(model, manifest, tmp_path / "m")
+        model.save_pretrained(tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_load_errors_are_one_line(tiny, tmp_path):
     with pytest.raises(ModelDirError, match="does not exist"):
-        load_sr_model(tmp_path / "missing")
+        OneStepSR.from_pretrained(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelDirError, match="flowsr model init"):
-        load_sr_model(tmp_path / "empty")
-    model, manifest = tiny
-    save_sr_model(model, manifest, tmp_path / "m")
+        OneStepSR.from_pretrained(tmp_path / "empty")
+    model = tiny
+    model.save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(ModelDirError, match="incomplete or corrupt") as err:
-        load_sr_model(tmp_path / "m")
+        OneStepSR.from_pretrained(tmp_path / "m")
     assert "\n" not in str(err.value)
     (tmp_path / "m" / MANIFEST).write_text("{not json")
     with pytest.raises(ModelDirError, match="not a valid manifest"):
-        load_sr_model(tmp_path / "m")
-    data = {**json.loads(manifest.to_json()), "format": 99}
+        OneStepSR.from_pretrained(tmp_path / "m")
+    data = {**json.loads(model.manifest.to_json()), "format": 99}
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ModelDirError, match="upgrade flowsr"):
-        load_sr_model(tmp_path / "m")
-    data = {**json.loads(manifest.to_json()), "t_star_source": "guessed"}
+        OneStepSR.from_pretrained(tmp_path / "m")
+    data = {**json.loads(model.manifest.to_json()), "t_star_source": "guessed"}
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ModelDirError, match="t_star_source 'guessed'; expected one of preset, estimated"):
-        load_sr_model(tmp_path / "m")
+        OneStepSR.from_pretrained(tmp_path / "m")
 
 
 def test_manifests_without_t_star_source_read_as_the_preset_fallback(tiny, tmp_path):
     """Model directories written before t* provenance was recorded still load; their t* counts as the fallback."""
-    model, manifest = tiny
-    save_sr_model(model, manifest, tmp_path / "m")
+    model = tiny
+    model.save_pretrained(tmp_path / "m")
     data = json.loads((tmp_path / "m" / MANIFEST).read_text())
     del data["t_star_source"]
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
-    _, loaded = load_sr_model(tmp_path / "m")
+    loaded = OneStepSR.from_pretrained(tmp_path / "m").manifest
     assert loaded.t_star_source == "preset" and not loaded.t_star_estimated
 
 
 def test_manifests_of_older_versions_still_load(tiny, tmp_path):
     """Older manifests also held copies of the VAE's normalization, the stride and the scale factors: ignored."""
-    model, manifest = tiny
-    save_sr_model(model, manifest, tmp_path / "m")
+    model = tiny
+    model.save_pretrained(tmp_path / "m")
     data = json.loads((tmp_path / "m" / MANIFEST).read_text())
     assert not {"latent_shift", "latent_scale", "stride", "scale_factors"} & set(data)  # no longer written
     data.update(latent_shift=0.5, latent_scale=2.0, stride=16, scale_factors=[4.0])
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
-    loaded, _ = load_sr_model(tmp_path / "m")
+    loaded = OneStepSR.from_pretrained(tmp_path / "m")
     assert loaded.normalization.shift == model.normalization.shift  # the VAE config's, not the stale copy

@@ -9,8 +9,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
-from flowsr.core.model_dir import load_sr_model
 from flowsr.core.presets import build_transformer, build_vae, get_preset
+from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.cli import main
 
 
@@ -36,7 +36,8 @@ def pipeline_dir(tmp_path_factory):
 
 def test_import_computes_the_empty_prompt_with_the_folders_encoders(pipeline_dir, tmp_path):
     assert main(["model", "import", str(pipeline_dir), str(tmp_path / "base"), "--preset", "tiny-kl"]) == 0
-    model, manifest = load_sr_model(tmp_path / "base")
+    model = OneStepSR.from_pretrained(tmp_path / "base")
+    manifest = model.manifest
     assert manifest.preset == "tiny-kl" and not manifest.trained
     # The reference: the two encoders run directly on the empty prompt, padded as FLUX pads it.
     clip = CLIPTextModel.from_pretrained(pipeline_dir / "text_encoder")

@@ -3,7 +3,7 @@
 import torch
 from skimage import data, transform
 
-from flowsr.core.model_dir import init_sr_model
+from flowsr.core.sr_model import OneStepSR
 from flowsr.training.pretrain import AutoencoderObjective, initialize_autoencoder
 
 
@@ -14,7 +14,7 @@ def _photo_batch(height: int = 32, width: int = 48) -> torch.Tensor:
 
 def test_vae_loss_balances_kl_and_reconstruction_as_ldm():
     """LDM: sum of |x - x̂| + (x - x̂)² over pixels, plus kl_weight times the summed KL, both per image."""
-    model, _ = init_sr_model("tiny-kl", seed=0)
+    model = OneStepSR.from_preset("tiny-kl", seed=0)
     hr = _photo_batch()
     objective = AutoencoderObjective(model, kl_weight=1e-3)
     losses = objective(hr, torch.Generator().manual_seed(0))
@@ -27,7 +27,7 @@ def test_vae_loss_balances_kl_and_reconstruction_as_ldm():
 
 
 def test_patch_autoencoder_loss_is_plain_reconstruction():
-    model, _ = init_sr_model("tiny", seed=0)
+    model = OneStepSR.from_preset("tiny", seed=0)
     hr = _photo_batch()
     message = initialize_autoencoder(model.vae, hr)
     assert message.startswith("PCA of 2 crops")

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from skimage import data
 
-from flowsr.core.model_dir import Manifest, load_sr_model
+from flowsr.core.model_dir import Manifest
+from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.cli import main
 from flowsr.training import loop
 from flowsr.training.allosr2 import LossWeights
@@ -36,7 +37,7 @@ def test_recipe_end_to_end(corpus, tmp_path, capsys):
     assert manifest.trained and manifest.t_star_estimated and manifest.preset == "tiny"
     with safetensors.safe_open(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert {f.get_tensor(key).dtype for key in f.keys()} == {torch.float16}
-    merged, _ = load_sr_model(out / "allosr2" / "model")
+    merged = OneStepSR.from_pretrained(out / "allosr2" / "model")
     assert merged.t_star == pytest.approx(manifest.t_star)
     state = json.loads((out / "recipe.json").read_text())
     assert list(state["seconds"]) == list(STAGES) and all(seconds >= 0 for seconds in state["seconds"].values())
@@ -92,7 +93,7 @@ STAGE_CONFIG = LoopConfig(steps=3, batch_size=2, lr=1e-3, checkpoint_every=1, sc
 
 
 def _weights(model_dir):
-    model, _ = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
     return model.state_dict()
 
 

@@ -11,8 +11,8 @@ from flowsr.core import images
 from flowsr.core.autoencoders import latent_of
 from flowsr.core.color_fix import wavelet_color_fix
 from flowsr.core.errors import SettingsError
-from flowsr.runtime.super_resolver import SuperResolver
 from flowsr.core.sr_model import pad_to_multiple
+from flowsr.runtime.super_resolver import SuperResolver
 from flowsr.runtime.tiling import spans
 
 

@@ -11,8 +11,8 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
 from flowsr.core import images
-from flowsr.core.model_dir import Manifest, load_sr_model
-from flowsr.core.sr_model import resize_to
+from flowsr.core.model_dir import Manifest
+from flowsr.core.sr_model import OneStepSR, resize_to
 from flowsr.runtime.cli import main
 from flowsr.training.allosr2 import estimate_t_star
 from flowsr.training.data import DegradedFolder, HRCrops
@@ -41,14 +41,14 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert main(["train", "vae", "--preset", "tiny", "--data", str(photos), "-o", str(tmp_path / "vae"), *FAST]) == 0
     vae_model = tmp_path / "vae" / "model"
     manifest = Manifest.read(vae_model)
-    assert manifest.trained is False and load_sr_model(vae_model)[0].normalization.scale != 1.0  # calibrated from the data
+    assert manifest.trained is False and OneStepSR.from_pretrained(vae_model).normalization.scale != 1.0  # calibrated from the data
     rows = [json.loads(line) for line in (tmp_path / "vae" / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and {"l1", "mse"} <= set(rows[0])  # a PatchAutoencoder: no KL
 
     assert main(["train", "flow", str(vae_model), "--data", str(photos), "-o", str(tmp_path / "flow"), *FAST]) == 0
     flow_model = tmp_path / "flow" / "model"
-    vae_before, _ = load_sr_model(vae_model)
-    after, _ = load_sr_model(flow_model)
+    vae_before = OneStepSR.from_pretrained(vae_model)
+    after = OneStepSR.from_pretrained(flow_model)
     assert all(torch.equal(a, b) for a, b in zip(vae_before.vae.state_dict().values(), after.vae.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(vae_before.transformer.state_dict().values(), after.transformer.state_dict().values()))
 
@@ -64,7 +64,8 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     adapters = tmp_path / "sr" / "adapters"
     assert (adapters / "transformer" / "adapter_model.safetensors").is_file()
     assert json.loads((adapters / "adapters.json").read_text())["t_star"] == pytest.approx(t_star)
-    merged, manifest = load_sr_model(tmp_path / "sr" / "model")
+    merged = OneStepSR.from_pretrained(tmp_path / "sr" / "model")
+    manifest = merged.manifest
     assert manifest.trained and merged.t_star == pytest.approx(t_star) and manifest.t_star_estimated
     assert not any("lora" in name for name in merged.state_dict())
     assert "never estimated" not in capsys.readouterr().err

@@ -36,13 +36,13 @@ def run_photos(args) -> int:
 
 
 def run_vae(args) -> int:
-    from flowsr.core.model_dir import load_sr_model
+    from flowsr.core.sr_model import OneStepSR
 
     from .stages import train_autoencoder
 
     model_dir = train_autoencoder(args.output, _crops(args), _loop_config(args), preset=args.preset, model_dir=args.model, restart=args.restart)
     if model_dir:
-        norm = load_sr_model(model_dir)[0].normalization
+        norm = OneStepSR.from_pretrained(model_dir).normalization
         print(f"autoencoder trained; latent shift {norm.shift:.4f}, scale {norm.scale:.4f}; model directory: {model_dir}")
     return 0
 
@@ -139,17 +139,14 @@ def _scale_samples(args):
 def run_rae(args) -> int:
     import torch
 
-    from flowsr.core.model_dir import (
-        init_degradation_model,
-        load_degradation_model,
-        save_degradation_model,
-    )
+    from flowsr.core.degradation_model import DegradationModel
 
     from .data import DataError
     from .degflow import RAEObjective, calibrate_rae_latents
     from .loop import distributed, run
 
-    model, manifest = load_degradation_model(args.model) if args.model else init_degradation_model(args.preset, seed=args.seed)
+    model = DegradationModel.from_pretrained(args.model) if args.model else DegradationModel.from_preset(args.preset, seed=args.seed)
+    manifest = model.manifest
     samples = _scale_samples(args)
     if manifest.knot_scales[1:] != list(samples.scales):
         raise DataError(f"the data gives scales {list(samples.scales)} but the model's knots are {manifest.knot_scales[1:]}; pass --scales to match")
@@ -157,19 +154,20 @@ def run_rae(args) -> int:
     if distributed()[0] == 0:
         model = model.cpu().eval()
         shift, scale = calibrate_rae_latents(model.rae, torch.stack([samples[i] for i in range(min(len(samples), 64))]))
-        save_degradation_model(model, manifest, Path(args.output) / "model", overwrite=True)
+        model.save_pretrained(Path(args.output) / "model", overwrite=True)
         print(f"RAE trained; latent shift {shift:.4f}, scale {scale:.4f}; model directory: {Path(args.output) / 'model'}")
     return 0
 
 
 def run_degflow(args) -> int:
-    from flowsr.core.model_dir import load_degradation_model, save_degradation_model
+    from flowsr.core.degradation_model import DegradationModel
 
     from .data import DataError
     from .degflow import DegFlowObjective, FlowSettings, LPIPSDistance, PixelL1
     from .loop import distributed, run
 
-    model, manifest = load_degradation_model(args.model)
+    model = DegradationModel.from_pretrained(args.model)
+    manifest = model.manifest
     samples = _scale_samples(args)
     if manifest.knot_scales[1:] != list(samples.scales):
         raise DataError(f"the data gives scales {list(samples.scales)} but the model's knots are {manifest.knot_scales[1:]}; pass --scales to match")
@@ -183,17 +181,17 @@ def run_degflow(args) -> int:
     run(DegFlowObjective(model, settings, distance), samples, _loop_config(args), args.output, resume=not args.restart, description="train degflow")
     if distributed()[0] == 0:
         manifest.trained = True
-        save_degradation_model(model.cpu().eval(), manifest, Path(args.output) / "model", overwrite=True)
+        (model.cpu().eval()).save_pretrained(Path(args.output) / "model", overwrite=True)
         print(f"degradation flow trained; model directory: {Path(args.output) / 'model'}")
     return 0
 
 
 def run_eval_degradation(args) -> int:
-    from flowsr.core.model_dir import load_degradation_model
+    from flowsr.core.degradation_model import DegradationModel
 
     from .evaluate_degradation import evaluate_degradation, summarize_degradation, write_degradation_csv
 
-    model, _ = load_degradation_model(args.model)
+    model = DegradationModel.from_pretrained(args.model)
     scales = [float(s) for s in args.scales.split(",")]
     rows = evaluate_degradation(args.data, model, scales=scales, seed=args.seed, max_side=args.max_side)
     write_degradation_csv(rows, args.csv)

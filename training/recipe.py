@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from flowsr.core.atomic import atomic_file
-from flowsr.core.model_dir import Manifest, ModelDirError, load_sr_model, save_sr_model
+from flowsr.core.model_dir import Manifest, ModelDirError
+from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.super_resolver import SuperResolver
 
 from .allosr2 import LoraSettings, LossWeights
@@ -199,8 +200,8 @@ class RecipeRun:
         train_allosr2(self.base_model, self.out / "allosr2", recipe.pairs(self.train_data), recipe.allosr2, recipe.loss_weights(), lora)
 
     def _model(self) -> None:
-        model, manifest = load_sr_model(self.out / "allosr2" / "model", dtype=torch.float16)
-        save_sr_model(model, manifest, self.out / "model", overwrite=True)
+        model = OneStepSR.from_pretrained(self.out / "allosr2" / "model", dtype=torch.float16)
+        model.save_pretrained(self.out / "model", overwrite=True)
 
     def _eval(self) -> None:
         holdout = self.corpus / "holdout"

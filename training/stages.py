@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from flowsr.core.model_dir import init_sr_model, load_sr_model, save_sr_model, update_manifest
+from flowsr.core.model_dir import update_manifest
+from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import merge_adapters
 
 from .allosr2 import LORA_PRESETS, AlloSR2Objective, LoraSettings, LossWeights, add_lora, estimate_t_star, save_adapters
@@ -72,7 +73,7 @@ def train_autoencoder(out: str | Path, crops: Crops, loop: LoopConfig, preset: s
     """The autoencoder of a fresh `preset` model (or of `model_dir`) on HR crops; its latent shift/scale are then
     calibrated to mean 0, std 1. A fresh PatchAutoencoder starts from the principal components of the crops.
     With `holdout` (a folder of photos), every checkpoint logs their reconstruction PSNR to RUN/validation.jsonl."""
-    model, manifest = load_sr_model(model_dir) if model_dir else init_sr_model(preset, seed=crops.seed)
+    model = OneStepSR.from_pretrained(model_dir) if model_dir else OneStepSR.from_preset(preset, seed=crops.seed)
     dataset = crops.dataset()
     if model_dir is None:
         print(initialize_autoencoder(model.vae, _first(dataset, PCA_CROPS)), flush=True)
@@ -82,21 +83,21 @@ def train_autoencoder(out: str | Path, crops: Crops, loop: LoopConfig, preset: s
         return None
     model = model.cpu().eval()
     calibrate_latents(model, _first(dataset, CALIBRATION_CROPS))  # into the autoencoder's config
-    return save_sr_model(model, manifest, Path(out) / "model", overwrite=True)
+    return model.save_pretrained(Path(out) / "model", overwrite=True)
 
 
 def train_flow(model_dir, out: str | Path, crops: Crops, loop: LoopConfig, restart: bool = False) -> Path | None:
     """The transformer as a generative flow in the (frozen) autoencoder's latent space."""
-    model, manifest = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
     run(FlowObjective(model), crops.dataset(), loop, out, resume=not restart, description="train flow")
     if distributed()[0]:
         return None
-    return save_sr_model(model.cpu().eval(), manifest, Path(out) / "model", overwrite=True)
+    return model.cpu().eval().save_pretrained(Path(out) / "model", overwrite=True)
 
 
 def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256) -> float:
     """SNR-guided t* from `samples` training pairs, written into the model's manifest (marked as estimated)."""
-    model, _ = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
     dataset = pairs.dataset()
     count = min(samples, len(dataset))
     t_star = estimate_t_star(model, [dataset[i] for i in range(count)])
@@ -107,7 +108,8 @@ def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256) -> float:
 def train_allosr2(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, weights: LossWeights = LossWeights(),
                   lora: LoraSettings | None = None, lpips_weights: str | None = None, restart: bool = False) -> Path | None:
     """AlloSR² LoRA fine-tuning of a base model; writes the adapters (RUN/adapters) and the merged model (RUN/model)."""
-    model, manifest = load_sr_model(model_dir)
+    model = OneStepSR.from_pretrained(model_dir)
+    manifest = model.manifest
     if not manifest.t_star_estimated:
         print(f"flowsr: warning: {model_dir} has the preset's fallback t* = {manifest.t_star:g}, never estimated from data; "
               f"run `flowsr train estimate-tstar {model_dir} --data ...` first", file=sys.stderr)
