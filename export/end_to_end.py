@@ -23,14 +23,16 @@ from flowsr.core.sr_model import bicubic_padded, pad_to_multiple
 from .spec import ExportError, Graph, Tensor
 
 
+# The uint8 tensors are cast first on the way in and last on the way out: TensorRT takes uint8 only as network
+# input and output, into or out of a cast.
 def to_signed(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1], as `core.images.to_tensor`."""
-    return pixels.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
+    return pixels.float().permute(0, 3, 1, 2) * (2.0 / 255.0) - 1.0
 
 
 def to_pixels(image: torch.Tensor) -> torch.Tensor:
     """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), clamped and rounded, as `core.images.from_tensor`."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).to(torch.uint8)
 
 
 class _SRPre(nn.Module):
