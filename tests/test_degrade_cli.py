@@ -110,6 +110,15 @@ def test_onnx_graph_matches_torch_with_dynamic_shapes(model_dir, tmp_path):
         assert a.shape == (40, 56, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")
+def test_tensorrt_backend_without_a_gpu_is_one_line(model_dir, photos, tmp_path, capsys):
+    """The degrader shares the SR backends' registry: TensorRT too, refused here in one line before any output."""
+    assert main(["degrade", str(photos), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "tensorrt"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowsr:")]
+    assert len(lines) == 1 and ("GPU" in lines[0] or "not installed" in lines[0])
+    assert not any((tmp_path / "out").rglob("*.png"))
+
+
 def test_train_rae_then_degflow_end_to_end(photos, tmp_path, capsys):
     common = ["--data", str(photos), "--crop", "32", "--repeats", "2", "--batch-size", "2", "--steps", "3"]
     assert main(["train", "rae", "--preset", "tiny", "-o", str(tmp_path / "rae"), *common]) == 0
