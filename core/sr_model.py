@@ -91,6 +91,7 @@ class OneStepSR(nn.Module):
         self.normalization = LatentNormalization(vae.config.shift_factor or 0.0, vae.config.scaling_factor)
 
     kind = "sr"
+    packing = latents.PATCH  # each token packs packing x packing latent pixels
 
     @classmethod
     def from_preset(cls, preset: Preset | str, seed: int = 0) -> OneStepSR:

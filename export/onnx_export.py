@@ -23,7 +23,6 @@ from torch.export import Dim
 
 from flowsr.core.atomic import atomic_directory
 from flowsr.core.content_hash import content_sha256
-from flowsr.core.latents import PATCH
 
 from .end_to_end import EndToEnd, join, pieces
 from .spec import (
@@ -37,20 +36,15 @@ from .spec import (
     checked_opset,
     dtype_name,
     export_name,
+    find_export,
+    geometry_of,
     onnx_cache_dir,
-    read_spec,
 )
 from .verify import verify_end_to_end, verify_graph
 
 
 def model_spec(model: nn.Module) -> ModelSpec:
     return SPECS[model.kind]
-
-
-def geometry_of(model: nn.Module) -> Geometry:
-    if model.kind == "sr":
-        return Geometry(model.stride, model.stride // PATCH, model.vae.config.latent_channels, PATCH)
-    return Geometry(model.stride)
 
 
 class _Method(nn.Module):
@@ -253,17 +247,10 @@ def onnx_dir_for(
     opset = checked_opset(dtype, opset)
     end_to_end = spec.end_to_end.name in graphs
     scale = int(scale) if end_to_end and spec.kind == "sr" and scale is not None else None
-    name = export_name(dtype, end_to_end, scale)
     digest = content_sha256(model, weights_sha256)
-
-    def usable(folder: Path) -> bool:
-        found = read_spec(folder)
-        return (bool(found) and found["content_sha256"] == digest and found["opset"] == opset and found.get("scale") == scale
-                and set(graphs) <= set(found["graphs"]))
-
-    if model_dir is not None and usable(Path(model_dir) / "onnx" / name):
-        return Path(model_dir) / "onnx" / name
-    cached = onnx_cache_dir(spec.kind, digest, name, opset)
-    if not usable(cached):
-        export_onnx(model, cached, dtype=dtype, graphs=graphs, opset=opset, scale=scale, weights_sha256=weights_sha256, overwrite=True)
-    return cached
+    found = find_export(spec.kind, digest, dtype, opset, graphs, scale, model_dir)
+    if found is not None:
+        return found
+    folder = onnx_cache_dir(spec.kind, digest, export_name(dtype, end_to_end, scale), opset)
+    export_onnx(model, folder, dtype=dtype, graphs=graphs, opset=opset, scale=scale, weights_sha256=weights_sha256, overwrite=True)
+    return folder

@@ -90,6 +90,13 @@ class Geometry:
         return ["batch", channels, f"{multiple}*height", f"{multiple}*width"]
 
 
+def geometry_of(model) -> Geometry:
+    """The geometry of an SR model (`OneStepSR`) or a degradation model, from its attributes."""
+    if model.kind == "sr":
+        return Geometry(model.stride, model.stride // model.packing, model.vae.config.latent_channels, model.packing)
+    return Geometry(model.stride)
+
+
 @dataclass(frozen=True)
 class Tensor:
     """A graph input or output. "image" (NCHW in [-1, 1]) and "latent" tensors have the export's dtype; "pixels"
@@ -230,6 +237,20 @@ def export_name(dtype: str, end_to_end: bool = False, scale: int | None = None) 
 
 def onnx_cache_dir(kind: str, content_sha256: str, name: str, opset: int) -> Path:
     return cache_root() / "onnx" / f"{kind}-{content_sha256[:16]}-{name}-opset{opset}"
+
+
+def find_export(kind: str, content_sha256: str, dtype: str, opset: int, graphs, scale: int | None = None,
+                model_dir: str | Path | None = None) -> Path | None:
+    """A complete export of `graphs` of exactly this content: the model directory's own (`MODEL_DIR/onnx/<name>`)
+    or the cache's; None when there is none yet. Reads only spec files, so serving needs no onnx package."""
+    name = export_name(dtype, end_to_end=scale is not None or "end_to_end" in graphs, scale=scale)
+    candidates = ([Path(model_dir) / "onnx" / name] if model_dir is not None else []) + [onnx_cache_dir(kind, content_sha256, name, opset)]
+    for folder in candidates:
+        spec = read_spec(folder)
+        if (spec and spec["content_sha256"] == content_sha256 and spec["opset"] == opset and spec.get("scale") == scale
+                and set(graphs) <= set(spec["graphs"])):
+            return folder
+    return None
 
 
 def engine_cache_dir() -> Path:

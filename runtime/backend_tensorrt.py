@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 from flowsr.core.errors import BackendError, SettingsError
-from flowsr.export.onnx_export import onnx_dir_for
 from flowsr.export.spec import SPECS, Graph, dtype_name
 from flowsr.export.tensorrt_engine import TensorRTUnavailable, ensure_engine, require_tensorrt
 
-from .backends import Backend
+from .backends import Backend, export_folder
 
 
 class EngineRunner:
@@ -91,7 +90,7 @@ def tensorrt_backend(model: nn.Module, device: torch.device, dtype: torch.dtype,
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     spec = SPECS[model.kind]
-    folder = onnx_dir_for(model, dtype, weights_sha256=weights_sha256, model_dir=model_dir)
+    folder = export_folder(model, dtype, weights_sha256, model_dir)
     with torch.cuda.device(device):
         graphs = {name: EngineRunner(ensure_engine(folder, name), spec.graphs[name], device, dtype) for name in spec.runtime_graphs}
     return Backend("tensorrt", graphs, folder)

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from flowsr.core.content_hash import content_sha256
 from flowsr.core.errors import BackendError, SettingsError
-from flowsr.export.spec import SPECS, Graph
+from flowsr.export.spec import SPECS, Graph, checked_opset, dtype_name, find_export
 
 
 @dataclass
@@ -86,6 +87,19 @@ def compile_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, 
         # A CUDA graph writes every replay into the same output memory: keep each result before the next call.
         graphs[name] = (lambda *inputs, run=run: run(*inputs).clone()) if cuda_graphs else run
     return Backend("compile", graphs)
+
+
+def export_folder(model: nn.Module, dtype: torch.dtype, weights_sha256: str | None = None, model_dir: str | Path | None = None) -> Path:
+    """The ONNX export of the model's runtime graphs that the onnxruntime and tensorrt backends run: found by
+    content from the spec files alone, or exported now (into the cache)."""
+    spec, name = SPECS[model.kind], dtype_name(dtype)
+    opset = checked_opset(name, None)
+    found = find_export(spec.kind, content_sha256(model, weights_sha256), name, opset, spec.runtime_graphs, model_dir=model_dir)
+    if found is not None:
+        return found
+    from flowsr.export.onnx_export import onnx_dir_for  # the exporter needs onnx and onnxscript; serving an export does not
+
+    return onnx_dir_for(model, name, weights_sha256=weights_sha256, model_dir=model_dir)
 
 
 # Imported on first use: each backend pulls in its own runtime (onnxruntime, tensorrt).

@@ -4,6 +4,8 @@
 import contextlib
 import importlib.util
 import io
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -114,6 +116,20 @@ def test_the_manifest_digest_finds_the_export_without_reading_weights(model_dir,
     resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32")
     assert read_spec(resolver.backend.folder)["content_sha256"] == expected
     assert not (tmp_path / "cache").exists()
+
+
+def test_serving_an_existing_export_needs_no_onnx_package(model_dir):
+    """Only the exporter needs onnx and onnxscript: with them blocked, the directory's export still runs."""
+    script = (
+        "import sys; sys.modules['onnx'] = sys.modules['onnxscript'] = None\n"
+        "import torch\n"
+        "from flowsr.runtime.super_resolver import SuperResolver\n"
+        f"sr = SuperResolver({str(model_dir)!r}, backend='onnxruntime', device='cpu', dtype='float32')\n"
+        "print(tuple(sr.upscale_tensor(torch.zeros(1, 3, 16, 16)).shape), 'onnx' in sys.modules and sys.modules['onnx'] is not None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["(1,", "3,", "64,", "64)", "False"]
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="the error path is for a CPU-only onnxruntime")

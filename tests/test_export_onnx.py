@@ -10,9 +10,9 @@ import torch
 from flowsr.core.content_hash import content_sha256, weights_sha256
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.sr_model import OneStepSR
-from flowsr.export.onnx_export import export_onnx, file_sha256, geometry_of
+from flowsr.export.onnx_export import export_onnx, file_sha256
 from flowsr.export.onnxruntime_graph import OnnxGraph, OnnxRuntimeUnavailable
-from flowsr.export.spec import DEGRADATION, MIN_PSNR_DB, SPEC_FILE, SR, ExportError
+from flowsr.export.spec import DEGRADATION, MIN_PSNR_DB, SPEC_FILE, SR, ExportError, geometry_of
 from flowsr.export.tensorrt_engine import profile_shapes
 from flowsr.export.verify import pipeline_inputs, psnr, reference_photo
 from flowsr.runtime.cli import main
