@@ -106,7 +106,7 @@ RECIPES = {
         preset="small",
         autoencoder=_cosine(6000, 8, 5e-4, precision="float32"),
         flow=_cosine(1500, 16, 3e-4),
-        allosr2=_cosine(10000, 8, 3e-4),
+        allosr2=_cosine(18000, 8, 3e-4),
     ),
     # The same pipeline in seconds, for tests, with every AlloSR² term on.
     "tiny": Recipe(
