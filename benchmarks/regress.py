@@ -39,11 +39,11 @@ BASELINES = REPO / "benchmarks" / "baselines"
 SUITE = [str(REPO / "benchmarks" / name) for name in ("test_default_model.py", "test_backends.py", "test_degrader.py")]
 # On a CPU inductor compiles the small model for minutes per shape, so torch.compile is timed on GPUs only.
 CPU_FILTER = ["-k", "not compile"]
-# 10 %: on a quiet 2-core CPU the stored runs (benchmarks/results/cpu-*.json) have an interquartile range of 0.4-11 %
-# of the median, so a median of 3-10 rounds moves by a few per cent between runs (GPU cases time 10-20
-# CUDA-synchronized rounds), while the regressions this guards against (a backend falling back to eager, a lost fused
-# kernel, an extra pass over the image) cost more than 10 %. On a shared or throttled machine raise --threshold
-# rather than re-recording the baseline.
+# The default, 10 %: within one run the rounds' interquartile range is 0.4-11 % of the median, while the regressions
+# this guards against (a backend falling back to eager, a lost fused kernel, an extra pass over the image) cost more.
+# Between runs a shared machine drifts further: on a 2-core cloud VM (AMD EPYC) unchanged reruns came 0.87-1.28x the
+# baseline's medians, so that baseline was saved with --threshold 35. A threshold saved with a baseline is the
+# default for comparisons against it.
 THRESHOLD = 10
 
 
@@ -58,14 +58,16 @@ class Ratio(NamedTuple):
 
 
 RATIOS = [
-    Ratio("test_default_model_128_to_512[onnxruntime-float32]", "test_default_model_128_to_512[torch-float32]", 1.2, "cpu",
-          "onnxruntime is the CPU deployment backend; measured 0.92x eager torch (255 vs 278 ms, results/cpu-default-model.json)"),
-    Ratio("test_backend[onnxruntime-128->512-1]", "test_backend[torch-128->512-1]", 1.2, "cpu",
-          "the same for the small preset; measured 0.47x (results/cpu-backends.json)"),
-    Ratio("test_backend[onnxruntime-256->1024-1]", "test_backend[torch-256->1024-1]", 1.2, "cpu",
-          "the same at 256 -> 1024; measured 0.44x"),
-    Ratio("test_degrade_512[one-step-1]", "test_degrade_512[euler-8]", 1.0, "any",
-          "one network evaluation must beat eight; measured 0.73x on CPU, where encode and decode dominate"),
+    # onnxruntime is the CPU deployment backend: it must not fall far behind eager torch. At 128 -> 512 the three
+    # sessions' per-call overhead weighs more than at 256 -> 1024, and the ratio moves between runs (2-core AMD EPYC:
+    # 0.92 to 1.36 for the shipped model over four runs in two sessions, 1.13 and 1.24 for the small preset; 0.85 twice
+    # at 256 -> 1024), so the bounds catch a backend falling behind, not the run-to-run spread.
+    Ratio("test_default_model_128_to_512[onnxruntime-float32]", "test_default_model_128_to_512[torch-float32]", 1.5, "cpu",
+          "the shipped model at 128 -> 512"),
+    Ratio("test_backend[onnxruntime-128->512-1]", "test_backend[torch-128->512-1]", 1.5, "cpu", "the small preset at 128 -> 512"),
+    Ratio("test_backend[onnxruntime-256->1024-1]", "test_backend[torch-256->1024-1]", 1.2, "cpu", "the small preset at 256 -> 1024"),
+    Ratio("test_degrade_512[one-step-1]", "test_degrade_512[euler-8]", 1.1, "any",
+          "one network evaluation must not cost more than eight (0.62 to 0.98 on CPU, where the RAE dominates)"),
 ]
 
 
@@ -119,6 +121,14 @@ def recorded(baselines: Path) -> list[str]:
     return found
 
 
+def saved_threshold(directory: Path) -> int:
+    """The threshold recorded with a baseline (`--save --threshold`): this device's own run-to-run spread."""
+    try:
+        return int(json.loads((directory / "device.json").read_text()).get("threshold", THRESHOLD))
+    except (OSError, ValueError, TypeError):
+        return THRESHOLD
+
+
 def refusal(machine: dict, baselines: Path) -> str:
     others = recorded(baselines)
     has = f"it has only {'; '.join(others)}" if others else "it has none"
@@ -145,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the latency suite and compare its medians with the baseline of this device and versions. "
         "Paths among the other arguments replace the default suite; all other arguments go to pytest.", allow_abbrev=False)
     parser.add_argument("--save", action="store_true", help="record (or replace) the baseline of this device and versions")
-    parser.add_argument("--threshold", type=int, default=THRESHOLD, metavar="PCT",
-                        help=f"fail when a median is more than PCT %% slower than the baseline (default {THRESHOLD})")
+    parser.add_argument("--threshold", type=int, default=None, metavar="PCT",
+                        help=f"fail when a median is more than PCT %% slower than the baseline (default: the one saved with the "
+                        f"baseline, else {THRESHOLD}); with --save, the one to keep with it")
     parser.add_argument("--baselines", type=Path, default=BASELINES, metavar="DIR", help="baselines folder (default benchmarks/baselines)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also keep this run's pytest-benchmark JSON here")
     parser.add_argument("--check-ratios", type=Path, metavar="RUN_JSON", help="only check the within-run ratios of a saved run")
     args, pytest_args = parser.parse_known_args(argv)
-    if args.threshold < 1:
+    if args.threshold is not None and args.threshold < 1:
         parser.error("--threshold must be at least 1 (per cent)")
     if args.check_ratios:
         return 1 if check_ratios(json.loads(args.check_ratios.read_text())) else 0
@@ -159,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = this_machine()
     directory = args.baselines / machine["key"]
     baseline = baseline_file(directory)
+    if args.threshold is None:
+        args.threshold = saved_threshold(directory) if baseline is not None and not args.save else THRESHOLD
     if not args.save and baseline is None:
         say(refusal(machine, args.baselines), failed=True)
         return 2
@@ -187,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             shutil.rmtree(directory, ignore_errors=True)
             (Path(staging) / "baseline").rename(directory)
-            info = machine | {"python": platform.python_version(), "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            info = machine | {"threshold": args.threshold, "python": platform.python_version(), "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"), "benchmarks": len(run["benchmarks"]),
                 "pytest_args": [arg.replace(f"{REPO}{os.sep}", "") for arg in pytest_args]}
             (directory / "device.json").write_text(json.dumps(info, indent=2) + "\n")
