@@ -17,8 +17,7 @@ import onnx.compose
 import torch
 from torch import nn
 
-from flowsr.core.color_fix import wavelet_color_fix
-from flowsr.core.sr_model import bicubic_padded, pad_to_multiple
+from flowsr.core.sr_model import bicubic_padded, pad_to_multiple, restore_image
 
 from .spec import ExportError, Graph, Tensor
 
@@ -50,9 +49,8 @@ class _SRCore(nn.Module):
         self.model, self.color_fix = model, color_fix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        y = model.decode(model.restore(model.encode(x.to(next(model.parameters()).dtype)))).float()
-        return wavelet_color_fix(y, x) if self.color_fix else y  # core.sr_model.restore_image
+        model, dtype = self.model, next(self.model.parameters()).dtype
+        return restore_image(x, lambda image: model.encode(image.to(dtype)), model.restore, model.decode, self.color_fix)
 
 
 class _Crop(nn.Module):
