@@ -101,8 +101,7 @@ class OneStepSR(nn.Module):
         vae, transformer = build_vae(preset), build_transformer(preset)
         prompt = torch.randn(1, preset.text_tokens, preset.transformer["joint_attention_dim"], generator=generator)
         pooled = torch.randn(1, preset.transformer["pooled_projection_dim"], generator=generator)
-        manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
-        return cls(vae, transformer, prompt, pooled, preset.default_t_star, preset.guidance, manifest).eval()
+        return cls._untrained(preset, vae, transformer, prompt, pooled)
 
     @classmethod
     @torch.no_grad()
@@ -122,8 +121,13 @@ class OneStepSR(nn.Module):
             prompt, pooled, _ = pipeline.encode_prompt(prompt="", prompt_2="", device="cpu", max_sequence_length=preset.text_tokens)
         except Exception as err:  # transformers and tokenizers raise many types for a broken folder; all mean the same here
             raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line(err)}); pass a complete FLUX pipeline folder") from None
+        return cls._untrained(preset, vae, transformer, prompt.float(), pooled.float())
+
+    @classmethod
+    def _untrained(cls, preset: Preset, vae, transformer, prompt: torch.Tensor, pooled: torch.Tensor) -> OneStepSR:
+        """A model of `preset`'s t* and guidance from its parts, its manifest labelled untrained."""
         manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
-        return cls(vae, transformer, prompt.float(), pooled.float(), preset.default_t_star, preset.guidance, manifest).eval()
+        return cls(vae, transformer, prompt, pooled, preset.default_t_star, preset.guidance, manifest).eval()
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> OneStepSR:

@@ -171,15 +171,18 @@ def run_degrade(args: argparse.Namespace) -> int:
     return generate(args, _collect_inputs, _error)
 
 
-def _end_to_end_scale(args: argparse.Namespace, spec) -> int | None:
-    """The scale fixed in an end-to-end SR graph (a whole number); None for other graphs."""
+def _graph_selection(args: argparse.Namespace, spec, default: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
+    """The graphs `export onnx`/`export trt` make (--end-to-end, --graphs or `default`) and the scale fixed in an
+    end-to-end SR graph (a whole number; None otherwise)."""
     if args.end_to_end and args.graphs:
         raise UsageError("--end-to-end and --graphs exclude each other: the end-to-end graph is one graph")
-    if not args.end_to_end or spec.kind != "sr":
-        return None
+    if not args.end_to_end:
+        return (spec.parse_graphs(args.graphs) if args.graphs else default), None
+    if spec.kind != "sr":
+        return (spec.end_to_end.name,), None
     if args.scale != int(args.scale):
         raise UsageError(f"--scale {args.scale:g}: the end-to-end SR graph fixes a whole scale (1 to 8); use the stage graphs for others")
-    return int(args.scale)
+    return (spec.end_to_end.name,), int(args.scale)
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
@@ -189,11 +192,10 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
     checked_opset(args.dtype, args.opset)
     spec = SPECS[model_kind(args.model)]
-    scale = _end_to_end_scale(args, spec)
+    graphs, scale = _graph_selection(args, spec, tuple(spec.graphs))
     out = Path(args.output) if args.output else Path(args.model) / "onnx" / export_name(args.dtype, args.end_to_end, scale)
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
-    graphs = (spec.end_to_end.name,) if args.end_to_end else spec.parse_graphs(args.graphs) if args.graphs else tuple(spec.graphs)
     model = _load_model(args.model)
     document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, scale=scale,
                            weights_sha256=model.manifest.weights_sha256, overwrite=args.overwrite)
@@ -215,8 +217,7 @@ def run_export_trt(args: argparse.Namespace) -> int:
 
     require_tensorrt()
     spec = SPECS[model_kind(args.model)]
-    scale = _end_to_end_scale(args, spec)
-    graphs = (spec.end_to_end.name,) if args.end_to_end else spec.parse_graphs(args.graphs) if args.graphs else spec.runtime_graphs
+    graphs, scale = _graph_selection(args, spec, spec.runtime_graphs)
     model = _load_model(args.model)
     folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=model.manifest.weights_sha256,
                           model_dir=args.model)

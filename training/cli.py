@@ -36,14 +36,15 @@ def run_photos(args) -> int:
 
 
 def run_vae(args) -> int:
-    from flowsr.core.sr_model import OneStepSR
+    from flowsr.core.model_schema import read_config
 
     from .stages import train_autoencoder
 
     model_dir = train_autoencoder(args.output, _crops(args), _loop_config(args), preset=args.preset, model_dir=args.model, restart=args.restart)
     if model_dir:
-        norm = OneStepSR.from_pretrained(model_dir).normalization
-        print(f"autoencoder trained; latent shift {norm.shift:.4f}, scale {norm.scale:.4f}; model directory: {model_dir}")
+        config = read_config(model_dir / "vae")  # the calibrated normalization, without loading the weights again
+        print(f"autoencoder trained; latent shift {config['shift_factor'] or 0.0:.4f}, scale {config['scaling_factor']:.4f}; "
+              f"model directory: {model_dir}")
     return 0
 
 
@@ -181,7 +182,7 @@ def run_degflow(args) -> int:
     run(DegFlowObjective(model, settings, distance), samples, _loop_config(args), args.output, resume=not args.restart, description="train degflow")
     if distributed()[0] == 0:
         manifest.trained = True
-        (model.cpu().eval()).save_pretrained(Path(args.output) / "model", overwrite=True)
+        model.cpu().eval().save_pretrained(Path(args.output) / "model", overwrite=True)
         print(f"degradation flow trained; model directory: {Path(args.output) / 'model'}")
     return 0
 
