@@ -1,5 +1,6 @@
 """DegFlow's math in plain PyTorch: scale <-> time, the multi-point spline targets, the look-ahead and its
-segment-normalized 1/t weight, and the average velocity that makes single-NFE synthesis possible.
+segment-normalized 1/t weight, and the average velocity that makes single-NFE synthesis possible (as the secant
+of the spline, or by MeanFlow's identity as the flow map of the model's own velocity).
 
 Scales s in [1, s_max] map to time t = (s - 1) / (s_max - 1); the knot latents are the RAE latents of the HR
 image (t = 0) and of the real LR images at the training scales. The spline through them is `core/spline.py`.
@@ -43,6 +44,14 @@ def lookahead_weight(t: torch.Tensor, times: Sequence[float]) -> torch.Tensor:
     return 1.0 / (relative + EPS)
 
 
+def lookahead_term(distance: torch.Tensor, t: torch.Tensor, times: Sequence[float], weighting: bool = True) -> torch.Tensor:
+    """The look-ahead loss as DegFlow's code takes it: mean over the samples of w·distance (w = 1 without
+    `weighting`), unnormalized, so the weights set its size against the flow term as well as the balance within
+    a batch (the trainer then scales it by 0.1)."""
+    weight = lookahead_weight(t, times) if weighting else torch.ones_like(t)
+    return (weight * distance).mean()
+
+
 def lookahead(z: torch.Tensor, velocity: torch.Tensor, second: torch.Tensor, third: torch.Tensor, delta: Time) -> torch.Tensor:
     """z(t + delta) by the third-order Taylor step z + delta v + delta^2/2 z'' + delta^3/6 z''' (exact on a cubic
     segment when v = z')."""
@@ -62,3 +71,14 @@ def average_velocity(times: Sequence[float], knots: torch.Tensor, second: torch.
     z_t, dz_t = spline.evaluate(times, knots, second, t)
     z_r, _ = spline.evaluate(times, knots, second, r)
     return secant_velocity(z_t, dz_t, z_r, t, r)
+
+
+def meanflow_target(velocity: torch.Tensor, total_derivative: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """MeanFlow's target for the average velocity from t to r: u = v + (r - t)·du/dt.
+
+    (r - t)·u(z(t), t, r) is the integral of v from t to r along the trajectory through z(t); differentiating in t
+    gives the identity, where du/dt = ∂u/∂z·v + ∂u/∂t is u's derivative along that trajectory. A u that meets it
+    for every t is the flow map of the ODE dz/dt = v, so z(0) + r·u(z(0), 0, r) is what integrating v gives, not
+    the conditional mean E[z(r) | z(0)] that regressing secants of re-drawn paths learns. At r = t it is v.
+    """
+    return velocity + per_sample(r - t, velocity) * total_derivative

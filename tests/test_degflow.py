@@ -9,7 +9,7 @@ from flowsr.core import degflow, spline
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.model_dir import ModelDirError
 from flowsr.core.sr_model import OneStepSR
-from flowsr.training.degflow import DegFlowObjective, FlowSettings, RAEObjective, calibrate_rae_latents
+from flowsr.training.degflow import DegFlowObjective, FlowSettings, RAEObjective, along_flow, calibrate_rae_latents
 
 TIMES = (0.0, 1 / 3, 1.0)  # x1, x2, x4 with s_max = 4
 
@@ -137,4 +137,60 @@ def test_objectives_train_only_their_part(model):
     losses["loss"].backward()
     assert all(p.grad is None for p in module.rae.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.unet.parameters())
+    module.zero_grad(set_to_none=True)
+
+
+def test_meanflow_target_reproduces_the_flow_map_of_a_linear_ode():
+    # dz/dt = a z has the flow map z(r) = z(t) e^{a (r - t)}, so u(z, t, r) = z (e^{a (r - t)} - 1) / (r - t).
+    a = torch.tensor(-1.7, dtype=torch.float64)
+    z = torch.randn(3, 2, 4, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.2, 0.5], dtype=torch.float64)
+    r = torch.tensor([0.9, 0.7, 0.5], dtype=torch.float64)
+
+    def flow_map(z, t, gap):  # u for r = t + gap; gap = 0 is v itself
+        gap = gap[:, None, None]
+        return torch.where(gap == 0, a * z, z * torch.expm1(a * gap) / torch.where(gap == 0, 1, gap))
+
+    def wrong_map(z, t, gap):  # the first-order secant guess, which is not the flow map
+        return a * z * (1 + a * gap[:, None, None] / 3)
+
+    for u_of, exact in ((flow_map, True), (wrong_map, False)):
+        value, du_dt = torch.func.jvp(lambda z, t, u_of=u_of: u_of(z, t, r - t), (z, t), (a * z, torch.ones_like(t)))
+        residual = (degflow.meanflow_target(a * z, du_dt, t, r) - value).abs().max().item()
+        assert (residual < 1e-12) == exact
+
+
+def test_along_flow_is_the_derivative_along_the_trajectory(model):
+    module = model[0]
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 4, 8, 8, generator=generator)
+    t, r = torch.tensor([0.1, 0.4]), torch.tensor([0.8, 0.9])
+    v = torch.randn(2, 4, 8, 8, generator=generator)
+    u, du_dt = along_flow(module, z, t, r, v)
+    with torch.no_grad():
+        torch.testing.assert_close(u, module.velocity(z, t, r), rtol=1e-5, atol=1e-5)
+        step = 1e-3  # central differences in z and t; t's embedding (x 1000) is sinusoidal, so a small step in t
+        finite = (module.velocity(z + step * v, t, r) - module.velocity(z - step * v, t, r)) / (2 * step)
+        finite += (module.velocity(z, t + step / 10, r) - module.velocity(z, t - step / 10, r)) / (step / 5)
+    assert ((du_dt - finite).norm() / finite.norm()).item() < 0.01
+    assert not any(m._forward_pre_hooks for m in module.unet.modules())  # the GroupNorm hooks are gone
+
+
+def test_lookahead_term_is_the_mean_of_weight_times_distance():
+    t = torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64)  # weights 1/0.701, 1/0.751, 1/0.0025 (see above)
+    distance = torch.tensor([0.2, 0.4, 0.01], dtype=torch.float64)
+    expected = (0.2 / 0.701 + 0.4 / 0.751 + 0.01 / 0.0025) / 3
+    assert degflow.lookahead_term(distance, t, TIMES).item() == pytest.approx(expected, rel=1e-9)
+    assert degflow.lookahead_term(distance, t, TIMES, weighting=False).item() == pytest.approx(0.61 / 3, rel=1e-9)
+
+
+@pytest.mark.parametrize("target", ["meanflow", "secant"])
+def test_flow_objective_adds_a_tenth_of_the_lookahead_term(model, target):
+    module = model[0]
+    batch = torch.rand(4, 3, 3, 32, 32) * 2 - 1
+    losses = DegFlowObjective(module, FlowSettings(average_target=target))(batch, torch.Generator().manual_seed(5))
+    assert losses["loss"].item() == pytest.approx((losses["flow"] + 0.1 * losses["lookahead"]).item(), rel=1e-6)
+    losses["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.unet.parameters())
+    assert all(p.grad is None for p in module.rae.parameters())
     module.zero_grad(set_to_none=True)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flowsr.core import degflow, spline
 from flowsr.core.degradation_model import DegradationModel
+from flowsr.core.errors import SettingsError
 
 
 def _spline(times, knots, second, t, derivatives):
@@ -39,26 +41,52 @@ class RAEObjective(nn.Module):
         return {"loss": errors.mean(), **{f"mse_knot{k}": e for k, e in enumerate(errors)}}
 
 
+AVERAGE_TARGETS = ("meanflow", "secant")
+
+
 @dataclass(frozen=True)
 class FlowSettings:
     average_share: float = 0.5  # share of each batch trained on u(z(t), t, r), r > t; the rest on v(z(t), t) = z'(t)
     start_share: float = 0.5  # of those, with t = 0: where single-NFE synthesis starts
-    lookahead: float = 1.0  # weight of the look-ahead term (0 turns it off)
+    average_target: str = "meanflow"  # u's target: MeanFlow's identity (the flow map of v) or the spline's secant
+    lookahead: float = 0.1  # scale of the look-ahead term, DegFlow's 0.1 (0 turns it off)
     lookahead_weighting: bool = True  # DegFlow's segment-normalized 1/t weight on it
+
+
+def along_flow(model: DegradationModel, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u(z, t, r) and its derivative along the trajectory with velocity v, du/dt = ∂u/∂z·v + ∂u/∂t, in one
+    forward-mode pass (a JVP), in float32 whatever the autocast outside (autocast does not handle the JVP's dual
+    tensors, and a derivative in bfloat16 would be coarse). Two kernels lack a forward-mode derivative for what the
+    UNet hands them, so for this pass attention runs as plain matrix products and GroupNorm gets contiguous inputs."""
+    hooks = [m.register_forward_pre_hook(_contiguous_input) for m in model.unet.modules() if isinstance(m, nn.GroupNorm)]
+    try:
+        with sdpa_kernel(SDPBackend.MATH), torch.autocast(z.device.type, enabled=False):
+            return torch.func.jvp(lambda z, t: model.velocity(z, t, r), (z.float(), t.float()), (v.float(), torch.ones_like(t, dtype=torch.float32)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
 
 
 class DegFlowObjective(nn.Module):
     """Multi-point flow matching with the average velocity, plus the look-ahead term.
 
-    - velocity: ||u(z(t), t, r) - (z(r) - z(t)) / (r - t)||^2, with r = t meaning ||v(z(t), t) - z'(t)||^2;
+    - velocity: ||u(z(t), t, r) - target||^2. With r = t the target is z'(t), the spline's slope, and u is the
+      instantaneous velocity v. With r > t it is, by `average_target`, MeanFlow's z'(t) + (r - t)·du/dt (so that
+      one step of u lands where integrating v does) or the secant (z(r) - z(t)) / (r - t) of the sample's spline;
     - look-ahead (on the r = t samples): z(t) + D v + D^2/2 z'' + D^3/6 z''' with D = t_r - t, decoded with the HR
-      skips and compared with the real image at the next knot t_r by `distance` (LPIPS, or L1 in pixels): a mean
-      weighted by `degflow.lookahead_weight` when `lookahead_weighting` (divided by the batch's weight sum, so the
-      weights, up to ~400 next to a knot, set the balance within a batch and not the size of the step).
+      skips and compared with the real image at the next knot t_r by `distance` (LPIPS, or L1 in pixels); the
+      term is `lookahead` x `degflow.lookahead_term`, the mean of w·distance, as in DegFlow's code (0.1 x
+      mean(w·LPIPS) there), so the weights, up to ~400 next to a knot, also set its size against the flow term.
     """
 
     def __init__(self, model: DegradationModel, settings: FlowSettings = FlowSettings(), distance: nn.Module | None = None):
         super().__init__()
+        if settings.average_target not in AVERAGE_TARGETS:
+            raise SettingsError(f"unknown average-velocity target {settings.average_target!r}; use one of {', '.join(AVERAGE_TARGETS)}")
         self.model, self.settings = model, settings
         self.distance = distance if distance is not None else PixelL1()
         model.requires_grad_(False)
@@ -80,8 +108,12 @@ class DegFlowObjective(nn.Module):
         r = torch.where(average, t + uniform() * (times[-1] - t), t)
         with torch.no_grad():
             z_t, slope, curvature, jerk = _spline(times, knots, second, t, derivatives=3)
-            target = degflow.secant_velocity(z_t, slope, _spline(times, knots, second, r, derivatives=1)[0], t, r)
-        velocity = model.velocity(z_t, t, r)
+        if settings.average_target == "meanflow":
+            velocity, target = self._meanflow(z_t, t, r, slope, split=int(average.sum()))
+        else:
+            velocity = model.velocity(z_t, t, r)
+            with torch.no_grad():
+                target = degflow.secant_velocity(z_t, slope, _spline(times, knots, second, r, derivatives=1)[0], t, r)
         flow_loss = (velocity - target).pow(2).mean()
         losses = {"flow": flow_loss}
         total = flow_loss
@@ -93,12 +125,23 @@ class DegFlowObjective(nn.Module):
             z_ahead = degflow.lookahead(z_t[pick], velocity[pick], curvature[pick], jerk[pick], t_right - t_i)
             image = model.rae.decode(z_ahead, type(hr_skips)(hr_skips.image[pick], tuple(f[pick] for f in hr_skips.features)))
             real = batch[pick, knot_index]
-            weight = degflow.lookahead_weight(t_i, times) if settings.lookahead_weighting else torch.ones_like(t_i)
-            per_sample = self.distance(image, real)
-            lookahead_loss = (weight * per_sample).sum() / weight.sum()
+            lookahead_loss = degflow.lookahead_term(self.distance(image, real), t_i, times, settings.lookahead_weighting)
             losses["lookahead"] = lookahead_loss
             total = total + settings.lookahead * lookahead_loss
         return {"loss": total, **losses}
+
+    def _meanflow(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, slope: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """u and MeanFlow's target for it; the JVP only for the first `split` samples (r > t, by the fixed split),
+        while the rest (r = t) regress z'(t) as they are."""
+        outputs, targets = [], []
+        if split:
+            u, du_dt = along_flow(self.model, z[:split], t[:split], r[:split], slope[:split])
+            outputs.append(u)
+            targets.append(degflow.meanflow_target(slope[:split], du_dt.detach(), t[:split], r[:split]))
+        if split < len(z):
+            outputs.append(self.model.velocity(z[split:], t[split:], r[split:]))
+            targets.append(slope[split:])
+        return torch.cat(outputs), torch.cat(targets)
 
 
 class PixelL1(nn.Module):
