@@ -19,6 +19,7 @@ from .errors import ModelDirError, first_line
 from .flow import per_sample
 from .model_dir import LOAD_ERRORS, DegradationManifest, write_model_dir
 from .model_schema import check_architecture
+from .noise_model import NoiseModel
 from .presets import DegradationPreset, get_degradation_preset
 from .rae import ResidualAutoencoder
 
@@ -27,7 +28,8 @@ TIME_SCALE = 1000.0  # diffusers' sinusoidal time embedding is made for timestep
 
 class DegradationModel(nn.Module):
     """The degradation model. Its directory (`from_pretrained`/`save_pretrained`) holds rae/ and unet/ (diffusers)
-    and `flowsr.json` (`self.manifest`): the preset, s_max and the knot scales it was trained on."""
+    and `flowsr.json` (`self.manifest`): the preset, s_max, the knot scales it was trained on and the fitted pixel
+    noise that the runtime adds to its images (`noise_model`)."""
 
     def __init__(self, rae: ResidualAutoencoder, unet: UNet2DModel, knot_scales: Sequence[float], s_max: float,
                  manifest: DegradationManifest | None = None):
@@ -73,6 +75,11 @@ class DegradationModel(nn.Module):
             self.unet.save_pretrained(folder / "unet", safe_serialization=True)
 
         return write_model_dir(directory, self, self.manifest, write_parts, overwrite)
+
+    @property
+    def noise_model(self) -> NoiseModel | None:
+        """The fitted pixel noise of the manifest (`flowsr train noise`), or None."""
+        return NoiseModel.from_dict(self.manifest.noise) if self.manifest is not None and self.manifest.noise else None
 
     def graph_constants(self) -> list:
         """What the exported graph bakes in besides the weights."""

@@ -22,6 +22,7 @@ from .atomic import atomic_directory, atomic_file
 from .content_hash import weights_sha256
 from .errors import ModelDirError
 from .model_schema import check_field_types, check_range
+from .noise_model import NoiseModel
 from .presets import DEGRADATION_PRESETS, PRESETS
 
 MANIFEST = "flowsr.json"
@@ -126,8 +127,11 @@ class DegradationManifest(_ManifestFile):
     created: str = ""
     format: int = FORMAT_VERSION
     weights_sha256: str | None = None  # of the stored weights, hashed when saved: the key of exports made from them
+    noise: dict | None = None  # the fitted pixel noise (core.noise_model.NoiseModel); null: none is added
 
     def check(self, path: Path) -> None:
+        if self.noise is not None:
+            NoiseModel.from_dict(self.noise, str(path))
         if self.preset not in DEGRADATION_PRESETS:
             raise ModelDirError(f"{path} names degradation preset {self.preset!r:.40}; flowsr knows {', '.join(DEGRADATION_PRESETS)}")
         check_range(path, "s_max", self.s_max, 1.0, 32.0, low_open=True)
@@ -175,14 +179,15 @@ def write_model_dir(directory: str | Path, model: torch.nn.Module, manifest: _Ma
     return directory
 
 
-def update_manifest(directory: str | Path, **fields) -> Manifest:
-    """Change manifest fields in place (e.g. t* after estimation), atomically."""
+def update_manifest(directory: str | Path, **fields) -> Manifest | DegradationManifest:
+    """Change manifest fields in place (t* after estimation, a degradation model's fitted noise), atomically."""
     directory = Path(directory)
-    manifest = Manifest.read(directory)
+    manifest = (DegradationManifest if model_kind(directory) == "degradation" else Manifest).read(directory)
     for key, value in fields.items():
         if not hasattr(manifest, key):
             raise ValueError(f"manifest has no field {key!r}")
         setattr(manifest, key, value)
+    manifest.check(directory / MANIFEST)
     with atomic_file(directory / MANIFEST, "w") as f:
         f.write(manifest.to_json())
     return manifest

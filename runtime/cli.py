@@ -266,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     degrade.add_argument("--overlap", type=number_option(0, MAX_TILE, integer=True), default=64, help="tile overlap in HR pixels (default 64)")
     degrade.add_argument("--max-megapixels", type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS), default=DEFAULT_MAX_MEGAPIXELS, help="refuse larger HR images (default 100)")
     degrade.add_argument("--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size")
+    degrade.add_argument("--samples", type=number_option(1, 1000, integer=True), default=1,
+                         help="draws per image and scale, {name}_LR{s}_{k}.png (default 1): one network evaluation, other pixel noise")
+    degrade.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0, help="seed of the pixel noise (default 0)")
+    degrade.add_argument("--no-noise", action="store_true", help="leave out the model's pixel noise: the network's image alone")
     degrade.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)")
     degrade.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime", "tensorrt"],
                          help="torch (eager), compile, onnxruntime or tensorrt (the last three: one-step only); default torch")

@@ -2,13 +2,14 @@
 with one velocity evaluation per scale.
 
 HR image -> pad to the model stride -> per tile: (batch of scales) RAE encode -> u(z(0), 0, r) once -> z(r) ->
-RAE decode with the HR skips -> tiles blended -> crop -> optional resize to the LR grid. `steps` switches to the
-multi-step reference solver. Tiles bound the memory of large photos as in `SuperResolver`, and so does the same
-pixel budget.
+RAE decode with the HR skips -> tiles blended -> crop -> the model's pixel noise, one draw per seed -> optional
+resize to the LR grid. `steps` switches to the multi-step reference solver. Tiles bound the memory of large
+photos as in `SuperResolver`, and so does the same pixel budget.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class Degrader:
         tile: int = 512,
         overlap: int = 64,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        noise: bool = True,
     ):
         check_number("steps", steps, 1, MAX_STEPS, integer=True)
         check_number("batch size", batch_size, 1, MAX_BATCH, integer=True)
@@ -78,6 +80,7 @@ class Degrader:
         self.solver, self.steps, self.batch_size = solver, steps, batch_size
         self.tile, self.overlap, self.max_pixels = tile, overlap, int(max_megapixels * 1e6)
         self.s_max, self.stride = model.s_max, model.stride
+        self.noise = model.noise_model if noise else None
         self.evaluations = 0  # velocity evaluations so far: one per scale for the one-step solver
         self.run = create_backend(backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir).graphs["degrader"]
 
@@ -93,8 +96,9 @@ class Degrader:
             )
 
     @torch.inference_mode()
-    def degrade_tensor(self, hr: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
-        """(1, 3, H, W) in [-1, 1] -> (S, 3, H, W) in [-1, 1], one image per scale, at HR size."""
+    def degrade_tensor(self, hr: torch.Tensor, scales: Sequence[float], seeds: Sequence[int] = (0,)) -> list[torch.Tensor]:
+        """(1, 3, H, W) in [-1, 1] -> per seed, (S, 3, H, W) in [-1, 1]: one image per scale, at HR size. The
+        network runs once per scale; the seeds differ only in their pixel noise."""
         if hr.ndim != 4 or hr.shape[:2] != (1, 3):
             raise ValueError(f"expected one (1, 3, H, W) image, got shape {tuple(hr.shape)}")
         self.check_size(*hr.shape[2:])
@@ -119,20 +123,34 @@ class Degrader:
 
                 out[index] = tiled_map(x, solve, self.tile, self.overlap)[0, :, :height, :width]
                 self.evaluations += max(counts)  # per tile; the tiles of one scale run the same solver
-        return out.clamp_(-1, 1)
+        out = out.clamp_(-1, 1)
+        if self.noise is None:
+            return [out for _ in seeds]
+        return [torch.cat([self._noisy(out[i : i + 1], scale, r, seed) for i, (scale, r) in enumerate(zip(scales, times))]) for seed in seeds]
 
-    def __call__(self, image, scales: Sequence[float], lr_grid: bool = False) -> list[np.ndarray]:
-        """A PIL image or HWC uint8/uint16 array -> one array per scale, same dtype; at HR size, or at the LR
-        size round(H/s) x round(W/s) when `lr_grid` (bicubic, antialiased)."""
+    def _noisy(self, image: torch.Tensor, scale: float, r: float, seed: int) -> torch.Tensor:
+        """One draw of the model's pixel noise on `image`, reproducible from (seed, scale)."""
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{float(scale)!r}".encode()))
+        lr_size = max(1, round(image.shape[2] / scale)), max(1, round(image.shape[3] / scale))
+        return (image + self.noise.sample(image, r, lr_size, generator)).clamp_(-1, 1)
+
+    def draws(self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False) -> list[list[np.ndarray]]:
+        """A PIL image or HWC uint8/uint16 array -> per seed, one array per scale, same dtype; at HR size, or at
+        the LR size round(H/s) x round(W/s) when `lr_grid` (bicubic, antialiased)."""
         picture = images.from_pil(image) if not isinstance(image, (np.ndarray, images.Picture)) else image
         rgb = picture.rgb if isinstance(picture, images.Picture) else picture
         if rgb.ndim == 2:
             rgb = images.gray_to_rgb(rgb)
-        out = self.degrade_tensor(images.to_tensor(rgb), scales)
         results = []
-        for scale, degraded in zip(scales, out):
-            if lr_grid:
-                degraded = resize_to(degraded[None], max(1, round(rgb.shape[0] / scale)), max(1, round(rgb.shape[1] / scale)))[0]
-            results.append(images.from_tensor(degraded, bit_depth=16 if rgb.dtype == np.uint16 else 8))
+        for out in self.degrade_tensor(images.to_tensor(rgb), scales, seeds):
+            arrays = []
+            for scale, degraded in zip(scales, out):
+                if lr_grid:
+                    degraded = resize_to(degraded[None], max(1, round(rgb.shape[0] / scale)), max(1, round(rgb.shape[1] / scale)))[0]
+                arrays.append(images.from_tensor(degraded, bit_depth=16 if rgb.dtype == np.uint16 else 8))
+            results.append(arrays)
         return results
 
+    def __call__(self, image, scales: Sequence[float], lr_grid: bool = False, seed: int = 0) -> list[np.ndarray]:
+        """One draw: `draws` with one seed."""
+        return self.draws(image, scales, [seed], lr_grid)[0]

@@ -2,6 +2,7 @@
 
     OUT/{s}/{name}_HR.png   the HR image
     OUT/{s}/{name}_LR{s}.png   its degradation at scale s, aligned at HR size (or on the LR grid with --lr-grid)
+    OUT/{s}/{name}_LR{s}_{k}.png   draw k of it, with --samples N (N > 1): the same network output, other noise
 
 with s written like "1.1", "2", "2.7". Files are written atomically, so a run that stops leaves only complete
 files, and running the same command again skips them (resume). Under torchrun every process takes its share
@@ -15,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -56,9 +58,17 @@ def scale_name(scale: float) -> str:
     return f"{scale:g}"
 
 
-def output_paths(out_dir: Path, name: str, scale: float) -> tuple[Path, Path]:
+def output_paths(out_dir: Path, name: str, scale: float, sample: int | None = None) -> tuple[Path, Path]:
+    """(HR, LR) paths of one image at one scale; the LR name ends in _{sample} when several draws are written."""
     folder = out_dir / scale_name(scale)
-    return folder / f"{name}_HR.png", folder / f"{name}_LR{scale_name(scale)}.png"
+    suffix = "" if sample is None else f"_{sample}"
+    return folder / f"{name}_HR.png", folder / f"{name}_LR{scale_name(scale)}{suffix}.png"
+
+
+def draw_seed(seed: int, name: str, sample: int) -> int:
+    """The noise seed of one draw of one image: from the run's seed and the image's name, so a draw does not depend
+    on which other images a run (or a torchrun shard) holds."""
+    return zlib.crc32(f"{seed}:{name}:{sample}".encode())
 
 
 def shard(items: list, rank: int, world: int) -> list:
@@ -80,21 +90,25 @@ def _copy_hr(source: Path, target: Path, picture: images.Picture) -> None:
         _write_png(target, picture.rgb)
 
 
-def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list[float], lr_grid: bool, error) -> tuple[int, int, int]:
-    """Degrade every (source, name) at every scale; returns (images done, skipped, failed)."""
+def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list[float], lr_grid: bool, error, samples: int = 1,
+             seed: int = 0) -> tuple[int, int, int]:
+    """Degrade every (source, name) at every scale, `samples` draws each; returns (images done, skipped, failed)."""
     done = skipped = failed = 0
+    draws = [None] if samples == 1 else list(range(samples))
     for source, name in tqdm(jobs, desc="flowsr degrade", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr):
-        todo = [s for s in scales if not all(p.exists() for p in output_paths(out_dir, name, s))]
+        todo = [s for s in scales if not all(p.exists() for k in draws for p in output_paths(out_dir, name, s, k))]
         if not todo:
             skipped += 1
             continue
         try:
             picture = images.read_image(source, max_pixels=degrader.max_pixels)
-            for scale, pixels in zip(todo, degrader(picture.rgb, todo, lr_grid=lr_grid)):
-                hr_path, lr_path = output_paths(out_dir, name, scale)
-                _write_png(lr_path, pixels)
-                if not hr_path.exists():
-                    _copy_hr(source, hr_path, picture)
+            seeds = [draw_seed(seed, name, k or 0) for k in draws]
+            for k, arrays in zip(draws, degrader.draws(picture.rgb, todo, seeds, lr_grid=lr_grid)):
+                for scale, pixels in zip(todo, arrays):
+                    hr_path, lr_path = output_paths(out_dir, name, scale, k)
+                    _write_png(lr_path, pixels)
+                    if not hr_path.exists():
+                        _copy_hr(source, hr_path, picture)
             done += 1
         except FlowsrError as err:
             error(f"{source}: {err}")
@@ -117,8 +131,11 @@ def run_degrade(args, collect_inputs, error) -> int:
     parse_scales(args.scale)  # the form and count, before any model loads; the model's s_max bounds them below
     degrader = Degrader(args.model or default_degradation_model(), device=device, backend=args.backend,
                         solver=args.solver, steps=args.steps, tile=args.tile, overlap=args.overlap,
-                        max_megapixels=args.max_megapixels)
+                        max_megapixels=args.max_megapixels, noise=not args.no_noise)
     scales = parse_scales(args.scale, degrader.s_max)
+    if args.samples > 1 and degrader.noise is None:
+        raise SettingsError(f"--samples {args.samples} needs a model with fitted pixel noise (`flowsr train noise`) and no --no-noise: "
+                         "without it every draw is the same image")
     if not degrader.manifest.trained:
         error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not a real degradation")
     out_dir = Path(args.output)
@@ -126,7 +143,8 @@ def run_degrade(args, collect_inputs, error) -> int:
     jobs, names = [], {}
     for source, target in found:
         name = target.relative_to(out_dir).with_suffix("").as_posix().replace("/", "_")
-        longest = max((output_paths(out_dir, name, scale)[1].name for scale in scales), key=lambda n: len(os.fsencode(n)))
+        last = None if args.samples == 1 else args.samples - 1
+        longest = max((output_paths(out_dir, name, scale, last)[1].name for scale in scales), key=lambda n: len(os.fsencode(n)))
         if len(os.fsencode(longest)) > NAME_MAX:
             error(f"{source}: its output name {longest} is over the file-name limit of {NAME_MAX} bytes; rename it")
             failures += 1
@@ -138,9 +156,9 @@ def run_degrade(args, collect_inputs, error) -> int:
         names[name] = source
         jobs.append((source, name))
     started = time.perf_counter()
-    done, skipped, failed = generate(degrader, shard(jobs, rank, world), out_dir, scales, args.lr_grid, error)
+    done, skipped, failed = generate(degrader, shard(jobs, rank, world), out_dir, scales, args.lr_grid, error, args.samples, args.seed)
     failures += failed
-    summary = f"{done} images x {len(scales)} scales written to {out_dir}"
+    summary = f"{done} images x {len(scales)} scales" + (f" x {args.samples} draws" if args.samples > 1 else "") + f" written to {out_dir}"
     if world > 1:
         summary = f"rank {rank}/{world}: " + summary
     if done:

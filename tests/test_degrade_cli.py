@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core.degradation_model import DegradationModel
-from flowsr.core.model_dir import DegradationManifest
+from flowsr.core.model_dir import DegradationManifest, update_manifest
 from flowsr.export.onnx_export import export_onnx
 from flowsr.runtime.cli import main
 from flowsr.runtime.degrader import Degrader
@@ -152,7 +153,54 @@ def test_eval_degradation_reports_every_pair(model_dir, photos, tmp_path, capsys
     csv_path = tmp_path / "scores.csv"
     assert main(["eval-degradation", str(photos), "--model", str(model_dir), "--scales", "2,3", "--csv", str(csv_path)]) == 0
     rows = csv_path.read_text().splitlines()
-    assert rows[0] == "image,scale,pair,psnr,latent_mse" and len(rows) == 1 + 4 * 2 * 4  # images x scales x pairs
+    assert rows[0] == "image,scale,pair,psnr,latent_mse,first_noise,second_noise,first_spread,second_spread"
+    assert len(rows) == 1 + 4 * 2 * 4  # images x scales x pairs
     out = capsys.readouterr().out
     for pair in ("one-vs-multi", "one-vs-true", "multi-vs-true", "bicubic-vs-true"):
         assert pair in out
+
+
+@pytest.fixture(scope="module")
+def noisy_model_dir(model_dir, tmp_path_factory):
+    """The tiny model with a pixel-noise table in its manifest."""
+    path = tmp_path_factory.mktemp("models") / "noisy"
+    shutil.copytree(model_dir, path)
+    update_manifest(path, noise={"times": [0.0, 1.0], "base": [0.0, 4e-3], "slope": [0.0, 0.0], "gray": [0.0, 0.5], "spread": [0.0, 0.2]})
+    return path
+
+
+def test_samples_are_draws_of_one_network_output_reproducible_from_the_seed(noisy_model_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    command = ["degrade", str(photos / "coffee.png"), "-o", str(out), "--model", str(noisy_model_dir), "--scale", "2,4", "--samples", "3"]
+    assert main(command) == 0
+    assert sorted(p.name for p in (out / "4").iterdir()) == ["coffee_HR.png"] + [f"coffee_LR4_{k}.png" for k in range(3)]
+    draws = [np.asarray(Image.open(out / "4" / f"coffee_LR4_{k}.png")).astype(float) for k in range(3)]
+    clean = Degrader(noisy_model_dir, noise=False)(np.asarray(Image.open(photos / "coffee.png")), [4.0])[0].astype(float)
+    assert all(np.abs(a - b).mean() > 1 for a, b in ((draws[0], draws[1]), (draws[1], draws[2])))  # other noise
+    assert np.abs(np.mean(draws, axis=0) - clean).mean() < np.abs(draws[0] - clean).mean()  # around one image
+    again = tmp_path / "again"
+    assert main([*command[:3], str(again), *command[4:]]) == 0
+    for k in range(3):  # the same seed gives the same bytes
+        assert (again / "4" / f"coffee_LR4_{k}.png").read_bytes() == (out / "4" / f"coffee_LR4_{k}.png").read_bytes()
+    other = tmp_path / "other"
+    assert main([*command[:3], str(other), *command[4:], "--seed", "7"]) == 0
+    assert (other / "4" / "coffee_LR4_0.png").read_bytes() != (out / "4" / "coffee_LR4_0.png").read_bytes()
+
+
+def test_samples_without_a_noise_model_is_refused_in_one_line(model_dir, noisy_model_dir, photos, tmp_path, capsys):
+    for model, extra in ((model_dir, []), (noisy_model_dir, ["--no-noise"])):
+        out = tmp_path / f"out-{len(extra)}"
+        assert main(["degrade", str(photos), "-o", str(out), "--model", str(model), "--samples", "2", *extra]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and "--samples 2 needs a model with fitted pixel noise" in error
+        assert not out.exists()
+
+
+def test_eval_degradation_scores_the_noise_draws_of_a_model_with_noise(noisy_model_dir, photos, tmp_path, capsys):
+    csv_path = tmp_path / "scores.csv"
+    assert main(["eval-degradation", str(photos), "--model", str(noisy_model_dir), "--scales", "4", "--csv", str(csv_path)]) == 0
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
+    noisy = [row for row in rows if row[2] == "noisy-vs-true"]
+    assert len(noisy) == 4 and all(float(row[7]) > 0 and float(row[8]) > 0 for row in noisy)  # both spread across draws
+    assert all(row[7] == "" for row in rows if row[2] != "noisy-vs-true")
+    assert "noisy-vs-true" in capsys.readouterr().out

@@ -283,7 +283,8 @@ SR_FIELDS = {
     "created": ["x", "1", "NaN"], "format": [], "t_star_source": [], "weights_sha256": [None],
 }
 DEGRADATION_FIELDS = {"kind": ["degradation"], "preset": ["tiny"], "s_max": [], "knot_scales": [], "trained": [True],
-                      "versions": [{}], "created": ["x", "1", "NaN"], "format": [], "weights_sha256": [None]}
+                      "versions": [{}], "created": ["x", "1", "NaN"], "format": [], "weights_sha256": [None], "noise": [None]}
+NOISE_TABLE = {"times": [0.0, 1.0], "base": [0.0, 1e-3], "slope": [0.0, 1e-3], "gray": [0.0, 0.5], "spread": [0.0, 1.0]}
 
 
 def _broken_copy(source: Path, target: Path, edit) -> Path:
@@ -355,6 +356,10 @@ def model_cases(kind: str) -> list[tuple[str, object, bool]]:
         cases += [(f"manifest-knot_scales={knots}", lambda d, k=knots: _set_json(d / "flowsr.json", "knot_scales", k), False)
                   for knots in ([1.0], [2.0, 4.0], [1.0, 4.0, 2.0], [1.0, 2.0, 9.0], [1.0, 1.0, 4.0])]
         cases += [("manifest-s_max=1", lambda d: _set_json(d / "flowsr.json", "s_max", 1.0), False)]
+        cases += [("manifest-noise=table", lambda d: _set_json(d / "flowsr.json", "noise", NOISE_TABLE), True)]
+        cases += [(f"manifest-noise.{key}={value!r}", lambda d, k=key, v=value: _set_json(d / "flowsr.json", "noise", {**NOISE_TABLE, k: v}), False)
+                  for key, value in (("base", [0.0, float("nan")]), ("base", [0.0, -1.0]), ("gray", [0.0, 2.0]), ("times", [0.0, 0.5]),
+                                     ("spread", "1"), ("slope", [0.0]))]
     for part, keys in ARCHITECTURE_KEYS[kind].items():
         for key in keys:
             cases += [(f"{part}-config-{key}={value!r:.20}", lambda d, p=part, k=key, v=value: _set_json(d / p / "config.json", k, v), False)

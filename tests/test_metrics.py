@@ -1,14 +1,17 @@
-"""`flowsr eval`'s MS-SSIM and VIF against torchmetrics in float64, their closed forms, and the comparison picture."""
+"""`flowsr eval`'s MS-SSIM and VIF against torchmetrics in float64, their closed forms, and the comparison picture;
+`eval-degradation`'s flat-region noise against the closed form for white noise."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 from skimage import data, transform
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, visual_information_fidelity
 
 from flowsr.training.comparison import ComparisonSheet, detailed_window
 from flowsr.training.evaluate import ms_ssim, vif
+from flowsr.training.evaluate_degradation import flat_noise
 
 
 def pair(size: int = 256):
@@ -62,3 +65,30 @@ def test_comparison_sheet_lays_out_crops_of_the_most_detailed_window(tmp_path):
         sheet.add(hr, {"bicubic": hr})
     sheet.save(tmp_path / "sheet.png")
     assert np.asarray(Image.open(tmp_path / "sheet.png")).shape == picture.shape
+
+
+def half_flat_half_texture(size: int = 128) -> torch.Tensor:
+    """A photo whose left half is flat grey and whose right half is a strong random texture, in [-1, 1]."""
+    hr = torch.zeros(1, 3, size, size)
+    hr[..., size // 2:] = torch.rand(1, 1, size, size // 2, generator=torch.Generator().manual_seed(0)) - 0.5
+    return hr
+
+
+def test_flat_noise_of_white_noise_matches_its_closed_form_and_ignores_texture():
+    hr = half_flat_half_texture()
+    sigma = 6.0  # 8-bit levels, the same on every channel, so luma carries all of it
+    noise = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(1)) * sigma / 127.5
+    # The residual of white noise after subtracting its Gaussian blur has std sigma * ||delta - g||.
+    delta = np.zeros((33, 33))
+    delta[16, 16] = 1
+    expected = sigma * np.sqrt(((delta - ndimage.gaussian_filter(delta, 1.0)) ** 2).sum())
+    assert flat_noise(hr + noise, hr, scale=1) == pytest.approx(expected, rel=0.05)
+    assert flat_noise(hr, hr, scale=1) < 0.01 * expected  # the textured half is not counted
+
+
+def test_flat_noise_scales_with_noise_made_on_the_lr_grid():
+    hr = half_flat_half_texture()
+    generator = torch.Generator().manual_seed(2)
+    noise = torch.nn.functional.interpolate(torch.randn(1, 1, 32, 32, generator=generator), size=(128, 128), mode="bicubic")
+    levels = [flat_noise(hr + noise * sigma / 127.5, hr, scale=4) for sigma in (4.0, 8.0)]
+    assert levels[1] / levels[0] == pytest.approx(2.0, rel=0.05)

@@ -178,12 +178,35 @@ def run_degflow(args) -> int:
         distance = LPIPSDistance(load_lpips(args.lpips_weights))
     else:
         distance = PixelL1()
-    settings = FlowSettings(lookahead=0.0 if args.lookahead == "off" else args.lookahead_weight, lookahead_weighting=not args.uniform_weighting)
+    settings = FlowSettings(average_target=args.average_target, lookahead=0.0 if args.lookahead == "off" else args.lookahead_weight,
+                            lookahead_weighting=not args.uniform_weighting)
     run(DegFlowObjective(model, settings, distance), samples, _loop_config(args), args.output, resume=not args.restart, description="train degflow")
     if distributed()[0] == 0:
         manifest.trained = True
         model.cpu().eval().save_pretrained(Path(args.output) / "model", overwrite=True)
         print(f"degradation flow trained; model directory: {Path(args.output) / 'model'}")
+    return 0
+
+
+def run_noise(args) -> int:
+    from flowsr.core.degradation_model import DegradationModel
+    from flowsr.core.errors import SettingsError
+    from flowsr.core.model_dir import update_manifest
+    from flowsr.core.noise_model import FIELDS
+    from flowsr.runtime.generate import parse_scales
+
+    from .noise_fit import fit_noise
+
+    model = DegradationModel.from_pretrained(args.model)
+    scales = sorted(set(parse_scales(args.scales, model.s_max)))
+    if scales[0] <= 1 or scales[-1] != model.s_max:
+        raise SettingsError(f"--scales {args.scales} must lie above 1 and end at the model's s_max {model.s_max:g}")
+    noise = fit_noise(model, args.data, scales=scales, crops=args.crops, crop=args.crop, seed=args.seed)
+    update_manifest(args.model, noise=noise.to_dict())
+    print(f"pixel noise fitted on {args.crops} crops per scale; written to {Path(args.model) / 'flowsr.json'}")
+    print("  ".join(f"{name:>8}" for name in FIELDS))
+    for row in zip(*(getattr(noise, name) for name in FIELDS)):
+        print("  ".join(f"{value:8.2e}" for value in row))
     return 0
 
 
@@ -197,9 +220,12 @@ def run_eval_degradation(args) -> int:
     rows = evaluate_degradation(args.data, model, scales=scales, seed=args.seed, max_side=args.max_side)
     write_degradation_csv(rows, args.csv)
     print(f"true images: Real-ESRGAN-style pipeline seeded per image from {args.seed}; per-image rows: {args.csv}")
-    print(f"{'scale':>6} {'pair':<18} {'PSNR':>8} {'latent MSE':>11} images")
+    print("noise: high-pass std where the photo is flat; spread: per-pixel std across 4 draws (noisy: of the pixel noise; true: of the pipeline);")
+    print("both the first image's over the second's, 1 = as much")
+    print(f"{'scale':>6} {'pair':<18} {'PSNR':>8} {'latent MSE':>11} {'noise':>6} {'spread':>6} images")
     for (scale, pair), scores in summarize_degradation(rows).items():
-        print(f"{scale:>6g} {pair:<18} {scores['psnr']:8.3f} {scores['latent_mse']:11.5f} {scores['images']}")
+        print(f"{scale:>6g} {pair:<18} {scores['psnr']:8.3f} {scores['latent_mse']:11.5f} {scores['noise_ratio']:6.2f} "
+              f"{scores['spread_ratio']:6.2f} {scores['images']}")
     return 0
 
 
@@ -335,10 +361,23 @@ def add_commands(commands) -> None:
     _add_scale_data_options(degflow)
     _add_loop_options(degflow, steps=3000, batch_size=8, lr=3e-4)
     degflow.add_argument("--lookahead", default="lpips", choices=["lpips", "l1", "off"], help="distance of the look-ahead term (default lpips)")
-    degflow.add_argument("--lookahead-weight", type=number_option(0, 10**6), default=1.0)
+    degflow.add_argument("--lookahead-weight", type=number_option(0, 10**6), default=0.1,
+                         help="scale of the look-ahead term, a mean of weight x distance (default DegFlow's 0.1)")
+    degflow.add_argument("--average-target", default="meanflow", choices=["meanflow", "secant"],
+                         help="target of the average velocity u(z, t, r): MeanFlow's identity, so one step lands where "
+                              "integrating v does (default), or the secant of each sample's spline (a conditional mean)")
     degflow.add_argument("--uniform-weighting", action="store_true", help="ablation: drop the segment-normalized 1/t weight")
     degflow.add_argument("--lpips-weights", help="folder with the LPIPS backbone weights (for --lookahead lpips)")
     degflow.set_defaults(run=run_degflow)
+
+    noise = train.add_parser("noise", help="DegFlow: fit the model's pixel noise to its residuals against the pipeline (in place)")
+    noise.add_argument("model", metavar="MODEL_DIR", help="trained degradation model directory; its flowsr.json gets the fit")
+    noise.add_argument("--data", required=True, help="folder of HR images, degraded by the Real-ESRGAN-style pipeline")
+    noise.add_argument("--scales", default="1.25,1.5,2,2.5,3,3.5,4", help="scales of the fit, above 1 and up to s_max (default 1.25 to 4)")
+    noise.add_argument("--crops", type=number_option(2, 10**5, integer=True), default=64, help="HR crops per scale (default 64)")
+    noise.add_argument("--crop", type=number_option(32, 4096, integer=True), default=128, help="HR crop size in pixels (default 128)")
+    noise.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
+    noise.set_defaults(run=run_noise)
 
 
 def add_eval_command(commands) -> None:

@@ -3,8 +3,9 @@ degraded images, at the knot scales and at scales the model never saw (x3).
 
 For every HR image and scale s: the true image is the Real-ESRGAN-style pipeline's output at s (seeded per image,
 one seed for all scales, resized back to HR size: the training data's construction); the model gives the 1-NFE
-image and the adaptive multi-step (dopri5) reference. Reported per pair: pixel PSNR (8-bit RGB) and latent MSE
-(normalized RAE latents). `bicubic` (down to the LR grid and back up) is the non-learned baseline.
+image and the adaptive multi-step (dopri5) reference. Reported per pair: pixel PSNR (8-bit RGB), latent MSE
+(normalized RAE latents) and each image's `flat_noise`, how much noise and artefacts it carries where the photo is
+flat. `bicubic` (down to the LR grid and back up) is the non-learned baseline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio
 
 from flowsr.core import images
@@ -26,7 +28,36 @@ from flowsr.core.sr_model import resize_to
 from .data import list_images
 from .degradations import degrade
 
-FIELDS = ["image", "scale", "pair", "psnr", "latent_mse"]
+FIELDS = ["image", "scale", "pair", "psnr", "latent_mse", "first_noise", "second_noise", "first_spread", "second_spread"]
+DRAW_SEED_STEP = 1000  # draw k of image i uses seed + i + 1000 k
+FLAT_SHARE = 0.25  # the flattest quarter of the photo's pixels
+LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def lr_grid(image: torch.Tensor, scale: float) -> np.ndarray:
+    """An image (1, 3, H, W) in [-1, 1] at HR size, resized to the LR grid of `scale`: (3, h, w) in 8-bit levels."""
+    size = max(1, round(image.shape[2] / scale)), max(1, round(image.shape[3] / scale))
+    return ((resize_to(image.float(), *size)[0] + 1) * 127.5).numpy().astype(np.float64)
+
+
+def highpass(channels: np.ndarray) -> np.ndarray:
+    """(C, h, w) minus its Gaussian blur (sigma 1 px) per channel: the grain, the first thing the eye sees of noise."""
+    return channels - ndimage.gaussian_filter(channels, (0, 1.0, 1.0))
+
+
+def flat_mask(hr: torch.Tensor, scale: float) -> np.ndarray:
+    """The flattest quarter of the HR image's pixels on the LR grid of `scale` (lowest 5x5 local std of luma):
+    where a degraded image's high frequencies are its noise and artefacts, not the scene's texture."""
+    photo = np.tensordot(LUMA.double().numpy(), lr_grid(hr, scale), axes=1)
+    local_std = np.sqrt(np.maximum(ndimage.uniform_filter(photo**2, 5) - ndimage.uniform_filter(photo, 5) ** 2, 0))
+    return local_std <= np.quantile(local_std, FLAT_SHARE)
+
+
+def flat_noise(image: torch.Tensor, hr: torch.Tensor, scale: float) -> float:
+    """Std (8-bit levels) of the high-pass luma of `image` (1, 3, H, W in [-1, 1], at HR size) on the LR grid of
+    `scale`, over `flat_mask` of the HR image."""
+    grain = np.tensordot(LUMA.double().numpy(), highpass(lr_grid(image, scale)), axes=1)
+    return float(grain[flat_mask(hr, scale)].std())
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -34,9 +65,14 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512) -> list[dict]:
+def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512, draws: int = 4) -> list[dict]:
+    """Per image, scale and pair of images, the rows of FIELDS. The true image is the pipeline's first draw;
+    its flat-region noise is the mean over `draws` draws (other seeds). With a noise model the one-step image plus
+    noise (`noisy`, its first draw; its noise the mean over `draws` draws) is compared with the true image too, and
+    that row's spreads are the per-pixel std (8-bit levels) across the noise draws and across the pipeline's."""
     rows = []
     stride = model.stride
+    noise = model.noise_model
     for index, path in enumerate(list_images(hr_root)):
         hr = images.to_unit_float(images.to_8bit(images.read_image(path).rgb))
         hr = hr[: min(hr.shape[0], max_side) // stride * stride, : min(hr.shape[1], max_side) // stride * stride]
@@ -46,9 +82,15 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
         z0, skips = model.rae.encode(hr_tensor)
         for scale in scales:
             r = scale_to_time(scale, model.s_max)
-            true = torch.from_numpy(degrade(hr, scale, seed=seed + index)).permute(2, 0, 1)[None] * 2 - 1
-            true = resize_to(true, height, width).clamp(-1, 1)
-            bicubic = resize_to(resize_to(hr_tensor, round(height / scale), round(width / scale)), height, width).clamp(-1, 1)
+            lr_size = max(1, round(height / scale)), max(1, round(width / scale))
+
+            def pipeline(draw: int, scale: float = scale) -> torch.Tensor:
+                lr = torch.from_numpy(degrade(hr, scale, seed=seed + index + DRAW_SEED_STEP * draw)).permute(2, 0, 1)[None] * 2 - 1
+                return resize_to(lr, height, width).clamp(-1, 1)
+
+            truths = [pipeline(draw) for draw in range(draws)]
+            true = truths[0]
+            bicubic = resize_to(resize_to(hr_tensor, *lr_size), height, width).clamp(-1, 1)
             z_one = z0 + r * model.velocity(z0, torch.zeros(1), torch.full((1,), r))
             z_multi, _ = model.integrate(z0, r)
             one = model.rae.decode(z_one, skips).clamp(-1, 1)
@@ -56,27 +98,55 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
             latents = {name: model.rae.encode(image)[0] for name, image in (("true", true), ("bicubic", bicubic))}
             latents.update(one=z_one, multi=z_multi)
             pixels = {"true": true, "bicubic": bicubic, "one": one, "multi": multi}
-            for first, second in (("one", "multi"), ("one", "true"), ("multi", "true"), ("bicubic", "true")):
+            pairs = [("one", "multi"), ("one", "true"), ("multi", "true"), ("bicubic", "true")]
+            spreads = {}
+            if noise is not None:
+                noisy = [(one + noise.sample(one, r, lr_size, torch.Generator().manual_seed(seed + index + DRAW_SEED_STEP * draw))).clamp(-1, 1)
+                         for draw in range(draws)]
+                pixels["noisy"] = noisy[0]
+                latents["noisy"] = model.rae.encode(noisy[0])[0]
+                pairs.append(("noisy", "true"))
+                spreads = {"noisy": _spread(noisy), "true": _spread(truths)}
+            noise_levels = {name: flat_noise(image, hr_tensor, scale) for name, image in pixels.items()}
+            # Random images are scored over all their draws: the pipeline's, and the noise model's.
+            noise_levels["true"] = float(np.mean([flat_noise(image, hr_tensor, scale) for image in truths]))
+            if noise is not None:
+                noise_levels["noisy"] = float(np.mean([flat_noise(image, hr_tensor, scale) for image in noisy]))
+            for first, second in pairs:
                 rows.append({
                     "image": path.name, "scale": scale, "pair": f"{first}-vs-{second}",
                     "psnr": _psnr(pixels[first], pixels[second]),
                     "latent_mse": (latents[first] - latents[second]).pow(2).mean().item(),
+                    "first_noise": noise_levels[first], "second_noise": noise_levels[second],
+                    "first_spread": spreads.get(first, ""), "second_spread": spreads.get(second, ""),
                 })
     return rows
 
 
+def _spread(draws: list[torch.Tensor]) -> float:
+    """Per-pixel std across draws of one image, in 8-bit levels, averaged over pixels and channels."""
+    return float((torch.cat(draws).std(dim=0) * 127.5).mean())
+
+
 def summarize_degradation(rows: list[dict]) -> dict[tuple[float, str], dict[str, float]]:
+    """Means per (scale, pair); `noise_ratio` and `spread_ratio` are the first image's mean over the second's."""
     groups: dict[tuple[float, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["scale"], row["pair"]), []).append(row)
+
+    def ratio(group: list[dict], field: str) -> float:
+        values = [(r[f"first_{field}"], r[f"second_{field}"]) for r in group if r[f"first_{field}"] != ""]
+        return float(np.mean([a for a, _ in values]) / max(np.mean([b for _, b in values]), 1e-12)) if values else float("nan")
+
     return {key: {"psnr": float(np.mean([r["psnr"] for r in group])), "latent_mse": float(np.mean([r["latent_mse"] for r in group])),
-                  "images": len(group)} for key, group in sorted(groups.items())}
+                  "noise_ratio": ratio(group, "noise"), "spread_ratio": ratio(group, "spread"), "images": len(group)}
+            for key, group in sorted(groups.items())}
 
 
 def write_degradation_csv(rows: list[dict], path: str | Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
-    writer.writerows({**r, "psnr": f"{r['psnr']:.4f}", "latent_mse": f"{r['latent_mse']:.6f}"} for r in rows)
+    writer.writerows({key: f"{value:.6g}" if isinstance(value, float) else value for key, value in r.items()} for r in rows)
     with atomic_file(Path(path), "w") as f:
         f.write(buffer.getvalue())
