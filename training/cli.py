@@ -217,10 +217,10 @@ def run_eval_degradation(args) -> int:
 
     model = DegradationModel.from_pretrained(args.model)
     scales = [float(s) for s in args.scales.split(",")]
-    rows = evaluate_degradation(args.data, model, scales=scales, seed=args.seed, max_side=args.max_side)
+    rows = evaluate_degradation(args.data, model, scales=scales, seed=args.seed, max_side=args.max_side, draws=args.draws)
     write_degradation_csv(rows, args.csv)
     print(f"true images: Real-ESRGAN-style pipeline seeded per image from {args.seed}; per-image rows: {args.csv}")
-    print("noise: high-pass std where the photo is flat; spread: per-pixel std across 4 draws (noisy: of the pixel noise; true: of the pipeline);")
+    print(f"noise: high-pass std where the photo is flat; spread: per-pixel std across {args.draws} draws (noisy: of the pixel noise; true: of the pipeline);")
     print("both the first image's over the second's, 1 = as much")
     print(f"{'scale':>6} {'pair':<18} {'PSNR':>8} {'latent MSE':>11} {'noise':>6} {'spread':>6} images")
     for (scale, pair), scores in summarize_degradation(rows).items():
@@ -374,7 +374,7 @@ def add_commands(commands) -> None:
     noise.add_argument("model", metavar="MODEL_DIR", help="trained degradation model directory; its flowsr.json gets the fit")
     noise.add_argument("--data", required=True, help="folder of HR images, degraded by the Real-ESRGAN-style pipeline")
     noise.add_argument("--scales", default="1.25,1.5,2,2.5,3,3.5,4", help="scales of the fit, above 1 and up to s_max (default 1.25 to 4)")
-    noise.add_argument("--crops", type=number_option(2, 10**5, integer=True), default=64, help="HR crops per scale (default 64)")
+    noise.add_argument("--crops", type=number_option(2, 10**5, integer=True), default=256, help="HR crops per scale (default 256)")
     noise.add_argument("--crop", type=number_option(32, 4096, integer=True), default=128, help="HR crop size in pixels (default 128)")
     noise.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     noise.set_defaults(run=run_noise)
@@ -401,4 +401,6 @@ def add_eval_command(commands) -> None:
     degradation.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     degradation.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=512, help="crop images to at most this many pixels per side")
     degradation.add_argument("--csv", default="eval-degradation.csv")
+    degradation.add_argument("--draws", type=number_option(2, 1000, integer=True), default=8,
+                             help="draws of the pipeline and of the pixel noise that the noise and spread columns average (default 8)")
     degradation.set_defaults(run=run_eval_degradation)

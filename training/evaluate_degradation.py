@@ -65,7 +65,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512, draws: int = 4) -> list[dict]:
+def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512, draws: int = 8) -> list[dict]:
     """Per image, scale and pair of images, the rows of FIELDS. The true image is the pipeline's first draw;
     its flat-region noise is the mean over `draws` draws (other seeds). With a noise model the one-step image plus
     noise (`noisy`, its first draw; its noise the mean over `draws` draws) is compared with the true image too, and

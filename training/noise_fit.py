@@ -67,7 +67,7 @@ def fit_scale(variance: Sequence[float], gray: Sequence[float], brightness: Sequ
 
 
 @torch.no_grad()
-def fit_noise(model: DegradationModel, photos: str | Path, scales: Sequence[float] = SCALES, crops: int = 64, crop: int = 128,
+def fit_noise(model: DegradationModel, photos: str | Path, scales: Sequence[float] = SCALES, crops: int = 256, crop: int = 128,
               seed: int = 0) -> NoiseModel:
     """Fit the noise table at `scales` (time 0, the HR image itself, has none) from `crops` crops per scale."""
     data = HRCrops(photos, crop=crop, seed=seed, repeats=max(1, crops), max_side=1600)
