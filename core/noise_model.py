@@ -80,8 +80,9 @@ class NoiseModel:
         own = torch.randn(1, 3, *lr_size, generator=generator)
         level = math.exp(spread * torch.randn((), generator=generator).item())
         white = math.sqrt(gray) * shared + math.sqrt(1 - gray) * own
-        unit = F.interpolate(white, size=(height, width), mode="bicubic", align_corners=False)
-        unit = unit / unit.std().clamp_min(1e-12)
-        brightness = ((image.float().mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
-        variance = (level * (base + slope * brightness.cpu())).clamp_min(0)
-        return (variance.sqrt() * unit).to(image.device, image.dtype)
+        noise = F.interpolate(white, size=(height, width), mode="bicubic", align_corners=False)
+        noise.div_(noise.std().clamp_min(1e-12))
+        # sigma = sqrt(level * (base + slope * brightness)), in place: a 4096² image needs no extra full-size copies
+        sigma = image.float().mean(dim=1, keepdim=True).cpu().add_(1).div_(2).clamp_(0, 1)
+        sigma.mul_(slope).add_(base).mul_(level).clamp_(min=0).sqrt_()
+        return noise.mul_(sigma).to(image.device, image.dtype)

@@ -132,7 +132,7 @@ class Degrader:
         """One draw of the model's pixel noise on `image`, reproducible from (seed, scale)."""
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{float(scale)!r}".encode()))
         lr_size = max(1, round(image.shape[2] / scale)), max(1, round(image.shape[3] / scale))
-        return (image + self.noise.sample(image, r, lr_size, generator)).clamp_(-1, 1)
+        return self.noise.sample(image, r, lr_size, generator).add_(image).clamp_(-1, 1)
 
     def draws(self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False) -> list[list[np.ndarray]]:
         """A PIL image or HWC uint8/uint16 array -> per seed, one array per scale, same dtype; at HR size, or at
