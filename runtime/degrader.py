@@ -10,7 +10,7 @@ photos as in `SuperResolver`, and so does the same pixel budget.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +96,9 @@ class Degrader:
             )
 
     @torch.inference_mode()
-    def degrade_tensor(self, hr: torch.Tensor, scales: Sequence[float], seeds: Sequence[int] = (0,)) -> list[torch.Tensor]:
-        """(1, 3, H, W) in [-1, 1] -> per seed, (S, 3, H, W) in [-1, 1]: one image per scale, at HR size. The
-        network runs once per scale; the seeds differ only in their pixel noise."""
+    def degrade_tensor(self, hr: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+        """(1, 3, H, W) in [-1, 1] -> (S, 3, H, W) in [-1, 1], the network's image per scale, at HR size (no pixel
+        noise: `add_noise` draws it)."""
         if hr.ndim != 4 or hr.shape[:2] != (1, 3):
             raise ValueError(f"expected one (1, 3, H, W) image, got shape {tuple(hr.shape)}")
         self.check_size(*hr.shape[2:])
@@ -123,34 +123,36 @@ class Degrader:
 
                 out[index] = tiled_map(x, solve, self.tile, self.overlap)[0, :, :height, :width]
                 self.evaluations += max(counts)  # per tile; the tiles of one scale run the same solver
-        out = out.clamp_(-1, 1)
-        if self.noise is None:
-            return [out for _ in seeds]
-        return [torch.cat([self._noisy(out[i : i + 1], scale, r, seed) for i, (scale, r) in enumerate(zip(scales, times))]) for seed in seeds]
+        return out.clamp_(-1, 1)
 
-    def _noisy(self, image: torch.Tensor, scale: float, r: float, seed: int) -> torch.Tensor:
-        """One draw of the model's pixel noise on `image`, reproducible from (seed, scale)."""
+    @torch.inference_mode()
+    def add_noise(self, image: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+        """One draw of the model's pixel noise on a network image (1, 3, H, W) at `scale`, reproducible from
+        (seed, scale); the image itself when there is no noise model or `noise` is off."""
+        if self.noise is None:
+            return image
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{float(scale)!r}".encode()))
         lr_size = max(1, round(image.shape[2] / scale)), max(1, round(image.shape[3] / scale))
-        return self.noise.sample(image, r, lr_size, generator).add_(image).clamp_(-1, 1)
+        return self.noise.sample(image, scale_to_time(float(scale), self.s_max), lr_size, generator).add_(image).clamp_(-1, 1)
 
-    def draws(self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False) -> list[list[np.ndarray]]:
-        """A PIL image or HWC uint8/uint16 array -> per seed, one array per scale, same dtype; at HR size, or at
-        the LR size round(H/s) x round(W/s) when `lr_grid` (bicubic, antialiased)."""
+    def draws(self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False) -> Iterator[list[np.ndarray]]:
+        """A PIL image or HWC uint8/uint16 array -> for each seed in turn, one array per scale, same dtype; at HR
+        size, or at the LR size round(H/s) x round(W/s) when `lr_grid` (bicubic, antialiased). The network runs
+        once per scale; the seeds differ only in their pixel noise, and only one seed's images are held at a time."""
         picture = images.from_pil(image) if not isinstance(image, (np.ndarray, images.Picture)) else image
         rgb = picture.rgb if isinstance(picture, images.Picture) else picture
         if rgb.ndim == 2:
             rgb = images.gray_to_rgb(rgb)
-        results = []
-        for out in self.degrade_tensor(images.to_tensor(rgb), scales, seeds):
+        out = self.degrade_tensor(images.to_tensor(rgb), scales)
+        for seed in seeds:
             arrays = []
-            for scale, degraded in zip(scales, out):
+            for scale, network_image in zip(scales, out):
+                degraded = self.add_noise(network_image[None], scale, seed)[0]
                 if lr_grid:
                     degraded = resize_to(degraded[None], max(1, round(rgb.shape[0] / scale)), max(1, round(rgb.shape[1] / scale)))[0]
                 arrays.append(images.from_tensor(degraded, bit_depth=16 if rgb.dtype == np.uint16 else 8))
-            results.append(arrays)
-        return results
+            yield arrays
 
     def __call__(self, image, scales: Sequence[float], lr_grid: bool = False, seed: int = 0) -> list[np.ndarray]:
         """One draw: `draws` with one seed."""
-        return self.draws(image, scales, [seed], lr_grid)[0]
+        return next(self.draws(image, scales, [seed], lr_grid))
