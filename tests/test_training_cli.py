@@ -114,3 +114,11 @@ def test_bad_training_input_is_one_line(photos, tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("flowsr: error: ") for line in lines)
     assert "not a folder" in lines[0] and "does not exist" in lines[1] and "too few" in lines[2]
+
+
+def test_allosr2_relative_rec_trains_the_recipes_reconstruction_term(photos, tmp_path):
+    base = tmp_path / "base"
+    assert main(["model", "init", "--preset", "tiny", str(base)]) == 0
+    assert main(["train", "allosr2", str(base), "--data", str(photos), "-o", str(tmp_path / "sr"), "--relative-rec", "--no-fatc", "--no-atm", *FAST]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sr" / "losses.jsonl").read_text().splitlines()]
+    assert all(row["loss"] == pytest.approx(row["latent_relative"]) for row in rows)  # the relative term is the whole loss

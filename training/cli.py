@@ -99,8 +99,9 @@ def run_allosr2(args) -> int:
 
     preset = LORA_PRESETS.get(Manifest.read(args.model).preset, LoraSettings())
     lora = LoraSettings(rank=args.rank or preset.rank, alpha=args.alpha or args.rank or preset.alpha)
-    weights = LossWeights(latent_mse=1.0, lpips=args.lpips_weight, pixel=args.pixel_weight, fatc=0.0 if args.no_fatc else args.fatc_weight,
-                          atm=0.0 if args.no_atm else args.atm_weight)
+    relative = float(args.relative_rec)
+    weights = LossWeights(latent_mse=1.0 - relative, latent_relative=relative, lpips=args.lpips_weight, pixel=args.pixel_weight,
+                          fatc=0.0 if args.no_fatc else args.fatc_weight, atm=0.0 if args.no_atm else args.atm_weight)
     pairs = _pairs(args, synthesized=_synthesize_pairs(args) if args.synthesize_with else None)
     merged = train_allosr2(args.model, args.output, pairs, _loop_config(args), weights, lora, args.lpips_weights, restart=args.restart)
     if merged:
@@ -342,6 +343,8 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
     allosr2.add_argument("--clean-fraction", type=number_option(0, 1), default=0.0,
                          help="share of HR-only samples degraded by clean bicubic downscaling instead of the pipeline (default 0)")
+    allosr2.add_argument("--relative-rec", action="store_true",
+                         help="L_rec as each sample's share of its input error left, as the recipe trains (default: plain MSE)")
     allosr2.add_argument("--pixel-weight", type=number_option(0, 10**6), default=0.0, help="weight of an L1 term on the decoded image in L_rec (default 0)")
     allosr2.add_argument("--synthesize-with", metavar="DEGRADATION_DIR",
                          help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on them")
