@@ -82,6 +82,9 @@ def test_paired_folders_align_lr_and_hr(tmp_path):
         aligned = (lr_up - hr_crop).abs().mean()
         shifted = (lr_up[:, 16:, 16:] - hr_crop[:, :-16, :-16]).abs().mean()
         assert aligned < 0.6 * shifted
+    (tmp_path / "hr" / "a.png").unlink()  # the pair was decoded once and is kept: later epochs need no file
+    dataset.set_epoch(4)
+    assert dataset[0][1].shape == (3, 128, 128)
 
 
 def test_errors_name_the_problem(tmp_path, hr_folder):

@@ -162,7 +162,8 @@ class DegradedFolder(HRCrops):
 
 
 class PairedFolders(_EpochDataset):
-    """Paired LR/HR folders matched by file stem; LR either at HR size (aligned) or an integer factor smaller."""
+    """Paired LR/HR folders matched by file stem; LR either at HR size (aligned) or an integer factor smaller.
+    Decoded pairs are kept in memory, as `HRCrops` keeps its images."""
 
     def __init__(self, lr_root, hr_root, crop: int = 256, seed: int = 0):
         hr_paths = {p.relative_to(hr_root).with_suffix(""): p for p in list_images(hr_root)}
@@ -174,7 +175,7 @@ class PairedFolders(_EpochDataset):
 
     def _set_pairs(self, pairs: list[tuple[Path, Path]], crop: int, seed: int) -> None:
         super().__init__(seed)
-        self.pairs, self.factors = [], []
+        self.pairs, self.factors, self._decoded = [], [], {}
         for lr_path, hr_path in pairs:
             hr_size, lr_size = _image_size(hr_path), _image_size(lr_path)
             _check_crop(hr_path, hr_size, crop)
@@ -191,12 +192,19 @@ class PairedFolders(_EpochDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded (LR, HR) pair, kept in memory: decoding two photos per sample made training data-bound."""
+        if index not in self._decoded:
+            lr_path, hr_path = self.pairs[index]
+            try:
+                self._decoded[index] = images.read_image(lr_path).rgb, images.read_image(hr_path).rgb
+            except images.ImageError as err:
+                raise DataError(f"{lr_path} / {hr_path}: {err}") from None
+        return self._decoded[index]
+
     def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        (lr_path, hr_path), factor = self.pairs[index], self.factors[index]
-        try:
-            lr, hr = images.read_image(lr_path).rgb, images.read_image(hr_path).rgb
-        except images.ImageError as err:
-            raise DataError(f"{lr_path} / {hr_path}: {err}") from None
+        factor = self.factors[index]
+        lr, hr = self._pair(index)
         # Crop on the LR grid so LR and HR crops cover exactly the same area.
         top = int(rng.integers((hr.shape[0] - self.crop) // factor + 1)) * factor
         left = int(rng.integers((hr.shape[1] - self.crop) // factor + 1)) * factor
