@@ -86,3 +86,7 @@ class NoiseModel:
         sigma = image.float().mean(dim=1, keepdim=True).cpu().add_(1).div_(2).clamp_(0, 1)
         sigma.mul_(slope).add_(base).mul_(level).clamp_(min=0).sqrt_()
         return noise.mul_(sigma).to(image.device, image.dtype)
+
+    def add_to(self, image: torch.Tensor, r: float, lr_size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        """`image` plus one draw of `sample`, clipped to [-1, 1]."""
+        return self.sample(image, r, lr_size, generator).add_(image).clamp_(-1, 1)

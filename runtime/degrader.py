@@ -133,7 +133,7 @@ class Degrader:
             return image
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{float(scale)!r}".encode()))
         lr_size = max(1, round(image.shape[2] / scale)), max(1, round(image.shape[3] / scale))
-        return self.noise.sample(image, scale_to_time(float(scale), self.s_max), lr_size, generator).add_(image).clamp_(-1, 1)
+        return self.noise.add_to(image, scale_to_time(float(scale), self.s_max), lr_size, generator)
 
     def draws(self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False) -> Iterator[list[np.ndarray]]:
         """A PIL image or HWC uint8/uint16 array -> for each seed in turn, one array per scale, same dtype; at HR

@@ -101,17 +101,15 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
             pairs = [("one", "multi"), ("one", "true"), ("multi", "true"), ("bicubic", "true")]
             spreads = {}
             if noise is not None:
-                noisy = [(one + noise.sample(one, r, lr_size, torch.Generator().manual_seed(seed + index + DRAW_SEED_STEP * draw))).clamp(-1, 1)
-                         for draw in range(draws)]
+                noisy = [noise.add_to(one, r, lr_size, torch.Generator().manual_seed(seed + index + DRAW_SEED_STEP * draw)) for draw in range(draws)]
                 pixels["noisy"] = noisy[0]
                 latents["noisy"] = model.rae.encode(noisy[0])[0]
                 pairs.append(("noisy", "true"))
                 spreads = {"noisy": _spread(noisy), "true": _spread(truths)}
-            noise_levels = {name: flat_noise(image, hr_tensor, scale) for name, image in pixels.items()}
             # Random images are scored over all their draws: the pipeline's, and the noise model's.
-            noise_levels["true"] = float(np.mean([flat_noise(image, hr_tensor, scale) for image in truths]))
-            if noise is not None:
-                noise_levels["noisy"] = float(np.mean([flat_noise(image, hr_tensor, scale) for image in noisy]))
+            draws_of = {"true": truths, "noisy": noisy} if noise is not None else {"true": truths}
+            noise_levels = {name: float(np.mean([flat_noise(image, hr_tensor, scale) for image in draws_of.get(name, [image])]))
+                            for name, image in pixels.items()}
             for first, second in pairs:
                 rows.append({
                     "image": path.name, "scale": scale, "pair": f"{first}-vs-{second}",
