@@ -71,6 +71,13 @@ def draw_seed(seed: int, name: str, sample: int) -> int:
     return zlib.crc32(f"{seed}:{name}:{sample}".encode())
 
 
+def check_samples(degrader, samples: int, option: str = "--samples") -> None:
+    """Several draws of one image differ only in the pixel noise: refuse them without it, before any image is made."""
+    if samples > 1 and degrader.noise is None:
+        raise SettingsError(f"{option} {samples} needs a model with fitted pixel noise (`flowsr train noise`) and no --no-noise: "
+                            "without it every draw is the same image")
+
+
 def shard(items: list, rank: int, world: int) -> list:
     return items[rank::world]
 
@@ -133,9 +140,7 @@ def run_degrade(args, collect_inputs, error) -> int:
                         solver=args.solver, steps=args.steps, tile=args.tile, overlap=args.overlap,
                         max_megapixels=args.max_megapixels, noise=not args.no_noise)
     scales = parse_scales(args.scale, degrader.s_max)
-    if args.samples > 1 and degrader.noise is None:
-        raise SettingsError(f"--samples {args.samples} needs a model with fitted pixel noise (`flowsr train noise`) and no --no-noise: "
-                         "without it every draw is the same image")
+    check_samples(degrader, args.samples)
     if not degrader.manifest.trained:
         error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not a real degradation")
     out_dir = Path(args.output)

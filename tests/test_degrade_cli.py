@@ -149,6 +149,21 @@ def test_degradation_model_feeds_allosr2_in_one_command(model_dir, photos, tmp_p
     assert len(losses) == 2
 
 
+def test_allosr2_trains_on_several_noise_draws_per_image(model_dir, noisy_model_dir, photos, tmp_path, capsys):
+    sr_model = tmp_path / "sr"
+    assert main(["model", "init", "--preset", "tiny", str(sr_model)]) == 0
+    command = ["train", "allosr2", str(sr_model), "--data", str(photos), "--synth-scales", "2", "--synth-samples", "2",
+               "--crop", "32", "--batch-size", "2", "--steps", "1"]
+    assert main([*command, "--synthesize-with", str(noisy_model_dir), "-o", str(tmp_path / "run")]) == 0
+    names = sorted(p.name for p in (tmp_path / "run" / "pairs" / "2").glob("*_LR*.png"))
+    assert len(names) == 2 * 4 and all(name.endswith(("_LR2_0.png", "_LR2_1.png")) for name in names)
+    capsys.readouterr()
+    assert main([*command, "--synthesize-with", str(model_dir), "-o", str(tmp_path / "plain")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "--synth-samples 2 needs a model with fitted pixel noise" in error
+    assert not (tmp_path / "plain" / "pairs").exists()
+
+
 def test_eval_degradation_reports_every_pair(model_dir, photos, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
     assert main(["eval-degradation", str(photos), "--model", str(model_dir), "--scales", "2,3", "--csv", str(csv_path)]) == 0

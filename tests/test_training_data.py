@@ -7,7 +7,7 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core.sr_model import resize_to
-from flowsr.training.data import DataError, DegradedFolder, PairedFolders
+from flowsr.training.data import DataError, DegradedFolder, PairedFolders, SynthesizedPairs
 from flowsr.training.degradations import bicubic_downscale
 
 
@@ -85,6 +85,22 @@ def test_paired_folders_align_lr_and_hr(tmp_path):
     (tmp_path / "hr" / "a.png").unlink()  # the pair was decoded once and is kept: later epochs need no file
     dataset.set_epoch(4)
     assert dataset[0][1].shape == (3, 128, 128)
+
+
+def test_synthesized_draws_are_pairs_of_their_own_sharing_one_hr_image(tmp_path):
+    """`flowsr degrade --samples N` writes {s}/{name}_LR{s}_{k}.png; each draw must come back with its own LR pixels."""
+    hr = data.astronaut()[:96, :96]
+    (tmp_path / "2").mkdir()
+    Image.fromarray(hr).save(tmp_path / "2" / "a_HR.png")
+    Image.fromarray(hr // 2).save(tmp_path / "2" / "a_LR2_0.png")  # t -> (t - 1) / 2 in [-1, 1]
+    Image.fromarray(255 - hr).save(tmp_path / "2" / "a_LR2_1.png")  # t -> -t
+    dataset = SynthesizedPairs(tmp_path, crop=64, seed=0)
+    assert len(dataset) == 2 and dataset._pair(0)[1] is dataset._pair(1)[1]
+    (lr_0, hr_0), (lr_1, hr_1) = dataset[0], dataset[1]
+    assert torch.allclose(lr_0, (hr_0 - 1) / 2, atol=1.5 / 255) and torch.allclose(lr_1, -hr_1, atol=1e-6)
+    Image.fromarray(hr).save(tmp_path / "2" / "a_LR2.png")  # a single-draw run's output beside numbered draws
+    with pytest.raises(DataError, match="both single and numbered draws of a"):
+        SynthesizedPairs(tmp_path, crop=64)
 
 
 def test_errors_name_the_problem(tmp_path, hr_folder):

@@ -63,7 +63,7 @@ def _synthesize_pairs(args) -> Path:
     import torch.distributed as dist
 
     from flowsr.runtime.degrader import Degrader
-    from flowsr.runtime.generate import generate, parse_scales, shard
+    from flowsr.runtime.generate import check_samples, generate, parse_scales, shard
 
     from .data import DataError, list_images
     from .loop import distributed, train_device
@@ -71,15 +71,17 @@ def _synthesize_pairs(args) -> Path:
     rank, world = distributed()
     degrader = Degrader(args.synthesize_with, device=train_device(rank))
     scales = parse_scales(args.synth_scales, degrader.s_max)
+    check_samples(degrader, args.synth_samples, "--synth-samples")
     root = Path(args.data)
     jobs = [(path, path.relative_to(root).with_suffix("").as_posix().replace("/", "_")) for path in list_images(root)]
     out = Path(args.output) / "pairs"
-    done, skipped, failed = generate(degrader, shard(jobs, rank, world), out, scales, False, print)
+    done, skipped, failed = generate(degrader, shard(jobs, rank, world), out, scales, False, print, args.synth_samples, args.seed)
     if failed:
         raise DataError(f"{failed} HR images of {root} could not be degraded (listed above); fix or remove them")
     if world > 1:
         dist.barrier()
-    print(f"pairs: {done} images degraded at {len(scales)} scales ({skipped} already there) in {out}")
+    draws = f" x {args.synth_samples} draws" if args.synth_samples > 1 else ""
+    print(f"pairs: {done} images degraded at {len(scales)} scales{draws} ({skipped} already there) in {out}")
     return out
 
 
@@ -349,6 +351,9 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--synthesize-with", metavar="DEGRADATION_DIR",
                          help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on them")
     allosr2.add_argument("--synth-scales", default="1.5:4:0.25", help="scales for --synthesize-with (default 1.5:4:0.25)")
+    allosr2.add_argument("--synth-samples", type=number_option(1, 1000, integer=True), default=1,
+                         help="noise draws per image and scale for --synthesize-with, seeded by --seed (default 1; more need the "
+                              "model's pixel noise)")
     allosr2.set_defaults(run=run_allosr2)
 
 

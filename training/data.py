@@ -7,6 +7,7 @@ same samples for the same step.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -176,9 +177,12 @@ class PairedFolders(_EpochDataset):
     def _set_pairs(self, pairs: list[tuple[Path, Path]], crop: int, seed: int) -> None:
         super().__init__(seed)
         self.pairs, self.factors, self._decoded = [], [], {}
+        sizes = {}
         for lr_path, hr_path in pairs:
-            hr_size, lr_size = _image_size(hr_path), _image_size(lr_path)
-            _check_crop(hr_path, hr_size, crop)
+            if hr_path not in sizes:  # several draws share one HR image
+                sizes[hr_path] = _image_size(hr_path)
+                _check_crop(hr_path, sizes[hr_path], crop)
+            hr_size, lr_size = sizes[hr_path], _image_size(lr_path)
             factor = hr_size[0] // lr_size[0] if lr_size[0] else 0
             if factor < 1 or (lr_size[0] * factor, lr_size[1] * factor) != hr_size or crop % factor:
                 raise DataError(
@@ -192,15 +196,19 @@ class PairedFolders(_EpochDataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded (LR, HR) pair, kept in memory: decoding two photos per sample made training data-bound."""
-        if index not in self._decoded:
-            lr_path, hr_path = self.pairs[index]
+    def _decode(self, path: Path) -> np.ndarray:
+        """A decoded image, kept in memory (once per file, so draws that share an HR image share its pixels):
+        decoding two photos per sample made training data-bound."""
+        if path not in self._decoded:
             try:
-                self._decoded[index] = images.read_image(lr_path).rgb, images.read_image(hr_path).rgb
+                self._decoded[path] = images.read_image(path).rgb
             except images.ImageError as err:
-                raise DataError(f"{lr_path} / {hr_path}: {err}") from None
-        return self._decoded[index]
+                raise DataError(f"{path}: {err}") from None
+        return self._decoded[path]
+
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        lr_path, hr_path = self.pairs[index]
+        return self._decode(lr_path), self._decode(hr_path)
 
     def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         factor = self.factors[index]
@@ -216,17 +224,21 @@ class PairedFolders(_EpochDataset):
 
 
 class SynthesizedPairs(PairedFolders):
-    """Pairs in the `flowsr degrade` layout, every scale folder of `root`: `{s}/{name}_LR{s}.png` with `{s}/{name}_HR.png`."""
+    """Pairs in the `flowsr degrade` layout, every scale folder of `root`: `{s}/{name}_LR{s}.png`, or its draws
+    `{s}/{name}_LR{s}_{k}.png`, each with `{s}/{name}_HR.png`. Every draw is a pair of its own."""
 
     def __init__(self, root, crop: int = 256, seed: int = 0):
-        pairs = []
+        pairs, numbered = [], {}
         for lr_path in sorted(Path(root).glob("*/*_LR*.png")):
-            scale = lr_path.parent.name
-            if not lr_path.name.endswith(f"_LR{scale}.png"):
+            found = re.fullmatch(rf"(.+)_LR{re.escape(lr_path.parent.name)}(_\d+)?\.png", lr_path.name)
+            if not found:
                 continue
-            hr_path = lr_path.with_name(lr_path.name[: -len(f"_LR{scale}.png")] + "_HR.png")
+            hr_path = lr_path.with_name(f"{found[1]}_HR.png")
             if not hr_path.is_file():
                 raise DataError(f"{lr_path}: no HR image {hr_path} beside it; re-run `flowsr degrade` on the HR folder")
+            if numbered.setdefault(hr_path, found[2] is not None) != (found[2] is not None):
+                raise DataError(f"{lr_path.parent}: holds both single and numbered draws of {found[1]} (runs with other --samples); "
+                                "remove one set")
             pairs.append((lr_path, hr_path))
         if not pairs:
             raise DataError(f"{root}: no {{s}}/{{name}}_LR{{s}}.png images; make them with `flowsr degrade HR_DIR -o {root}`")
