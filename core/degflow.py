@@ -24,6 +24,11 @@ def scale_to_time(scale: float, s_max: float) -> float:
     return (scale - 1.0) / (s_max - 1.0)
 
 
+def lr_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The LR grid of an H x W image at a continuous scale: round(H/s) x round(W/s), at least one pixel."""
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
 def time_to_scale(t: float, s_max: float) -> float:
     return 1.0 + t * (s_max - 1.0)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from flowsr.core import images
-from flowsr.core.degflow import scale_to_time
+from flowsr.core.degflow import lr_size, scale_to_time
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.sr_model import pad_to_multiple, resize_to
@@ -132,8 +132,7 @@ class Degrader:
         if self.noise is None:
             return image
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{float(scale)!r}".encode()))
-        lr_size = max(1, round(image.shape[2] / scale)), max(1, round(image.shape[3] / scale))
-        return self.noise.add_to(image, scale_to_time(float(scale), self.s_max), lr_size, generator)
+        return self.noise.add_to(image, scale_to_time(float(scale), self.s_max), lr_size(image.shape[2], image.shape[3], scale), generator)
 
     def draws(self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False) -> Iterator[list[np.ndarray]]:
         """A PIL image or HWC uint8/uint16 array -> for each seed in turn, one array per scale, same dtype; at HR
@@ -149,7 +148,7 @@ class Degrader:
             for scale, network_image in zip(scales, out):
                 degraded = self.add_noise(network_image[None], scale, seed)[0]
                 if lr_grid:
-                    degraded = resize_to(degraded[None], max(1, round(rgb.shape[0] / scale)), max(1, round(rgb.shape[1] / scale)))[0]
+                    degraded = resize_to(degraded[None], *lr_size(rgb.shape[0], rgb.shape[1], scale))[0]
                 arrays.append(images.from_tensor(degraded, bit_depth=16 if rgb.dtype == np.uint16 else 8))
             yield arrays
 

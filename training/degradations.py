@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from scipy import special
 
+from flowsr.core.degflow import lr_size
+
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 INTERPOLATIONS = (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)
 
@@ -149,7 +151,7 @@ def degrade(hr: np.ndarray, scale: float, seed: int, config: DegradationConfig =
         raise ValueError(f"degradation scale must be at least 1, got {scale}")
     rng = np.random.default_rng(seed)
     height, width = hr.shape[:2]
-    out_h, out_w = max(1, round(height / scale)), max(1, round(width / scale))
+    out_h, out_w = lr_size(height, width, scale)
     image = _jpeg(_blur_resize_noise(hr, rng, config.first, config.kernel_sizes, (height, width)), rng, config.first)
     # The second order resizes relative to the final LR size, as Real-ESRGAN does; its JPEG comes last.
     image = _blur_resize_noise(image, rng, config.second, config.kernel_sizes, (out_h, out_w))
@@ -174,7 +176,7 @@ def bicubic_downscale(hr: np.ndarray, scale: float) -> np.ndarray:
         raise ValueError(f"expected a float32 (H, W, 3) image in [0, 1], got {hr.dtype} {hr.shape}")
     if scale < 1:
         raise ValueError(f"degradation scale must be at least 1, got {scale}")
-    size = max(1, round(hr.shape[0] / scale)), max(1, round(hr.shape[1] / scale))
+    size = lr_size(hr.shape[0], hr.shape[1], scale)
     image = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None]
     lr = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
     return lr[0].permute(1, 2, 0).clamp(0, 1).numpy()

@@ -21,7 +21,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from flowsr.core import images
 from flowsr.core.atomic import atomic_file
-from flowsr.core.degflow import scale_to_time
+from flowsr.core.degflow import lr_size, scale_to_time
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.sr_model import resize_to
 
@@ -36,8 +36,7 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 def lr_grid(image: torch.Tensor, scale: float) -> np.ndarray:
     """An image (1, 3, H, W) in [-1, 1] at HR size, resized to the LR grid of `scale`: (3, h, w) in 8-bit levels."""
-    size = max(1, round(image.shape[2] / scale)), max(1, round(image.shape[3] / scale))
-    return ((resize_to(image.float(), *size)[0] + 1) * 127.5).numpy().astype(np.float64)
+    return ((resize_to(image.float(), *lr_size(image.shape[2], image.shape[3], scale))[0] + 1) * 127.5).numpy().astype(np.float64)
 
 
 def highpass(channels: np.ndarray) -> np.ndarray:
@@ -82,7 +81,7 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
         z0, skips = model.rae.encode(hr_tensor)
         for scale in scales:
             r = scale_to_time(scale, model.s_max)
-            lr_size = max(1, round(height / scale)), max(1, round(width / scale))
+            grid = lr_size(height, width, scale)
 
             def pipeline(draw: int, scale: float = scale) -> torch.Tensor:
                 lr = torch.from_numpy(degrade(hr, scale, seed=seed + index + DRAW_SEED_STEP * draw)).permute(2, 0, 1)[None] * 2 - 1
@@ -90,7 +89,7 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
 
             truths = [pipeline(draw) for draw in range(draws)]
             true = truths[0]
-            bicubic = resize_to(resize_to(hr_tensor, *lr_size), height, width).clamp(-1, 1)
+            bicubic = resize_to(resize_to(hr_tensor, *grid), height, width).clamp(-1, 1)
             z_one = z0 + r * model.velocity(z0, torch.zeros(1), torch.full((1,), r))
             z_multi, _ = model.integrate(z0, r)
             one = model.rae.decode(z_one, skips).clamp(-1, 1)
@@ -101,7 +100,7 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
             pairs = [("one", "multi"), ("one", "true"), ("multi", "true"), ("bicubic", "true")]
             spreads = {}
             if noise is not None:
-                noisy = [noise.add_to(one, r, lr_size, torch.Generator().manual_seed(seed + index + DRAW_SEED_STEP * draw)) for draw in range(draws)]
+                noisy = [noise.add_to(one, r, grid, torch.Generator().manual_seed(seed + index + DRAW_SEED_STEP * draw)) for draw in range(draws)]
                 pixels["noisy"] = noisy[0]
                 latents["noisy"] = model.rae.encode(noisy[0])[0]
                 pairs.append(("noisy", "true"))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowsr.core.degflow import scale_to_time
+from flowsr.core.degflow import lr_size, scale_to_time
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.noise_model import MAX_SPREAD, NoiseModel
 from flowsr.core.sr_model import resize_to
@@ -47,8 +47,7 @@ def residual_statistics(grain: np.ndarray, brightness: np.ndarray, mask: np.ndar
 def grain_share(scale: float, size: int, draws: int = 8) -> float:
     """The share of the generated noise's variance that `highpass` keeps on the LR grid of `scale`."""
     flat = torch.zeros(1, 3, size, size)
-    lr_size = (max(1, round(size / scale)),) * 2
-    kept = [highpass(lr_grid(PROBE.sample(flat, 0.5, lr_size, torch.Generator().manual_seed(draw)), scale) / 127.5).var(axis=(1, 2)).mean()
+    kept = [highpass(lr_grid(PROBE.sample(flat, 0.5, lr_size(size, size, scale), torch.Generator().manual_seed(draw)), scale) / 127.5).var(axis=(1, 2)).mean()
             for draw in range(draws)]
     return float(np.mean(kept) / PROBE_VARIANCE)
 
