@@ -58,8 +58,8 @@ def run_flow(args) -> int:
 
 
 def _synthesize_pairs(args) -> Path:
-    """DegFlow -> pairs: degrade every HR image of --data at --synth-scales into RUN/pairs (resumable, sharded
-    under torchrun), then train on them. The loop from a folder of HR images to an SR model in one command."""
+    """DegFlow -> pairs: degrade every HR image of --data at --synth-scales, --synth-samples noise draws each, into
+    RUN/pairs (resumable, sharded under torchrun), then train on them. The loop from a folder of HR images to an SR model in one command."""
     import torch.distributed as dist
 
     from flowsr.runtime.degrader import Degrader
