@@ -14,10 +14,12 @@ from skimage import data
 
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.model_dir import DegradationManifest, update_manifest
+from flowsr.core.noise_model import NoiseModel
 from flowsr.export.onnx_export import export_onnx
 from flowsr.runtime.cli import main
 from flowsr.runtime.degrader import Degrader
 from flowsr.runtime.generate import parse_scales
+from flowsr.training.noise_fit import calibrate_noise
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +221,19 @@ def test_eval_degradation_scores_the_noise_draws_of_a_model_with_noise(noisy_mod
     assert len(noisy) == 4 and all(float(row[7]) > 0 and float(row[8]) > 0 for row in noisy)  # both spread across draws
     assert all(row[7] == "" for row in rows if row[2] != "noisy-vs-true")
     assert "noisy-vs-true" in capsys.readouterr().out
+
+
+def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy_model_dir, photos, tmp_path, capsys):
+    """`train noise --calibrate-on` rescales the table until eval-degradation's noise ratio is 1 on those photos; the
+    table starts almost 5x as grainy as the pipeline on these photos."""
+    model = tmp_path / "model"
+    shutil.copytree(noisy_model_dir, model)
+    table = {"times": [0.0, 1.0], "base": [0.0, 4e-2], "slope": [0.0, 0.0], "gray": [0.0, 0.5], "spread": [0.0, 0.2]}
+    calibrated = calibrate_noise(DegradationModel.from_pretrained(model), NoiseModel.from_dict(table), photos, max_side=88)
+    assert 0 < calibrated.base[1] < table["base"][1] / 4 and calibrated.times == table["times"]
+    update_manifest(model, noise=calibrated.to_dict())
+    csv_path = tmp_path / "scores.csv"
+    assert main(["eval-degradation", str(photos), "--model", str(model), "--scales", "4", "--max-side", "88", "--csv", str(csv_path)]) == 0
+    noisy = [line.split(",") for line in csv_path.read_text().splitlines()[1:] if ",noisy-vs-true," in line]
+    ratio = np.mean([float(row[5]) for row in noisy]) / np.mean([float(row[6]) for row in noisy])
+    assert ratio == pytest.approx(1.0, abs=0.03)

@@ -198,15 +198,19 @@ def run_noise(args) -> int:
     from flowsr.core.noise_model import FIELDS
     from flowsr.runtime.generate import parse_scales
 
-    from .noise_fit import fit_noise
+    from .noise_fit import calibrate_noise, fit_noise
 
     model = DegradationModel.from_pretrained(args.model)
     scales = sorted(set(parse_scales(args.scales, model.s_max)))
     if scales[0] <= 1 or scales[-1] != model.s_max:
         raise SettingsError(f"--scales {args.scales} must lie above 1 and end at the model's s_max {model.s_max:g}")
     noise = fit_noise(model, args.data, scales=scales, crops=args.crops, crop=args.crop, seed=args.seed)
+    how = f"fitted on {args.crops} crops per scale"
+    if args.calibrate_on:
+        noise = calibrate_noise(model, noise, args.calibrate_on, seed=args.seed)
+        how += f", calibrated on {args.calibrate_on}"
     update_manifest(args.model, noise=noise.to_dict())
-    print(f"pixel noise fitted on {args.crops} crops per scale; written to {Path(args.model) / 'flowsr.json'}")
+    print(f"pixel noise {how}; written to {Path(args.model) / 'flowsr.json'}")
     print("  ".join(f"{name:>8}" for name in FIELDS))
     for row in zip(*(getattr(noise, name) for name in FIELDS)):
         print("  ".join(f"{value:8.2e}" for value in row))
@@ -384,6 +388,8 @@ def add_commands(commands) -> None:
     noise.add_argument("--scales", default="1.25,1.5,2,2.5,3,3.5,4", help="scales of the fit, above 1 and up to s_max (default 1.25 to 4)")
     noise.add_argument("--crops", type=number_option(2, 10**5, integer=True), default=256, help="HR crops per scale (default 256)")
     noise.add_argument("--crop", type=number_option(32, 4096, integer=True), default=128, help="HR crop size in pixels (default 128)")
+    noise.add_argument("--calibrate-on", metavar="HR_DIR",
+                       help="then rescale the fit so that eval-degradation's noise ratio is 1 on these photos (not --data's)")
     noise.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     noise.set_defaults(run=run_noise)
 
@@ -409,6 +415,6 @@ def add_eval_command(commands) -> None:
     degradation.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     degradation.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=512, help="crop images to at most this many pixels per side")
     degradation.add_argument("--csv", default="eval-degradation.csv")
-    degradation.add_argument("--draws", type=number_option(2, 1000, integer=True), default=8,
-                             help="draws of the pipeline and of the pixel noise that the noise and spread columns average (default 8)")
+    degradation.add_argument("--draws", type=number_option(2, 1000, integer=True), default=32,
+                             help="draws of the pipeline and of the pixel noise that the noise and spread columns average (default 32)")
     degradation.set_defaults(run=run_eval_degradation)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,27 @@ def flat_noise(image: torch.Tensor, hr: torch.Tensor, scale: float) -> float:
     return float(grain[flat_mask(hr, scale)].std())
 
 
+def top_left_crops(hr_root, max_side: int, stride: int) -> Iterator[tuple[Path, np.ndarray, torch.Tensor]]:
+    """(path, HWC float32 in [0, 1], (1, 3, H, W) in [-1, 1]) of each image's top-left crop of at most `max_side`
+    pixels per side, sides multiples of `stride`."""
+    for path in list_images(hr_root):
+        hr = images.to_unit_float(images.to_8bit(images.read_image(path).rgb))
+        hr = np.ascontiguousarray(hr[: min(hr.shape[0], max_side) // stride * stride, : min(hr.shape[1], max_side) // stride * stride])
+        yield path, hr, torch.from_numpy(hr).permute(2, 0, 1)[None] * 2 - 1
+
+
+def pipeline_draw(hr: np.ndarray, scale: float, seed: int) -> torch.Tensor:
+    """One draw of the Real-ESRGAN-style pipeline at `scale`, brought back to HR size: (1, 3, H, W) in [-1, 1]."""
+    lr = torch.from_numpy(degrade(hr, scale, seed=seed)).permute(2, 0, 1)[None] * 2 - 1
+    return resize_to(lr, hr.shape[0], hr.shape[1]).clamp(-1, 1)
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(peak_signal_noise_ratio(images.from_tensor(b), images.from_tensor(a), data_range=255))
 
 
 @torch.no_grad()
-def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512, draws: int = 8) -> list[dict]:
+def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512, draws: int = 32) -> list[dict]:
     """Per image, scale and pair of images, the rows of FIELDS. The true image is the pipeline's first draw;
     its flat-region noise is the mean over `draws` draws (other seeds). With a noise model the one-step image plus
     noise (`noisy`, its first draw; its noise the mean over `draws` draws) is compared with the true image too, and
@@ -72,22 +88,13 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
     rows = []
     stride = model.stride
     noise = model.noise_model
-    for index, path in enumerate(list_images(hr_root)):
-        hr = images.to_unit_float(images.to_8bit(images.read_image(path).rgb))
-        hr = hr[: min(hr.shape[0], max_side) // stride * stride, : min(hr.shape[1], max_side) // stride * stride]
-        hr = np.ascontiguousarray(hr)
+    for index, (path, hr, hr_tensor) in enumerate(top_left_crops(hr_root, max_side, stride)):
         height, width = hr.shape[:2]
-        hr_tensor = torch.from_numpy(hr).permute(2, 0, 1)[None] * 2 - 1
         z0, skips = model.rae.encode(hr_tensor)
         for scale in scales:
             r = scale_to_time(scale, model.s_max)
             grid = lr_size(height, width, scale)
-
-            def pipeline(draw: int, scale: float = scale) -> torch.Tensor:
-                lr = torch.from_numpy(degrade(hr, scale, seed=seed + index + DRAW_SEED_STEP * draw)).permute(2, 0, 1)[None] * 2 - 1
-                return resize_to(lr, height, width).clamp(-1, 1)
-
-            truths = [pipeline(draw) for draw in range(draws)]
+            truths = [pipeline_draw(hr, scale, seed + index + DRAW_SEED_STEP * draw) for draw in range(draws)]
             true = truths[0]
             bicubic = resize_to(resize_to(hr_tensor, *grid), height, width).clamp(-1, 1)
             z_one = z0 + r * model.velocity(z0, torch.zeros(1), torch.full((1,), r))
