@@ -237,3 +237,13 @@ def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy
     noisy = [line.split(",") for line in csv_path.read_text().splitlines()[1:] if ",noisy-vs-true," in line]
     ratio = np.mean([float(row[5]) for row in noisy]) / np.mean([float(row[6]) for row in noisy])
     assert ratio == pytest.approx(1.0, abs=0.03)
+
+
+def test_calibration_on_a_folder_without_images_fails_before_the_fit(noisy_model_dir, photos, tmp_path, capsys):
+    before = (noisy_model_dir / "flowsr.json").read_bytes()
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "noise", str(noisy_model_dir), "--data", str(photos), "--calibrate-on", str(tmp_path / "empty")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "empty" in error and "no images" in error
+    assert (noisy_model_dir / "flowsr.json").read_bytes() == before
+

@@ -198,8 +198,11 @@ def run_noise(args) -> int:
     from flowsr.core.noise_model import FIELDS
     from flowsr.runtime.generate import parse_scales
 
+    from .data import list_images
     from .noise_fit import calibrate_noise, fit_noise
 
+    if args.calibrate_on:
+        list_images(args.calibrate_on)  # a folder that cannot calibrate fails now, not after the fit
     model = DegradationModel.from_pretrained(args.model)
     scales = sorted(set(parse_scales(args.scales, model.s_max)))
     if scales[0] <= 1 or scales[-1] != model.s_max:
