@@ -223,7 +223,7 @@ def test_eval_degradation_scores_the_noise_draws_of_a_model_with_noise(noisy_mod
     assert "noisy-vs-true" in capsys.readouterr().out
 
 
-def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy_model_dir, photos, tmp_path, capsys):
+def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy_model_dir, photos, tmp_path):
     """`train noise --calibrate-on` rescales the table until eval-degradation's noise ratio is 1 on those photos; the
     table starts almost 5x as grainy as the pipeline on these photos."""
     model = tmp_path / "model"
