@@ -20,6 +20,8 @@ the LoRA wrappers). In float32, merged and adapter models agree to float roundin
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,19 +85,24 @@ def attach_adapters(model: OneStepSR, adapters: Adapters) -> OneStepSR:
     return model
 
 
+def merged_copy(model: OneStepSR, adapters_dir: str | Path) -> OneStepSR:
+    """A copy of `model` with the adapters folded in; `model` itself is left as it is."""
+    adapters = read_adapters(adapters_dir)
+    if adapters.preset != model.manifest.preset:
+        raise MergeError(f"the adapters in {adapters_dir} are for preset {adapters.preset!r}, but the model is {model.manifest.preset!r}")
+    result = copy.deepcopy(model)
+    result.manifest = dataclasses.replace(model.manifest, weights_sha256=None)  # other weights: hashed when saved
+    attach_adapters(result, adapters)
+    for part in adapters.parts:
+        getattr(result, part).fuse_lora()
+        getattr(result, part).unload_lora()
+    if any(isinstance(module, BaseTunerLayer) for module in result.modules()):
+        raise MergeError("LoRA layers remained after merging; the installed peft/diffusers cannot unload them")
+    return result
+
+
 def merge_adapters(model_dir: str | Path, adapters_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Base model directory + adapters -> a merged model directory (written atomically) that loads without peft."""
-    adapters = read_adapters(adapters_dir)
     if Path(out_dir).exists() and not overwrite:
         raise MergeError(f"{out_dir} already exists; choose another path or pass overwrite=True")
-    model = OneStepSR.from_pretrained(model_dir)
-    manifest = model.manifest
-    if adapters.preset != manifest.preset:
-        raise MergeError(f"the adapters in {adapters_dir} are for preset {adapters.preset!r}, but {model_dir} is {manifest.preset!r}")
-    attach_adapters(model, adapters)
-    for part in adapters.parts:
-        getattr(model, part).fuse_lora()
-        getattr(model, part).unload_lora()
-    if any(isinstance(module, BaseTunerLayer) for module in model.modules()):
-        raise MergeError("LoRA layers remained after merging; the installed peft/diffusers cannot unload them")
-    return model.save_pretrained(out_dir, overwrite=overwrite)
+    return merged_copy(OneStepSR.from_pretrained(model_dir), adapters_dir).save_pretrained(out_dir, overwrite=overwrite)

@@ -89,6 +89,7 @@ def run_sr(args: argparse.Namespace) -> int:
         vae_tile=args.vae_tile,
         max_megapixels=args.max_megapixels,
         color_fix=not args.no_color_fix,
+        expert=args.expert,
     )
     if not resolver.manifest.trained:
         _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
@@ -152,9 +153,33 @@ def _load_model(directory: str, dtype=None):
     return model_class.from_pretrained(directory, dtype=dtype or torch.float32)
 
 
+def _export_source(args: argparse.Namespace):
+    """(model, the folder its exports live under, its stored weights' digest or None) for `export onnx`/`trt`: a
+    routed directory's expert by --expert (the degraded one's exports under MODEL_DIR/degraded), else the model."""
+    from flowsr.core.model_dir import model_kind
+    from flowsr.core.router import DEGRADED_FOLDER, is_routed
+
+    routed = model_kind(args.model) == "sr" and is_routed(args.model)
+    if routed and args.expert is None:
+        raise UsageError(f"{args.model} is a routed model with two experts; export each with --expert clean and --expert degraded")
+    if args.expert is not None and not routed:
+        raise UsageError(f"--expert is for routed model directories; {args.model} holds one model")
+    model = _load_model(args.model)
+    if args.expert == "degraded":
+        from flowsr.export.merge import merged_copy
+
+        home = Path(args.model) / DEGRADED_FOLDER
+        return merged_copy(model, home), home, None
+    return model, Path(args.model), model.manifest.weights_sha256
+
+
 def run_model_convert(args: argparse.Namespace) -> int:
     import torch
 
+    from flowsr.core.router import is_routed
+
+    if is_routed(args.model):
+        raise UsageError(f"{args.model} is a routed model (already float16); convert the model before `flowsr train router` routes it")
     _load_model(args.model, dtype=getattr(torch, args.dtype)).save_pretrained(args.output, overwrite=args.overwrite)
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0
@@ -193,12 +218,12 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     checked_opset(args.dtype, args.opset)
     spec = SPECS[model_kind(args.model)]
     graphs, scale = _graph_selection(args, spec, tuple(spec.graphs))
-    out = Path(args.output) if args.output else Path(args.model) / "onnx" / export_name(args.dtype, args.end_to_end, scale)
+    model, home, weights_sha256 = _export_source(args)
+    out = Path(args.output) if args.output else home / "onnx" / export_name(args.dtype, args.end_to_end, scale)
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
-    model = _load_model(args.model)
     document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, scale=scale,
-                           weights_sha256=model.manifest.weights_sha256, overwrite=args.overwrite)
+                           weights_sha256=weights_sha256, overwrite=args.overwrite)
     for entry in document["graphs"].values():
         check = entry["verification"]
         if "psnr_db" in check:
@@ -218,9 +243,8 @@ def run_export_trt(args: argparse.Namespace) -> int:
     require_tensorrt()
     spec = SPECS[model_kind(args.model)]
     graphs, scale = _graph_selection(args, spec, spec.runtime_graphs)
-    model = _load_model(args.model)
-    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=model.manifest.weights_sha256,
-                          model_dir=args.model)
+    model, home, weights_sha256 = _export_source(args)
+    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=weights_sha256, model_dir=home)
     print(f"ONNX: {folder}")
     for graph in graphs:
         print(f"{graph}: {ensure_engine(folder, graph)}")
@@ -240,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--overlap", type=number_option(0, MAX_TILE, integer=True), default=128, help="tile overlap in output pixels (default 128)")
     sr.add_argument("--vae-tile", type=number_option(0, MAX_TILE, integer=True), default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
     sr.add_argument("--no-color-fix", action="store_true", help="keep the decoder's colours (default: wavelet color fix to the input's)")
+    sr.add_argument("--expert", default="auto", choices=["auto", "clean", "degraded"],
+                    help="routed models: let the router pick per image (default), or force the clean or the degraded expert")
     sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     sr.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
     sr.add_argument(
@@ -309,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     onnx.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset (default 20; 22 for bfloat16)")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    onnx.add_argument("--expert", default=None, choices=["clean", "degraded"], help="routed models: which expert to export (each has its own graphs)")
     onnx.set_defaults(run=run_export_onnx)
     trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
     trt.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
@@ -317,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--end-to-end", action="store_true", help="an engine of the end-to-end graph (uint8 pixels in and out) instead")
     trt.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     trt.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
+    trt.add_argument("--expert", default=None, choices=["clean", "degraded"], help="routed models: which expert to export (each has its own graphs)")
     trt.set_defaults(run=run_export_trt)
 
     # Other packages add their commands (flowsr.training: `train` and `eval`) through this entry-point group, so

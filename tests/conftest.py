@@ -1,4 +1,4 @@
-"""Shared test set-up: Triton runs under its interpreter on machines with no GPU."""
+"""Shared test set-up: Triton runs under its interpreter on machines with no GPU; a tiny model with LoRA adapters."""
 
 import os
 
@@ -6,8 +6,16 @@ import os
 if not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import json  # noqa: E402
+
 import pytest  # noqa: E402
+import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+from peft.utils import get_peft_model_state_dict  # noqa: E402
+
+from flowsr.core.sr_model import OneStepSR  # noqa: E402
+from flowsr.export.merge import merge_adapters  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -16,3 +24,35 @@ devices = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=p
 
 def pytest_addoption(parser):
     parser.addoption("--fuzz-full", action="store_true", help="run every hostile-input case (a sample of each class runs by default)")
+
+
+TRAINED_T_STAR = 0.37
+
+
+def write_adapters(model, folder, preset="tiny"):
+    """The adapter folder format of export/merge.py, written with peft's own state-dict and config functions."""
+    for part in ("transformer", "vae"):
+        module = getattr(model, part)
+        (folder / part).mkdir(parents=True)
+        state = {key: value.contiguous() for key, value in get_peft_model_state_dict(module).items()}
+        safetensors.torch.save_file(state, folder / part / "adapter_model.safetensors")
+        module.peft_config["default"].save_pretrained(folder / part)
+    (folder / "adapters.json").write_text(json.dumps({"t_star": TRAINED_T_STAR, "preset": preset}))
+
+
+@pytest.fixture(scope="session")
+def tuned(tmp_path_factory):
+    """A tiny base model directory, and the same model with random non-zero LoRA weights saved as adapters."""
+    root = tmp_path_factory.mktemp("tuned")
+    model = OneStepSR.from_preset("tiny")
+    model.save_pretrained(root / "base")
+    torch.manual_seed(1)
+    # init_lora_weights=False draws both LoRA matrices at random, so the adapters really change the output.
+    model.transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out"], init_lora_weights=False)
+    )
+    model.vae.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=r"^encoder\..*(conv1|conv2|to_q|to_v)$", init_lora_weights=False))
+    model.t_star = TRAINED_T_STAR
+    write_adapters(model, root / "adapters")
+    merge_adapters(root / "base", root / "adapters", root / "merged")
+    return root, model.eval()

@@ -9,9 +9,10 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core.model_dir import Manifest
+from flowsr.core.router import DEGRADED_FOLDER, is_routed
 from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.cli import main
-from flowsr.training import loop
+from flowsr.training import loop, recipe
 from flowsr.training.allosr2 import LossWeights
 from flowsr.training.data import HRCrops
 from flowsr.training.loop import LoopConfig
@@ -39,11 +40,16 @@ def test_recipe_end_to_end(corpus, tmp_path, capsys):
         assert {f.get_tensor(key).dtype for key in f.keys()} == {torch.float16}
     merged = OneStepSR.from_pretrained(out / "allosr2" / "model")
     assert merged.t_star == pytest.approx(manifest.t_star)
+    assert is_routed(out / "model")  # two experts and a router
+    with safetensors.safe_open(out / "model" / DEGRADED_FOLDER / "transformer" / "adapter_model.safetensors", "pt") as f:
+        assert {f.get_tensor(key).dtype for key in f.keys()} == {torch.float16}
     state = json.loads((out / "recipe.json").read_text())
     assert list(state["seconds"]) == list(STAGES) and all(seconds >= 0 for seconds in state["seconds"].values())
     for degradation in ("realesrgan", "bicubic"):
         assert set(state["evaluation"][degradation]) == {"bicubic", "flowsr"}
-        assert (out / f"eval-{degradation}.csv").read_text().startswith("image,method,psnr,ssim,ms_ssim,vif,sharpness")
+        rows = (out / f"eval-{degradation}.csv").read_text().splitlines()
+        assert rows[0] == "image,method,expert,psnr,ssim,ms_ssim,vif,sharpness"
+        assert rows[2].split(",")[1:3] in (["flowsr", "clean"], ["flowsr", "degraded"])
     runs = [json.loads(line) for line in (out / "allosr2" / "runs.jsonl").read_text().splitlines()]
     assert runs[0]["precision"].startswith(("bfloat16", "float32"))
     printed = capsys.readouterr().out
@@ -57,8 +63,27 @@ def test_recipe_end_to_end(corpus, tmp_path, capsys):
     argv = ["train", "recipe", str(corpus), "-o", str(ablation), "--preset", "tiny", "--atm-weight", "0", "--allosr2-steps", "3"]
     assert main([*argv, "--base", str(out / "flow" / "model")]) == 0
     assert not (ablation / "autoencoder").exists() and not (ablation / "flow").exists()
-    losses = [json.loads(line) for line in (ablation / "allosr2" / "losses.jsonl").read_text().splitlines()]
-    assert len(losses) == 3 and "atm" not in losses[0] and "fatc" in losses[0]
+    for stage in ("allosr2", "degraded"):
+        losses = [json.loads(line) for line in (ablation / stage / "losses.jsonl").read_text().splitlines()]
+        assert len(losses) == 3 and "atm" not in losses[0] and "fatc" in losses[0]
+    single = tmp_path / "single"
+    assert main(["train", "recipe", str(corpus), "-o", str(single), "--preset", "tiny", "--single", "--base", str(out / "flow" / "model")]) == 0
+    assert not is_routed(single / "model") and not (single / "degraded").exists()
+
+
+def test_an_interrupted_router_stage_leaves_the_model_whole_and_resumes(corpus, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise Interrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe, "build_routed_model", lambda *args, **kwargs: interrupted())
+        assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 130  # Ctrl-C
+    assert not is_routed(out / "model") and OneStepSR.from_pretrained(out / "model").manifest.trained
+    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe: degraded done" in printed and "recipe: router ..." in printed and is_routed(out / "model")
 
 
 def test_recipe_refuses_other_settings_and_missing_corpus(corpus, tmp_path, capsys):

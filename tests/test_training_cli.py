@@ -86,6 +86,7 @@ def test_eval_scores_bicubic_and_models(photos, tmp_path, capsys):
     assert main(["eval", str(photos), "--model", f"untrained={model_dir}", "--csv", str(csv_path)]) == 0
     rows = list(csv.DictReader(csv_path.open()))
     assert {(r["image"], r["method"]) for r in rows} == {(i, m) for i in ("astronaut.png", "rocket.png") for m in ("bicubic", "untrained")}
+    assert {(r["method"], r["expert"]) for r in rows} == {("bicubic", ""), ("untrained", "model")}  # a plain model: one expert
     bicubic = [float(r["psnr"]) for r in rows if r["method"] == "bicubic"]
     untrained = [float(r["psnr"]) for r in rows if r["method"] == "untrained"]
     assert all(10 < p < 40 for p in bicubic) and np.mean(untrained) < np.mean(bicubic)  # random weights lose

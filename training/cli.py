@@ -117,9 +117,11 @@ def run_recipe(args) -> int:
     from .recipe import RECIPES, RecipeRun, rescheduled
 
     recipe = RECIPES[args.preset]
+    recipe = recipe.single() if args.single else recipe
     changes = {"fatc_weight": args.fatc_weight, "atm_weight": args.atm_weight, "clean_fraction": args.clean_fraction}
     if args.allosr2_steps is not None:
         changes["allosr2"] = rescheduled(recipe.allosr2, args.allosr2_steps)
+        changes["degraded"] = recipe.degraded and rescheduled(recipe.degraded, args.allosr2_steps)
     recipe = dataclasses.replace(recipe, **{key: value for key, value in changes.items() if value is not None})
     state = RecipeRun(args.corpus, args.output, recipe, base=args.base).run()
     total = sum(state["seconds"].values())
@@ -220,6 +222,15 @@ def run_noise(args) -> int:
     return 0
 
 
+def run_router(args) -> int:
+    from .router import RouterSettings, build_routed_model
+
+    settings = RouterSettings(crops=args.crops, crop=args.crop, scale=args.scale, max_side=args.max_side, steps=args.steps, seed=args.seed)
+    out = build_routed_model(args.model, args.degraded, args.data, args.output, settings, overwrite=args.overwrite)
+    print(f"routed model directory: {out}")
+    return 0
+
+
 def run_eval_degradation(args) -> int:
     from flowsr.core.degradation_model import DegradationModel
 
@@ -314,9 +325,11 @@ def add_commands(commands) -> None:
     recipe.add_argument("--fatc-weight", type=number_option(0, 10**6), help="weight of the FATC term (default: the preset recipe's; the paper's is 1)")
     recipe.add_argument("--atm-weight", type=number_option(0, 10**6), help="weight of the ATM term (default: the preset recipe's; the paper's is 1)")
     recipe.add_argument("--clean-fraction", type=number_option(0, 1),
-                        help="share of AlloSR² pairs made by clean bicubic downscaling, the rest by the degradation pipeline "
-                             "(default: the preset recipe's)")
-    recipe.add_argument("--allosr2-steps", type=number_option(1, 10**9, integer=True), help="AlloSR² steps (default: the preset recipe's), for ablations at a smaller budget")
+                        help="share of the clean expert's AlloSR² pairs made by clean bicubic downscaling, the rest by the degradation "
+                             "pipeline (default: the preset recipe's)")
+    recipe.add_argument("--allosr2-steps", type=number_option(1, 10**9, integer=True),
+                        help="AlloSR² steps of each expert (default: the preset recipe's), for ablations at a smaller budget")
+    recipe.add_argument("--single", action="store_true", help="one model (the allosr2 stage's) instead of two experts and a router")
     recipe.set_defaults(run=run_recipe)
 
     vae = train.add_parser("vae", help="pre-train the autoencoder of a preset on HR crops")
@@ -395,6 +408,21 @@ def add_commands(commands) -> None:
                        help="then rescale the fit so that eval-degradation's noise ratio is 1 on these photos (not --data's)")
     noise.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     noise.set_defaults(run=run_noise)
+
+    router = train.add_parser("router", help="a routed SR model: the model as the clean expert, LoRA adapters as the degraded one, "
+                                             "and a router trained on which of them restores each crop better")
+    router.add_argument("model", metavar="MODEL_DIR", help="SR model directory: the clean expert")
+    router.add_argument("--degraded", required=True, metavar="ADAPTERS", help="adapter folder trained on top of MODEL_DIR for degraded inputs")
+    router.add_argument("--data", required=True, help="folder of HR photos (the SR training photos)")
+    router.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the routed model directory to write")
+    router.add_argument("--crops", type=number_option(2, 10**7, integer=True), default=4800, help="labelled crops, half clean, half degraded")
+    router.add_argument("--crop", type=number_option(16, 4096, integer=True), default=192, help="HR crop size in pixels")
+    router.add_argument("--scale", type=number_option(1, 32), default=4.0)
+    router.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=1600, help="shrink larger photos to this longer side first")
+    router.add_argument("--steps", type=number_option(1, 10**9, integer=True), default=2000, help="router training steps")
+    router.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
+    router.add_argument("--overwrite", action="store_true")
+    router.set_defaults(run=run_router)
 
 
 def add_eval_command(commands) -> None:

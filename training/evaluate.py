@@ -83,7 +83,8 @@ DEGRADATIONS = ("realesrgan", "bicubic")
 
 def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, config: DegradationConfig = DegradationConfig(),
              degradation: str = "realesrgan", on_image=None) -> list[dict]:
-    """Rows of (image, method, *METRICS); `models` maps a method name to a SuperResolver at `scale`.
+    """Rows of (image, method, expert, *METRICS); `models` maps a method name to a SuperResolver at `scale`, and
+    `expert` names the expert that restored the image (a routed model's pick; "model" for a plain one).
 
     `degradation`: "realesrgan" (the training pipeline, seeded per image) or "bicubic" (clean downscaling).
     `on_image(hr, results)`, if given, sees every HR image and the uint8 results by method (a comparison sheet)."""
@@ -103,11 +104,13 @@ def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, 
             lr = degrade(hr.astype(np.float32) / 255, scale, seed=seed + index, config=config)
         lr_tensor = torch.from_numpy(lr).permute(2, 0, 1)[None] * 2 - 1
         outputs = {"bicubic": resize_to(lr_tensor, height, width)[0]}
+        experts = {"bicubic": ""}
         for name, resolver in models.items():
             outputs[name] = resolver.upscale_tensor(lr_tensor)[0]
+            experts[name] = resolver.route(lr_tensor)[0]
         results = {name: images.from_tensor(output) for name, output in outputs.items()}
         for name, result in results.items():
-            rows.append({"image": path.name, "method": name, **_score(result, hr)})
+            rows.append({"image": path.name, "method": name, "expert": experts[name], **_score(result, hr)})
         if on_image is not None:
             on_image(hr, results)
     return rows
@@ -138,7 +141,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     """Atomically: the CSV appears whole or not at all."""
     path = Path(path)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["image", "method", *METRICS])
+    writer = csv.DictWriter(buffer, fieldnames=["image", "method", "expert", *METRICS])
     writer.writeheader()
     writer.writerows({**r, **{key: f"{r[key]:.5f}" for key in METRICS}} for r in rows)
     with atomic_file(path, "w") as f:

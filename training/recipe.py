@@ -6,8 +6,12 @@ Stages, each in its own folder of RUN:
     autoencoder/   the preset's autoencoder on HR crops (the small preset's starts from PCA)
     flow/          the transformer as a generative flow prior in that latent space; t* is estimated from
                    training pairs into its manifest
-    allosr2/       AlloSR² LoRA fine-tuning (L_rec, plus FATC, ATM and the pixel term at their weights), merged
-    model/         the merged model in float16: the result
+    allosr2/       AlloSR² LoRA fine-tuning (L_rec, plus FATC, ATM and the pixel term at their weights), merged: the
+                   clean expert, trained mostly on clean bicubic pairs
+    model/         the merged model in float16: the result (made a routed model by the two stages below)
+    degraded/      the degraded expert: an AlloSR² LoRA on top of model/, trained on pipeline-degraded pairs
+    router/        (in model/) the router, trained on which expert restores each training crop better; model/
+                   becomes a routed model directory: clean expert, degraded/ adapters, router/
     eval-realesrgan.csv, eval-bicubic.csv
                    the held-out photos (CORPUS/holdout) at x4, degraded by the training pipeline (seeded) and by
                    clean bicubic downscaling, restored by the model and by bicubic upscaling
@@ -15,7 +19,8 @@ Stages, each in its own folder of RUN:
 
 A finished stage is skipped when the command runs again; an interrupted one resumes from its checkpoint.
 `--base MODEL_DIR` starts from a finished flow stage (autoencoder, prior and t*) of another run, so ablations
-(`--fatc-weight`, `--atm-weight`, `--allosr2-steps`) train only what differs.
+(`--fatc-weight`, `--atm-weight`, `--allosr2-steps`) train only what differs. `--single` trains one model instead
+of two experts and a router (the model/ of a single run is the allosr2/ stage's model, in float16).
 
 The small recipe trains AlloSR² with the relative L_rec alone: FATC and ATM are there (weights 0 by default, the
 paper's 1 with `--fatc-weight 1 --atm-weight 1`). With a plain-MSE L_rec they held this CPU-scale model's one-step
@@ -37,6 +42,7 @@ import torch
 
 from flowsr.core.atomic import atomic_file
 from flowsr.core.model_dir import Manifest, ModelDirError
+from flowsr.core.router import is_routed
 from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.super_resolver import SuperResolver
 
@@ -44,9 +50,10 @@ from .allosr2 import LoraSettings, LossWeights
 from .data import DataError
 from .evaluate import METRICS, evaluate, summarize, write_csv
 from .loop import LoopConfig
+from .router import RouterSettings, build_routed_model
 from .stages import Crops, Pairs, estimate_tstar, train_allosr2, train_autoencoder, train_flow
 
-STAGES = ("autoencoder", "flow", "tstar", "allosr2", "model", "eval")
+STAGES = ("autoencoder", "flow", "tstar", "allosr2", "model", "degraded", "router", "eval")
 DEGRADATIONS = ("realesrgan", "bicubic")
 
 
@@ -57,7 +64,9 @@ class Recipe:
     preset: str
     autoencoder: LoopConfig
     flow: LoopConfig
-    allosr2: LoopConfig
+    allosr2: LoopConfig  # the clean expert (or the one model of a single run)
+    degraded: LoopConfig | None = None  # the degraded expert; None: one model, no router
+    router: RouterSettings | None = None
     crop: int = 128
     repeats: int = 64
     max_side: int = 1600
@@ -69,8 +78,9 @@ class Recipe:
     pixel_weight: float = 0.0
     # The share of clean bicubic pairs trades degraded-input gain for clean-input gain (README, "The shipped models"):
     # 0.5 / 0.6 / 0.75 gave +0.34 / +0.11 / -0.37 dB on degraded and -0.20 / +0.07 / +0.88 dB on clean validation
-    # photos; 0.6 is the one that loses on neither.
-    clean_fraction: float = 0.6
+    # photos. One model cannot have both; two experts can: the clean one at 0.75, the degraded one at 0.
+    clean_fraction: float = 0.75
+    degraded_clean_fraction: float = 0.0
     fatc_weight: float = 0.0  # the paper's weight is 1; see the module docstring
     atm_weight: float = 0.0
     relative_rec: bool = True  # L_rec as the share of each sample's input error left (LossWeights.latent_relative)
@@ -79,9 +89,16 @@ class Recipe:
     def crops(self, data: Path) -> Crops:
         return Crops(data, crop=self.crop, repeats=self.repeats, max_side=self.max_side, seed=self.seed)
 
-    def pairs(self, data: Path) -> Pairs:
+    def pairs(self, data: Path, clean_fraction: float | None = None) -> Pairs:
         return Pairs(data, crop=self.crop, repeats=self.repeats, max_side=self.max_side, seed=self.seed, scale=self.scale,
-                     clean_fraction=self.clean_fraction)
+                     clean_fraction=self.clean_fraction if clean_fraction is None else clean_fraction)
+
+    def lora(self) -> LoraSettings:
+        return LoraSettings(rank=self.lora_rank, alpha=float(self.lora_rank))
+
+    def single(self) -> Recipe:
+        """One model instead of two experts and a router."""
+        return dataclasses.replace(self, degraded=None, router=None)
 
     def loss_weights(self) -> LossWeights:
         relative = float(self.relative_rec)
@@ -106,7 +123,9 @@ RECIPES = {
         preset="small",
         autoencoder=_cosine(6000, 8, 5e-4, precision="float32"),
         flow=_cosine(1500, 16, 3e-4),
-        allosr2=_cosine(18000, 8, 3e-4),
+        allosr2=_cosine(10000, 8, 3e-4),
+        degraded=_cosine(10000, 8, 3e-4),
+        router=RouterSettings(),
     ),
     # The same pipeline in seconds, for tests, with every AlloSR² term on.
     "tiny": Recipe(
@@ -114,6 +133,8 @@ RECIPES = {
         autoencoder=_cosine(2, 2, 1e-3),
         flow=_cosine(2, 2, 1e-3),
         allosr2=_cosine(2, 2, 1e-3),
+        degraded=_cosine(2, 2, 1e-3),
+        router=RouterSettings(crops=4, crop=32, short_sides=(40, 64), steps=2, batch_size=2),
         crop=32,
         repeats=2,
         tstar_samples=4,
@@ -158,7 +179,12 @@ class RecipeRun:
     def done(self, stage: str) -> bool:
         if stage in ("autoencoder", "flow") and self.base is not None:
             return True
-        outputs = {"autoencoder": "autoencoder/model", "flow": "flow/model", "allosr2": "allosr2/model", "model": "model"}
+        if stage in ("degraded", "router") and getattr(self.recipe, stage) is None:
+            return True
+        if stage == "router":
+            return is_routed(self.out / "model")
+        outputs = {"autoencoder": "autoencoder/model", "flow": "flow/model", "allosr2": "allosr2/model", "model": "model",
+                   "degraded": "degraded/model"}
         if stage in outputs:
             return (self.out / outputs[stage]).is_dir()
         if stage == "tstar":
@@ -196,12 +222,22 @@ class RecipeRun:
 
     def _allosr2(self) -> None:
         recipe = self.recipe
-        lora = LoraSettings(rank=recipe.lora_rank, alpha=float(recipe.lora_rank))
-        train_allosr2(self.base_model, self.out / "allosr2", recipe.pairs(self.train_data), recipe.allosr2, recipe.loss_weights(), lora)
+        train_allosr2(self.base_model, self.out / "allosr2", recipe.pairs(self.train_data), recipe.allosr2, recipe.loss_weights(), recipe.lora())
 
     def _model(self) -> None:
         model = OneStepSR.from_pretrained(self.out / "allosr2" / "model", dtype=torch.float16)
         model.save_pretrained(self.out / "model", overwrite=True)
+
+    def _degraded(self) -> None:
+        """LoRA on the float16 clean expert as stored, so its adapters apply to exactly the weights that ship."""
+        recipe = self.recipe
+        pairs = recipe.pairs(self.train_data, clean_fraction=recipe.degraded_clean_fraction)
+        train_allosr2(self.out / "model", self.out / "degraded", pairs, recipe.degraded, recipe.loss_weights(), recipe.lora())
+
+    def _router(self) -> None:
+        settings = dataclasses.replace(self.recipe.router, scale=self.recipe.scale, max_side=self.recipe.max_side, seed=self.recipe.seed)
+        build_routed_model(self.out / "model", self.out / "degraded" / "adapters", self.train_data, self.out / "model", settings,
+                           overwrite=True, log=self.log)
 
     def _eval(self) -> None:
         holdout = self.corpus / "holdout"
@@ -219,7 +255,8 @@ class RecipeRun:
 
 
 def _settings(recipe: Recipe, base: Path | None) -> dict:
-    return {**dataclasses.asdict(recipe), "base": str(base) if base else None}
+    """As recipe.json holds them (JSON types), so a resumed run compares equal."""
+    return json.loads(json.dumps({**dataclasses.asdict(recipe), "base": str(base) if base else None}))
 
 
 def format_evaluation(evaluation: dict) -> str:
