@@ -50,6 +50,10 @@ def central_view(lr: torch.Tensor, size: int = ROUTER_VIEW) -> torch.Tensor:
 
 
 class DegradationRouter(ModelMixin, ConfigMixin):
+    kind = "router"  # its export spec (`export.spec.ROUTER`)
+    stride = 1  # any image size
+    manifest = None  # its directory is the routed model's router/ folder, described by the model's manifest
+
     @register_to_config
     def __init__(self, width: int = 16, blur_sigma: float = 1.0, blur_size: int = 7, gain: float = 10.0, power: float = 0.25):
         super().__init__()
@@ -60,6 +64,10 @@ class DegradationRouter(ModelMixin, ConfigMixin):
         self.conv1 = nn.Conv2d(3, width, 3, padding=1)
         self.conv2 = nn.Conv2d(width, width, 3, padding=1)
         self.head = nn.Linear(2 * width, 1)
+
+    def graph_constants(self) -> list:
+        """What the exported graph bakes in besides the weights: its config (the blur and the pooling)."""
+        return sorted((key, value) for key, value in self.config.items() if not key.startswith("_"))
 
     def high_pass(self, lr: torch.Tensor) -> torch.Tensor:
         pad = self.config.blur_size // 2

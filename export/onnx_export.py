@@ -93,6 +93,8 @@ def trace(module: nn.Module, graph: Graph, geometry: Geometry, path: Path, opset
             return {0: batch, 1: height, 2: width}
         multiple = geometry.stride if tensor.space == "image" else geometry.latent_multiple
         height, width = Dim(f"{tensor.name}_height"), Dim(f"{tensor.name}_width")
+        if multiple == 1:  # the router takes any size
+            return {0: batch, 2: height, 3: width}
         return {0: batch, 2: multiple * height, 3: multiple * width}
 
     dynamic_shapes = tuple(axes(t) for t in graph.inputs)
@@ -177,7 +179,7 @@ def export_onnx(
     spec, dtype = model_spec(model), dtype_name(dtype)
     graphs = tuple(spec.graphs) if graphs is None else graphs
     opset = checked_opset(dtype, opset)
-    end_to_end = spec.end_to_end.name in graphs
+    end_to_end = spec.has_end_to_end(graphs)
     end_to_end_pieces = pieces(model, scale) if end_to_end else None  # refuses a bad scale before any work
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another folder or pass --overwrite")
@@ -245,7 +247,7 @@ def onnx_dir_for(
     spec, dtype = model_spec(model), dtype_name(dtype)
     graphs = spec.runtime_graphs if graphs is None else graphs
     opset = checked_opset(dtype, opset)
-    end_to_end = spec.end_to_end.name in graphs
+    end_to_end = spec.has_end_to_end(graphs)
     scale = int(scale) if end_to_end and spec.kind == "sr" and scale is not None else None
     digest = content_sha256(model, weights_sha256)
     found = find_export(spec.kind, digest, dtype, opset, graphs, scale, model_dir)

@@ -154,18 +154,23 @@ def _load_model(directory: str, dtype=None):
 
 
 def _export_source(args: argparse.Namespace):
-    """(model, the folder its exports live under, its stored weights' digest or None) for `export onnx`/`trt`: a
-    routed directory's expert by --expert (the degraded one's exports under MODEL_DIR/degraded), else the model."""
+    """(model, the folder its exports live under, its stored weights' digest or None) for `export onnx`/`trt`: the
+    --part of a routed directory (the degraded expert's and the router's exports under their own folders), else
+    the model."""
     from flowsr.core.model_dir import model_kind
-    from flowsr.core.router import DEGRADED_FOLDER, is_routed
+    from flowsr.core.router import DEGRADED_FOLDER, ROUTER_FOLDER, is_routed
 
     routed = model_kind(args.model) == "sr" and is_routed(args.model)
-    if routed and args.expert is None:
-        raise UsageError(f"{args.model} is a routed model with two experts; export each with --expert clean and --expert degraded")
-    if args.expert is not None and not routed:
-        raise UsageError(f"--expert is for routed model directories; {args.model} holds one model")
+    if routed and args.part is None:
+        raise UsageError(f"{args.model} is a routed model; export each part with --part clean, --part degraded and --part router")
+    if args.part is not None and not routed:
+        raise UsageError(f"--part is for routed model directories; {args.model} holds one model")
+    if args.part == "router":
+        from flowsr.core.router import load_router
+
+        return load_router(args.model), Path(args.model) / ROUTER_FOLDER, None
     model = _load_model(args.model)
-    if args.expert == "degraded":
+    if args.part == "degraded":
         from flowsr.export.merge import merged_copy
 
         home = Path(args.model) / DEGRADED_FOLDER
@@ -203,6 +208,8 @@ def _graph_selection(args: argparse.Namespace, spec, default: tuple[str, ...]) -
         raise UsageError("--end-to-end and --graphs exclude each other: the end-to-end graph is one graph")
     if not args.end_to_end:
         return (spec.parse_graphs(args.graphs) if args.graphs else default), None
+    if spec.end_to_end is None:
+        raise UsageError(f"a {spec.kind} has no end-to-end graph: its one graph is all of it")
     if spec.kind != "sr":
         return (spec.end_to_end.name,), None
     if args.scale != int(args.scale):
@@ -211,14 +218,13 @@ def _graph_selection(args: argparse.Namespace, spec, default: tuple[str, ...]) -
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import model_kind
     from flowsr.export.onnx_export import export_onnx
     from flowsr.export.spec import SPECS, ExportError, checked_opset, export_name
 
     checked_opset(args.dtype, args.opset)
-    spec = SPECS[model_kind(args.model)]
-    graphs, scale = _graph_selection(args, spec, tuple(spec.graphs))
     model, home, weights_sha256 = _export_source(args)
+    spec = SPECS[model.kind]
+    graphs, scale = _graph_selection(args, spec, tuple(spec.graphs))
     out = Path(args.output) if args.output else home / "onnx" / export_name(args.dtype, args.end_to_end, scale)
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
@@ -235,15 +241,14 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 
 def run_export_trt(args: argparse.Namespace) -> int:
-    from flowsr.core.model_dir import model_kind
     from flowsr.export.onnx_export import onnx_dir_for
     from flowsr.export.spec import SPECS
     from flowsr.export.tensorrt_engine import ensure_engine, require_tensorrt
 
     require_tensorrt()
-    spec = SPECS[model_kind(args.model)]
-    graphs, scale = _graph_selection(args, spec, spec.runtime_graphs)
     model, home, weights_sha256 = _export_source(args)
+    spec = SPECS[model.kind]
+    graphs, scale = _graph_selection(args, spec, spec.runtime_graphs)
     folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=weights_sha256, model_dir=home)
     print(f"ONNX: {folder}")
     for graph in graphs:
@@ -335,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     onnx.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset (default 20; 22 for bfloat16)")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    onnx.add_argument("--expert", default=None, choices=["clean", "degraded"], help="routed models: which expert to export (each has its own graphs)")
+    onnx.add_argument("--part", default=None, choices=["clean", "degraded", "router"],
+                      help="routed models: the clean or degraded expert's graphs, or the router's (LR image -> logit)")
     onnx.set_defaults(run=run_export_onnx)
     trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
     trt.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
@@ -344,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--end-to-end", action="store_true", help="an engine of the end-to-end graph (uint8 pixels in and out) instead")
     trt.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     trt.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
-    trt.add_argument("--expert", default=None, choices=["clean", "degraded"], help="routed models: which expert to export (each has its own graphs)")
+    trt.add_argument("--part", default=None, choices=["clean", "degraded", "router"],
+                     help="routed models: the clean or degraded expert's engines, or the router's")
     trt.set_defaults(run=run_export_trt)
 
     # Other packages add their commands (flowsr.training: `train` and `eval`) through this entry-point group, so

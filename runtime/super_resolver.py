@@ -17,7 +17,7 @@ from PIL import Image
 
 from flowsr.core import images
 from flowsr.core.errors import SettingsError, check_number
-from flowsr.core.router import DEGRADED_FOLDER, EXPERTS, central_view, is_routed, load_router
+from flowsr.core.router import DEGRADED_FOLDER, EXPERTS, ROUTER_FOLDER, central_view, is_routed, load_router
 from flowsr.core.sr_model import OneStepSR, super_resolve
 from flowsr.export.merge import merged_copy
 from flowsr.export.spec import dtype_name
@@ -88,10 +88,11 @@ class SuperResolver:
         self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
         self.batch_size, self.color_fix = batch_size, color_fix
         self.max_pixels = int(max_megapixels * 1e6)
-        self.router = None
+        self.router = None  # the router's graph on the same backend, in float32 (its decision is a sign)
         experts = {"model": (model, weights_sha256, model_dir)}  # each expert's model, stored digest, export home
         if model_dir is not None and is_routed(model_dir):
-            self.router = load_router(model_dir).to(self.device)
+            router = load_router(model_dir)
+            self.router = create_backend(backend, router, self.device, torch.float32, model_dir=Path(model_dir) / ROUTER_FOLDER).graphs["router"]
             home = Path(model_dir) / DEGRADED_FOLDER
             experts = {"clean": experts["model"], "degraded": (merged_copy(model, home), None, home)}
         if expert != "auto" and expert not in experts:

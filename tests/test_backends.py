@@ -67,7 +67,7 @@ def test_export_command_prints_its_verification(exported):
 def test_onnxruntime_matches_torch(model_dir, settings):
     lr = reference_photo(2, 48, 72)  # x4: 192x288 output, several tiles in the tiled run
     resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32", **settings)
-    assert resolver.backend.folder == model_dir / "onnx" / "float32"  # the directory's own export, no re-export
+    assert resolver.backends["model"].folder == model_dir / "onnx" / "float32"  # the directory's own export, no re-export
     assert psnr(upscale(model_dir, "torch", lr, **settings), resolver.upscale_tensor(lr)) >= MIN_PSNR_DB
 
 
@@ -114,7 +114,7 @@ def test_the_manifest_digest_finds_the_export_without_reading_weights(model_dir,
 
     monkeypatch.setattr(content_hash, "weights_sha256", no_hashing)
     resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32")
-    assert read_spec(resolver.backend.folder)["content_sha256"] == expected
+    assert read_spec(resolver.backends["model"].folder)["content_sha256"] == expected
     assert not (tmp_path / "cache").exists()
 
 

@@ -150,13 +150,19 @@ def test_each_expert_exports_where_the_runtime_finds_it(routed, tmp_path, capsys
     shutil.copytree(routed, model)
     monkeypatch.setenv("FLOWSR_CACHE", str(tmp_path / "cache"))
     assert main(["export", "onnx", str(model), "--graphs", "encoder,transformer,decoder"]) == 2
-    assert "routed model with two experts" in capsys.readouterr().err
-    for expert in ("clean", "degraded"):
-        assert main(["export", "onnx", str(model), "--expert", expert, "--graphs", "encoder,transformer,decoder"]) == 0
-    assert (model / "onnx" / "float32" / "export.json").is_file() and (model / DEGRADED_FOLDER / "onnx" / "float32" / "export.json").is_file()
+    assert "routed model; export each part" in capsys.readouterr().err
+    for part in ("clean", "degraded"):
+        assert main(["export", "onnx", str(model), "--part", part, "--graphs", "encoder,transformer,decoder"]) == 0
+    assert main(["export", "onnx", str(model), "--part", "router"]) == 0
+    assert "router.onnx: onnxruntime vs torch" in capsys.readouterr().out
+    homes = [model, model / DEGRADED_FOLDER, model / ROUTER_FOLDER]
+    assert all((home / "onnx" / "float32" / "export.json").is_file() for home in homes)
     resolver = SuperResolver(model, backend="onnxruntime", tile=0, vae_tile=0)
-    assert [backend.folder for backend in resolver.backends.values()] == [model / "onnx" / "float32", model / DEGRADED_FOLDER / "onnx" / "float32"]
-    assert not (tmp_path / "cache").exists()  # nothing exported again
+    assert [backend.folder for backend in resolver.backends.values()] == [home / "onnx" / "float32" for home in homes[:2]]
+    assert not (tmp_path / "cache").exists()  # nothing exported again: each part's own export was found
+    smooth = reference_photo(1, 32, 32) * 0.2
+    noisy = (smooth + 0.5 * torch.randn(smooth.shape, generator=torch.manual_seed(3))).clamp(-1, 1)
+    assert resolver.route(torch.cat([smooth, noisy])) == ["clean", "degraded"]  # the router's graph in onnxruntime
     lr = reference_photo(1, 32, 32)
     for expert in resolver.backends:
         torch_expert = SuperResolver(model, tile=0, vae_tile=0, expert=expert)
