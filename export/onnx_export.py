@@ -184,7 +184,7 @@ def export_onnx(
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another folder or pass --overwrite")
     digest = content_sha256(model, weights_sha256)
-    model.to(device="cpu", dtype=getattr(torch, dtype)).eval()
+    nn.Module.to(model, device="cpu", dtype=getattr(torch, dtype)).eval()  # diffusers' ModelMixin.to warns on any cast
     geometry = geometry_of(model)
     with atomic_directory(out_dir) as staging:
         written = {}

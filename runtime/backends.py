@@ -54,9 +54,14 @@ def _fused_restore(model: nn.Module) -> Callable:
     return restore
 
 
+def _place(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move and cast in place with nn.Module.to: diffusers' ModelMixin.to (the router is one) warns on every cast."""
+    nn.Module.to(model, device=device, dtype=dtype).eval()
+
+
 def torch_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, **_) -> Backend:
     """Eager PyTorch on the model's own modules."""
-    model.to(device=device, dtype=dtype).eval()
+    _place(model, device, dtype)
     spec = SPECS[model.kind]
     graphs = {}
     for name in spec.runtime_graphs:
@@ -75,7 +80,7 @@ def compile_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, 
     images smaller than a tile compile once per size, up to torch._dynamo's recompile limit, after which that
     graph runs eagerly.
     """
-    model.to(device=device, dtype=dtype).eval()
+    _place(model, device, dtype)
     spec = SPECS[model.kind]
     cuda_graphs = device.type == "cuda"
     graphs = {}
