@@ -419,7 +419,7 @@ def add_commands(commands) -> None:
     router.add_argument("--crop", type=number_option(16, 4096, integer=True), default=192, help="HR crop size in pixels")
     router.add_argument("--scale", type=number_option(1, 32), default=4.0)
     router.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=1600, help="shrink larger photos to this longer side first")
-    router.add_argument("--steps", type=number_option(1, 10**9, integer=True), default=2000, help="router training steps")
+    router.add_argument("--steps", type=number_option(1, 10**9, integer=True), default=4000, help="router training steps")
     router.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     router.add_argument("--overwrite", action="store_true")
     router.set_defaults(run=run_router)

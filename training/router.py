@@ -41,7 +41,7 @@ class RouterSettings:
     scale: float = 4.0
     max_side: int = 1600  # photos are shrunk to this longer side when read, as the SR training reads them
     short_sides: tuple[int, int] = (300, 1200)  # then to a random short side in this range for each crop
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 32
     lr: float = 3e-3
     gap_cap: float = 5.0  # dB: the largest weight one crop gets
