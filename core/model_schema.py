@@ -53,15 +53,15 @@ def check_range(path: Path, name: str, value: float, low: float, high: float, lo
         raise ModelDirError(f"{path}: {name} {value!r} is outside {bracket}{low:g}, {high:g}]; re-create the model directory")
 
 
-def read_config(folder: Path) -> dict:
-    """A part's config.json: present, small, UTF-8 JSON, an object."""
-    path = folder / "config.json"
+def read_config(folder: Path, name: str = "config.json") -> dict:
+    """A part's config file (diffusers' config.json, peft's adapter_config.json): present, small, UTF-8 JSON, an object."""
+    path = folder / name
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelDirError(f"{path} is {path.stat().st_size} bytes, not a diffusers config; re-create the model directory")
+            raise ModelDirError(f"{path} is {path.stat().st_size} bytes, not a config file; re-create the model directory")
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelDirError(f"{folder} has no config.json; the model directory is incomplete, re-create it") from None
+        raise ModelDirError(f"{folder} has no {name}; the model directory is incomplete, re-create it") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelDirError(f"{path} is unreadable or not JSON ({type(err).__name__}); re-create the model directory") from None
     if not isinstance(config, dict):

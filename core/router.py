@@ -27,8 +27,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .errors import ModelDirError, first_line
+from .errors import ModelDirError, first_line, out_of_bounds
 from .model_dir import LOAD_ERRORS
+from .model_schema import read_config
 
 ROUTER_FOLDER = "router"
 DEGRADED_FOLDER = "degraded"
@@ -83,11 +84,37 @@ class DegradationRouter(ModelMixin, ConfigMixin):
         return self.head(pooled)[:, 0]
 
 
+# Bounds of the router's config (name: low, high, integer): a larger width or kernel would be another model.
+ROUTER_CONFIG_BOUNDS = {"width": (1, 256, True), "blur_size": (1, 31, True), "blur_sigma": (0.1, 16.0, False),
+                        "gain": (1e-3, 1e4, False), "power": (1e-2, 1.0, False)}
+
+
+def check_router_config(folder: Path) -> None:
+    """The router's config.json names this class and keeps every setting within ROUTER_CONFIG_BOUNDS (odd blur)."""
+    config = read_config(folder)
+    if config.get("_class_name") != DegradationRouter.__name__:
+        raise ModelDirError(f"{folder}/config.json names class {config.get('_class_name')!r:.40}, not {DegradationRouter.__name__}; "
+                            "re-create the model directory with `flowsr train router`")
+    for key, (low, high, integer) in ROUTER_CONFIG_BOUNDS.items():
+        reason = out_of_bounds(config.get(key, low), low, high, integer)  # a missing key takes the class default
+        if reason is None and key == "blur_size" and config.get(key, 1) % 2 == 0:
+            reason = f"must be odd, got {config[key]}"
+        if reason is not None:
+            raise ModelDirError(f"{folder}/config.json: {key} {reason}; re-create the model directory with `flowsr train router`")
+
+
 def load_router(directory: str | Path) -> DegradationRouter:
     """The router of a routed SR model directory, with a one-line error for a missing or broken one."""
     folder = Path(directory) / ROUTER_FOLDER
+    check_router_config(folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise ModelDirError(f"{weights} is missing; re-create the model directory with `flowsr train router`")
     try:
-        return DegradationRouter.from_pretrained(folder, use_safetensors=True).eval()
+        router = DegradationRouter.from_pretrained(folder, use_safetensors=True).eval()
     except LOAD_ERRORS as err:
         raise ModelDirError(f"{folder} is missing or not a router ({first_line(err)}); re-create the model directory with "
                             "`flowsr train router`") from None
+    if not all(torch.isfinite(parameter).all() for parameter in router.parameters()):
+        raise ModelDirError(f"{weights} holds non-finite weights; re-create the model directory with `flowsr train router`")
+    return router

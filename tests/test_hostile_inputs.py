@@ -28,8 +28,11 @@ from skimage import data
 
 from flowsr.core import images
 from flowsr.core.errors import SettingsError, printable
+from flowsr.core.router import DEGRADED_FOLDER, ROUTER_FOLDER, DegradationRouter
+from flowsr.export.merge import ADAPTERS_JSON
 from flowsr.runtime.cli import build_parser, main
 from flowsr.runtime.generate import MAX_SCALES, parse_scales
+from flowsr.training.router import write_routed_model
 
 RGB = np.ascontiguousarray(data.astronaut()[::12, ::12][:40, :40])  # 40x40: fast through the tiny models
 
@@ -407,6 +410,66 @@ def test_model_directories_broken_field_by_field(command, sr_model, degradation_
         model = _broken_copy(source, tmp_path / f"m{index}", edit)
         out = tmp_path / f"out{index}"
         _run_model_case([command, str(image), "-o", str(out), "--model", str(model), *options], model, out, capsys, valid, label)
+
+
+ADAPTER_PARTS = ("transformer", "vae")
+ROUTED_FILE_EDITS = {
+    "router-folder-only": lambda d: shutil.rmtree(d / DEGRADED_FOLDER),
+    "degraded-folder-only": lambda d: shutil.rmtree(d / ROUTER_FOLDER),
+    "router-config-missing": lambda d: (d / ROUTER_FOLDER / "config.json").unlink(),
+    "router-config-list": lambda d: (d / ROUTER_FOLDER / "config.json").write_text("[]"),
+    "router-config-class": lambda d: _set_json(d / ROUTER_FOLDER / "config.json", "_class_name", "os.system"),
+    "router-weights-random": lambda d: _weights(d / ROUTER_FOLDER).write_bytes(random.Random(4).randbytes(4096)),
+    "router-weights-header-bomb": lambda d: _safetensors_header_bomb(_weights(d / ROUTER_FOLDER)),
+    "router-weights-missing": lambda d: _weights(d / ROUTER_FOLDER).unlink(),
+    "adapters-json-missing": lambda d: (d / DEGRADED_FOLDER / ADAPTERS_JSON).unlink(),
+    "adapters-json-binary": lambda d: (d / DEGRADED_FOLDER / ADAPTERS_JSON).write_bytes(b"\xff\xfe\x00" * 100),
+    "adapters-none": lambda d: [shutil.rmtree(d / DEGRADED_FOLDER / part) for part in ADAPTER_PARTS],
+    "adapters-other-preset": lambda d: _set_json(d / DEGRADED_FOLDER / ADAPTERS_JSON, "preset", "small"),
+}
+for part in ADAPTER_PARTS:
+    ROUTED_FILE_EDITS |= {
+        f"{part}-adapter-config-missing": lambda d, p=part: (d / DEGRADED_FOLDER / p / "adapter_config.json").unlink(),
+        f"{part}-adapter-config-binary": lambda d, p=part: (d / DEGRADED_FOLDER / p / "adapter_config.json").write_bytes(b"\xff" * 64),
+        f"{part}-adapter-config-list": lambda d, p=part: (d / DEGRADED_FOLDER / p / "adapter_config.json").write_text("[]"),
+        f"{part}-adapter-weights-missing": lambda d, p=part: _weights(d / DEGRADED_FOLDER / p).unlink(),
+        f"{part}-adapter-weights-random": lambda d, p=part: _weights(d / DEGRADED_FOLDER / p).write_bytes(random.Random(5).randbytes(4096)),
+        f"{part}-adapter-weights-header-bomb": lambda d, p=part: _safetensors_header_bomb(_weights(d / DEGRADED_FOLDER / p)),
+    }
+
+
+def routed_model_cases() -> list[tuple[str, object, bool]]:
+    """(label, edit of a routed model directory copy, valid): its router and degraded-expert folders, field by field."""
+    cases = [(f"adapters-json-{field}={value!r}", lambda d, f=field, v=value: _set_json(d / DEGRADED_FOLDER / ADAPTERS_JSON, f, v),
+              valid) for field, value, valid in _manifest_cases({"t_star": [], "preset": ["tiny"]})]
+    for key in ("width", "blur_size", "blur_sigma", "gain", "power"):
+        cases += [(f"router-config-{key}={value!r:.20}", lambda d, k=key, v=value: _set_json(d / ROUTER_FOLDER / "config.json", k, v), False)
+                  for value in CONFIG_VALUES + [0, float("nan")]]
+    for part in ADAPTER_PARTS:
+        cases += [(f"{part}-adapter-config-{key}={value!r:.20}",
+                   lambda d, p=part, k=key, v=value: _set_json(d / DEGRADED_FOLDER / p / "adapter_config.json", k, v), False)
+                  for key in ("r", "lora_alpha", "target_modules") for value in CONFIG_VALUES + [0, float("nan")]]
+    return cases + [(label, edit, False) for label, edit in ROUTED_FILE_EDITS.items()]
+
+
+ROUTED_MODEL_CASES = routed_model_cases()
+
+
+@pytest.fixture(scope="module")
+def routed_model(tuned, tmp_path_factory):
+    root, _ = tuned
+    path = tmp_path_factory.mktemp("models") / "routed"
+    write_routed_model(root / "base", root / "adapters", DegradationRouter(), path)
+    return path
+
+
+def test_routed_model_directories_broken_field_by_field(routed_model, full, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    image.write_bytes(BASES["png"]())
+    for index, (label, edit, valid) in enumerate(sample(ROUTED_MODEL_CASES, 4, full)):
+        model = _broken_copy(routed_model, tmp_path / f"m{index}", edit)
+        out = tmp_path / f"out{index}"
+        _run_model_case(["sr", str(image), "-o", str(out), "--model", str(model)], model, out, capsys, valid, label)
 
 
 def test_export_and_eval_refuse_broken_models_in_one_line(sr_model, full, tmp_path, capsys):

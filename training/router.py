@@ -28,7 +28,7 @@ from flowsr.core.atomic import atomic_directory
 from flowsr.core.errors import ModelDirError
 from flowsr.core.router import DEGRADED_FOLDER, ROUTER_FOLDER, DegradationRouter, is_routed
 from flowsr.core.sr_model import OneStepSR, super_resolve
-from flowsr.export.merge import ADAPTERS_JSON, merged_copy, read_adapters
+from flowsr.export.merge import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTERS_JSON, merged_copy, read_adapters
 
 from .data import DataError, list_images
 from .degradations import bicubic_downscale, degrade
@@ -153,9 +153,9 @@ def write_routed_model(model_dir: str | Path, adapters_dir: str | Path, router: 
         for part in adapters.parts:
             target = staging / DEGRADED_FOLDER / part
             target.mkdir()
-            shutil.copy(adapters.folder / part / "adapter_config.json", target)
-            state = safetensors.torch.load_file(adapters.folder / part / "adapter_model.safetensors")
-            safetensors.torch.save_file({k: v.half().contiguous() for k, v in state.items()}, target / "adapter_model.safetensors")
+            shutil.copy(adapters.folder / part / ADAPTER_CONFIG, target)
+            state = {key: tensor.half().contiguous() for key, tensor in adapters.states[part].items()}
+            safetensors.torch.save_file(state, target / ADAPTER_WEIGHTS)
         router.save_pretrained(staging / ROUTER_FOLDER, safe_serialization=True)
         if record is not None:
             (staging / ROUTER_FOLDER / "training.json").write_text(json.dumps(record, indent=2) + "\n")
