@@ -175,8 +175,18 @@ def write_model_dir(directory: str | Path, model: torch.nn.Module, manifest: _Ma
     manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with atomic_directory(directory) as staging:
         write_parts(staging)
+        _drop_load_paths(staging)
         (staging / MANIFEST).write_text(manifest.to_json())
     return directory
+
+
+def _drop_load_paths(folder: Path) -> None:
+    """diffusers records in each part's config where it was loaded from (`_name_or_path`): a path on the machine
+    that saved it, which a model directory handed to others should not carry."""
+    for path in folder.glob("*/config.json"):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def update_manifest(directory: str | Path, **fields) -> Manifest | DegradationManifest:

@@ -1,6 +1,7 @@
 """Model directories: save -> load round trip, safetensors only, clear errors, atomic writes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,16 @@ def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):
     files = {p.name for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in files)
     assert "diffusion_pytorch_model.safetensors" in files
+
+
+def test_a_resaved_model_does_not_carry_the_path_it_was_loaded_from(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "first")
+    OneStepSR.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
+    shipped = Path(__file__).parents[1] / "runtime" / "models"
+    configs = [*(tmp_path / "second").glob("*/config.json"), *shipped.glob("*/*/config.json")]
+    assert len(configs) >= 6
+    for path in configs:
+        assert "_name_or_path" not in json.loads(path.read_text()), path
 
 
 def test_existing_directory_is_kept_unless_overwrite(tiny, tmp_path):
