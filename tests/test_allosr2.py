@@ -13,6 +13,7 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core import latents
+from flowsr.core.errors import SettingsError
 from flowsr.core.sr_model import OneStepSR
 from flowsr.training.allosr2 import LORA_PRESETS, RELATIVE_FLOOR, AlloSR2Objective, LossWeights, add_lora, base_encoder
 from flowsr.training.data import DegradedFolder
@@ -107,6 +108,36 @@ def test_base_encoder_is_the_frozen_one():
         tuned = model.encode(x)
         torch.testing.assert_close(frozen, plain.encode(x))
     assert not torch.allclose(tuned, frozen)
+
+
+def test_targets_come_from_the_target_encoder_when_one_is_given():
+    """A merged AlloSR² model's encoder is tuned: its HR latents are not the autoencoder's, so targets come apart."""
+    model, _ = lora_model()
+    autoencoder = OneStepSR.from_preset("tiny", seed=0)  # the same decoder; its encoder differs from the model's base
+    with torch.no_grad():
+        for p in autoencoder.vae.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    autoencoder.vae.half()  # stored in float16: still the same decoder
+    objective = AlloSR2Objective(model, LossWeights(fatc=0.0, atm=0.0), target_vae=autoencoder.vae.float())
+    lr, hr = batch()
+    with torch.no_grad():
+        expected = autoencoder.encode(hr)
+        with base_encoder(model):
+            own = model.encode(hr)
+    torch.testing.assert_close(objective.target_latent(hr), expected)
+    assert not torch.allclose(expected, own, atol=1e-3)
+    z_hr_hat = velocity_step(model, lr)
+    torch.testing.assert_close(objective((lr, hr), torch.Generator())["latent_mse"], (z_hr_hat - expected).pow(2).mean())
+    other = OneStepSR.from_preset("tiny", seed=7)
+    with pytest.raises(SettingsError, match="another decoder"):
+        AlloSR2Objective(model, target_vae=other.vae)
+
+
+def velocity_step(model, lr):
+    with torch.no_grad():
+        z = model.encode(lr)
+        t = torch.full((z.shape[0],), model.t_star)
+        return z - t[:, None, None, None] * velocity(model, z, t)
 
 
 def test_pixel_term_is_l1_of_the_decoded_one_step_output():

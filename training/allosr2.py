@@ -1,6 +1,10 @@
-"""AlloSR² fine-tuning: LoRA on the VAE encoder and the transformer, losses Rec + FATC + ATM (DESIGN.md).
+"""AlloSR² fine-tuning: LoRA on the VAE encoder and the transformer, losses Rec + FATC + ATM.
 
-The decoder stays frozen; z_H comes from the frozen base encoder (the same encoder with its adapters off).
+The decoder stays frozen; z_H comes from the frozen base encoder (the same encoder with its adapters off), or from
+a target encoder given apart. That one is needed when the base is itself a merged AlloSR² model: its encoder was
+tuned to encode LR images, not to be the decoder's inverse, so HR targets encoded by it decode to a worse image
+than the HR itself (the shipped clean expert's encoder round-trips the held-out photos at 33 dB, where its
+autoencoder gave 40) and tuning towards them loses PSNR.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 
 from flowsr.core import flow, latents
 from flowsr.core.atomic import atomic_directory
+from flowsr.core.autoencoders import latent_of
 from flowsr.core.errors import SettingsError
 from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
@@ -89,14 +94,37 @@ def base_encoder(model: OneStepSR):
         model.vae.enable_adapters()
 
 
-class AlloSR2Objective(nn.Module):
-    """One training step's losses for a batch (LR resized to HR size, HR), both in [-1, 1]."""
+def check_target_encoder(model: OneStepSR, target: nn.Module) -> None:
+    """HR targets from `target` (an autoencoder) are only meaningful in `model`'s latent space: the same decoder
+    (up to float16 storage: a recipe's model/ is the float16 copy of what the flow prior's decoder is in float32)."""
+    mine, theirs = model.vae.decoder.state_dict(), target.decoder.state_dict()
+    if mine.keys() != theirs.keys() or not all(torch.equal(mine[k].half(), theirs[k].half()) for k in mine):
+        raise SettingsError("the target encoder's autoencoder has another decoder than the model's; pass the model the "
+                            "autoencoder was trained in (e.g. the flow prior)")
 
-    def __init__(self, model: OneStepSR, weights: LossWeights = LossWeights(), lpips: nn.Module | None = None):
+
+class AlloSR2Objective(nn.Module):
+    """One training step's losses for a batch (LR resized to HR size, HR), both in [-1, 1].
+
+    `target_vae`, if given, encodes the HR targets (frozen); otherwise the base encoder does."""
+
+    def __init__(self, model: OneStepSR, weights: LossWeights = LossWeights(), lpips: nn.Module | None = None,
+                 target_vae: nn.Module | None = None):
         super().__init__()
         if weights.lpips and lpips is None:
             raise SettingsError("the LPIPS term needs an LPIPS network; load one or set its weight to 0")
-        self.model, self.weights, self.lpips = model, weights, lpips
+        if target_vae is not None:
+            check_target_encoder(model, target_vae)
+            target_vae.requires_grad_(False).eval()
+        self.model, self.weights, self.lpips, self.target_vae = model, weights, lpips, target_vae
+
+    @torch.no_grad()
+    def target_latent(self, hr: torch.Tensor) -> torch.Tensor:
+        """z_H: the HR image encoded by the target encoder, or by the base encoder (adapters off)."""
+        if self.target_vae is not None:
+            return self.model.normalization.normalize(latent_of(self.target_vae.encode(hr)))
+        with base_encoder(self.model):
+            return self.model.encode(hr)
 
     def velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return latents.unpack(self.model.velocity(latents.pack(z), t, z.shape[2], z.shape[3]), z.shape[2], z.shape[3])
@@ -105,8 +133,7 @@ class AlloSR2Objective(nn.Module):
         lr, hr = batch
         model, weights = self.model, self.weights
         z_lr = model.encode(lr)
-        with torch.no_grad(), base_encoder(model):
-            z_hr = model.encode(hr)
+        z_hr = self.target_latent(hr)
         size = z_lr.shape[0]
         t_star = torch.full((size,), model.t_star, device=z_lr.device)
         z_hr_hat = flow.one_step_sr(z_lr, self.velocity(z_lr, t_star), t_star)

@@ -105,7 +105,8 @@ def run_allosr2(args) -> int:
     weights = LossWeights(latent_mse=1.0 - relative, latent_relative=relative, lpips=args.lpips_weight, pixel=args.pixel_weight,
                           fatc=0.0 if args.no_fatc else args.fatc_weight, atm=0.0 if args.no_atm else args.atm_weight)
     pairs = _pairs(args, synthesized=_synthesize_pairs(args) if args.synthesize_with else None)
-    merged = train_allosr2(args.model, args.output, pairs, _loop_config(args), weights, lora, args.lpips_weights, restart=args.restart)
+    merged = train_allosr2(args.model, args.output, pairs, _loop_config(args), weights, lora, args.lpips_weights, restart=args.restart,
+                           targets_from=args.targets_from)
     if merged:
         print(f"LoRA adapters: {Path(args.output) / 'adapters'}; merged model directory: {merged}")
     return 0
@@ -357,6 +358,9 @@ def add_commands(commands) -> None:
     _add_loop_options(allosr2, steps=1000, batch_size=8, lr=5e-5)
     allosr2.add_argument("--rank", type=number_option(1, 4096, integer=True), default=None, help="LoRA rank (default: the preset's)")
     allosr2.add_argument("--alpha", type=number_option(1e-6, 10**6), default=None, help="LoRA alpha (default: the rank)")
+    allosr2.add_argument("--targets-from", metavar="MODEL_DIR", default=None,
+                         help="encode the HR targets with this model's autoencoder (e.g. the flow prior) instead of MODEL_DIR's "
+                              "own encoder; needed when MODEL_DIR is itself a merged AlloSR² model, whose encoder is tuned for LR")
     allosr2.add_argument("--no-fatc", action="store_true", help="ablation: drop the FATC term")
     allosr2.add_argument("--no-atm", action="store_true", help="ablation: drop the ATM term")
     allosr2.add_argument("--fatc-weight", type=number_option(0, 10**6), default=1.0, help="weight of the FATC term (default 1, the paper's)")

@@ -229,10 +229,12 @@ class RecipeRun:
         model.save_pretrained(self.out / "model", overwrite=True)
 
     def _degraded(self) -> None:
-        """LoRA on the float16 clean expert as stored, so its adapters apply to exactly the weights that ship."""
+        """LoRA on the float16 clean expert as stored, so its adapters apply to exactly the weights that ship; its
+        HR targets come from the base's autoencoder, as the clean expert's did (its own encoder is tuned for LR)."""
         recipe = self.recipe
         pairs = recipe.pairs(self.train_data, clean_fraction=recipe.degraded_clean_fraction)
-        train_allosr2(self.out / "model", self.out / "degraded", pairs, recipe.degraded, recipe.loss_weights(), recipe.lora())
+        train_allosr2(self.out / "model", self.out / "degraded", pairs, recipe.degraded, recipe.loss_weights(), recipe.lora(),
+                      targets_from=self.base_model)
 
     def _router(self) -> None:
         settings = dataclasses.replace(self.recipe.router, scale=self.recipe.scale, max_side=self.recipe.max_side, seed=self.recipe.seed)

@@ -106,16 +106,21 @@ def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256) -> float:
 
 
 def train_allosr2(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, weights: LossWeights = LossWeights(),
-                  lora: LoraSettings | None = None, lpips_weights: str | None = None, restart: bool = False) -> Path | None:
-    """AlloSR² LoRA fine-tuning of a base model; writes the adapters (RUN/adapters) and the merged model (RUN/model)."""
+                  lora: LoraSettings | None = None, lpips_weights: str | None = None, restart: bool = False,
+                  targets_from=None) -> Path | None:
+    """AlloSR² LoRA fine-tuning of a base model; writes the adapters (RUN/adapters) and the merged model (RUN/model).
+
+    `targets_from`: a model directory whose autoencoder encodes the HR targets (its untuned encoder), for a base
+    that is itself a merged AlloSR² model; by default the base's own encoder does."""
     model = OneStepSR.from_pretrained(model_dir)
+    target_vae = OneStepSR.from_pretrained(targets_from).vae if targets_from is not None else None
     manifest = model.manifest
     if not manifest.t_star_estimated:
         print(f"flowsr: warning: {model_dir} has the preset's fallback t* = {manifest.t_star:g}, never estimated from data; "
               f"run `flowsr train estimate-tstar {model_dir} --data ...` first", file=sys.stderr)
     add_lora(model, lora or LORA_PRESETS.get(manifest.preset, LoraSettings()), seed=loop.seed)
     lpips = load_lpips(lpips_weights) if weights.lpips else None
-    run(AlloSR2Objective(model, weights, lpips), pairs.dataset(), loop, out, resume=not restart, description="train allosr2")
+    run(AlloSR2Objective(model, weights, lpips, target_vae), pairs.dataset(), loop, out, resume=not restart, description="train allosr2")
     if distributed()[0]:
         return None
     adapters = save_adapters(model.cpu(), Path(out) / "adapters", manifest)
