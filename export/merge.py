@@ -12,11 +12,11 @@ Adapter folder (what AlloSR² training writes, what `merge_adapters` reads):
                        lie in `encoder.` (the decoder is not tuned)
 
 Either part folder may be missing (that component was not tuned); one that is present holds both files. Both
-are checked before any model is touched: the config's rank, alpha and target modules, and finite weights. Loading goes through diffusers'
-`PeftAdapterMixin` (`add_adapter`, which injects the peft layers) and peft's `set_peft_model_state_dict`;
-merging through `fuse_lora` (peft's `merge` on every LoRA layer) and `unload_lora` (the base layers replace
-the LoRA wrappers). In float32, merged and adapter models agree to float rounding: within
-`MERGE_TOLERANCE` on images in [-1, 1].
+are checked before any model is touched: the config's rank, alpha and target modules, and finite weights.
+Loading goes through diffusers' `PeftAdapterMixin` (`add_adapter`, which injects the peft layers) and peft's
+`set_peft_model_state_dict`; merging through `fuse_lora` (peft's `merge` on every LoRA layer) and `unload_lora`
+(the base layers replace the LoRA wrappers). In float32, merged and adapter models agree to float rounding:
+within `MERGE_TOLERANCE` on images in [-1, 1].
 """
 
 from __future__ import annotations
