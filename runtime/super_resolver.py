@@ -134,6 +134,11 @@ class SuperResolver:
     @torch.inference_mode()
     def upscale_tensor(self, lr: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) float in [-1, 1] -> (B, 3, round(h*scale), round(w*scale)) float32 in [-1, 1]."""
+        return self.upscale_tensor_routed(lr)[0]
+
+    @torch.inference_mode()
+    def upscale_tensor_routed(self, lr: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """`upscale_tensor`, plus the expert that restored each image (routed once, so a report names what ran)."""
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) image batch, got shape {tuple(lr.shape)}")
         self.check_size(lr.shape[2], lr.shape[3])
@@ -141,11 +146,11 @@ class SuperResolver:
         names = self.route(lr)
         groups = {name: [i for i, picked in enumerate(names) if picked == name] for name in dict.fromkeys(names)}
         if len(groups) == 1:
-            return self._super_resolve(lr, self.backends[names[0]])
+            return self._super_resolve(lr, self.backends[names[0]]), names
         outputs = {}
         for name, index in groups.items():
             outputs.update(zip(index, self._super_resolve(lr[index], self.backends[name])))
-        return torch.stack([outputs[i] for i in range(len(names))])
+        return torch.stack([outputs[i] for i in range(len(names))]), names
 
     def _super_resolve(self, lr: torch.Tensor, backend) -> torch.Tensor:
         f, graphs = self.latent_factor, backend.graphs

@@ -72,7 +72,8 @@ def test_routed_directory_dispatches_each_image_to_its_expert(tuned, routed):
     assert resolver.route(torch.cat([smooth, noisy, smooth])) == ["clean", "degraded", "clean"]
     clean = SuperResolver(root / "base", tile=0, vae_tile=0)
     degraded = SuperResolver(routed.parent / "degraded-merged", tile=0, vae_tile=0)
-    got = resolver.upscale_tensor(torch.cat([smooth, noisy, smooth]))
+    got, experts = resolver.upscale_tensor_routed(torch.cat([smooth, noisy, smooth]))
+    assert experts == ["clean", "degraded", "clean"]
     same = lambda a, b: torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # batched vs single matmuls round apart
     same(got[0], clean.upscale_tensor(smooth)[0])
     same(got[2], got[0])

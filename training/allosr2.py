@@ -26,6 +26,7 @@ from flowsr.core.autoencoders import latent_of
 from flowsr.core.errors import SettingsError
 from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
+from flowsr.export.merge import ADAPTER_PARTS, ADAPTER_WEIGHTS, ADAPTERS_JSON
 
 # Attention and MLP projections of the FLUX blocks; convolutions and attention of the autoencoder's encoder (a VAE's
 # blocks, or a PatchAutoencoder's projection and branch).
@@ -189,10 +190,10 @@ def save_adapters(model: OneStepSR, directory: str | Path, manifest: Manifest) -
     """LoRA adapters as peft folders (`transformer/`, `vae/`: adapter_config.json + adapter_model.safetensors)
     plus `adapters.json` (t*, preset), written to a temporary sibling and renamed into place."""
     with atomic_directory(directory) as staging:
-        for part, module in (("transformer", model.transformer), ("vae", model.vae)):
+        for part, module in zip(ADAPTER_PARTS, (model.transformer, model.vae)):
             (staging / part).mkdir()
             state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(module).items()}
-            safetensors.torch.save_file(state, staging / part / "adapter_model.safetensors")
+            safetensors.torch.save_file(state, staging / part / ADAPTER_WEIGHTS)
             module.peft_config["default"].save_pretrained(staging / part)
-        (staging / "adapters.json").write_text(json.dumps({"t_star": model.t_star, "preset": manifest.preset}, indent=2) + "\n")
+        (staging / ADAPTERS_JSON).write_text(json.dumps({"t_star": model.t_star, "preset": manifest.preset}, indent=2) + "\n")
     return directory

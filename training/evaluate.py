@@ -106,8 +106,8 @@ def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, 
         outputs = {"bicubic": resize_to(lr_tensor, height, width)[0]}
         experts = {"bicubic": ""}
         for name, resolver in models.items():
-            outputs[name] = resolver.upscale_tensor(lr_tensor)[0]
-            experts[name] = resolver.route(lr_tensor)[0]
+            output, picked = resolver.upscale_tensor_routed(lr_tensor)
+            outputs[name], experts[name] = output[0], picked[0]
         results = {name: images.from_tensor(output) for name, output in outputs.items()}
         for name, result in results.items():
             rows.append({"image": path.name, "method": name, "expert": experts[name], **_score(result, hr)})
