@@ -36,3 +36,13 @@ def test_patch_autoencoder_loss_is_plain_reconstruction():
     assert "kl" not in losses
     torch.testing.assert_close(losses["loss"], error.abs().mean() + error.pow(2).mean())
     assert [name for name, p in model.named_parameters() if p.requires_grad] == [name for name, _ in model.vae.named_parameters(prefix="vae")]
+
+
+def test_encoder_only_trains_the_encoder_side():
+    """Of a VAE, everything before the latent trains; the decoder (and post_quant_conv) stay frozen."""
+    model = OneStepSR.from_preset("tiny-kl", seed=0)
+    AutoencoderObjective(model, encoder_only=True)
+    parts = {name.split(".")[0] for name, _ in model.vae.named_parameters()}
+    trainable = {name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
+    assert "encoder" in trainable and "decoder" in parts
+    assert trainable == parts - {"decoder", "post_quant_conv"}

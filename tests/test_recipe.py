@@ -15,6 +15,7 @@ from flowsr.runtime.cli import main
 from flowsr.training import loop, recipe
 from flowsr.training.allosr2 import LossWeights
 from flowsr.training.data import HRCrops
+from flowsr.training.evaluate import reconstruction_psnr
 from flowsr.training.loop import LoopConfig
 from flowsr.training.recipe import RECIPES, STAGES
 from flowsr.training.stages import Crops, Pairs, estimate_tstar, train_allosr2, train_autoencoder, train_flow
@@ -154,6 +155,34 @@ def test_each_stage_resumes_where_it_was_interrupted(corpus, tmp_path, monkeypat
     assert resumed.keys() == straight.keys()
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
+    """`train vae --model M --encoder-only` (the --targets-from model for LoRA on a merged AlloSR² model): from an
+    encoder knocked off its decoder, the round trip recovers while the decoder, the latent scale and the
+    transformer stay bit-identical."""
+    crops = Crops(corpus / "train", crop=32, repeats=2)
+    base = OneStepSR.from_pretrained(train_autoencoder(tmp_path / "ae", crops, STAGE_CONFIG, preset="tiny"))
+    with torch.no_grad():
+        for p in base.vae.encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    knocked = base.save_pretrained(tmp_path / "knocked")
+    before = reconstruction_psnr(OneStepSR.from_pretrained(knocked), corpus / "train")
+
+    assert main(["train", "vae", "--model", str(knocked), "--encoder-only", "--data", str(corpus / "train"), "--crop", "32",
+                 "--steps", "30", "--batch-size", "2", "--lr", "1e-3", "-o", str(tmp_path / "refit")]) == 0
+    assert "encoder refit to the decoder" in capsys.readouterr().out
+    refit = OneStepSR.from_pretrained(tmp_path / "refit" / "model")
+    assert reconstruction_psnr(refit, corpus / "train") > before + 1.0
+    mine, theirs = refit.state_dict(), OneStepSR.from_pretrained(knocked).state_dict()
+    assert any(not torch.equal(mine[k], theirs[k]) for k in mine if k.startswith("vae.encoder."))
+    for name in mine:
+        if not name.startswith("vae.encoder."):
+            assert torch.equal(mine[name], theirs[name]), name
+    assert (refit.normalization.shift, refit.normalization.scale) == (base.normalization.shift, base.normalization.scale)
+
+    assert main(["train", "vae", "--encoder-only", "--data", str(corpus / "train"), "-o", str(tmp_path / "none")]) != 0
+    assert "pass --model" in capsys.readouterr().err
 
 
 def test_recipes_weigh_the_allosr2_terms():

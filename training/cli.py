@@ -40,8 +40,11 @@ def run_vae(args) -> int:
 
     from .stages import train_autoencoder
 
-    model_dir = train_autoencoder(args.output, _crops(args), _loop_config(args), preset=args.preset, model_dir=args.model, restart=args.restart)
-    if model_dir:
+    model_dir = train_autoencoder(args.output, _crops(args), _loop_config(args), preset=args.preset, model_dir=args.model,
+                                  restart=args.restart, encoder_only=args.encoder_only)
+    if model_dir and args.encoder_only:
+        print(f"encoder refit to the decoder; model directory: {model_dir}")
+    elif model_dir:
         config = read_config(model_dir / "vae")  # the calibrated normalization, without loading the weights again
         print(f"autoencoder trained; latent shift {config['shift_factor'] or 0.0:.4f}, scale {config['scaling_factor']:.4f}; "
               f"model directory: {model_dir}")
@@ -336,6 +339,9 @@ def add_commands(commands) -> None:
     vae = train.add_parser("vae", help="pre-train the autoencoder of a preset on HR crops")
     vae.add_argument("--preset", default="small")
     vae.add_argument("--model", help="continue from this model directory instead of a fresh preset")
+    vae.add_argument("--encoder-only", action="store_true",
+                     help="refit --model's encoder to its frozen decoder, latent scale kept: the --targets-from model for "
+                          "LoRA on a merged AlloSR² model")
     _add_data_options(vae, crop=128, sr_pairs=False)
     _add_loop_options(vae, steps=2000, batch_size=8, lr=2e-4)
     vae.set_defaults(run=run_vae)

@@ -18,6 +18,9 @@ def logit_normal_time(batch: int, generator: torch.Generator, device) -> torch.T
     return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
 
 
+DECODER_SIDE = ("decoder", "post_quant_conv")  # the autoencoder modules after the latent (AutoencoderKL has both)
+
+
 class AutoencoderObjective(nn.Module):
     """Reconstruction (L1 + MSE) of HR crops by the SR model's autoencoder; the rest of the model is frozen.
 
@@ -25,13 +28,21 @@ class AutoencoderObjective(nn.Module):
     as LDM weights it: LDM sums the reconstruction over pixels and adds `kl_weight` times the KL summed over latent
     elements; with the reconstruction averaged over pixels here, the KL is divided by the image's element count.
     Without that the KL outweighs reconstruction ~50 000-fold on 128 px crops, the posterior std rises to 0.4 or
-    more and the decoder learns from mostly noise. A deterministic autoencoder (`PatchAutoencoder`) has no KL."""
+    more and the decoder learns from mostly noise. A deterministic autoencoder (`PatchAutoencoder`) has no KL.
 
-    def __init__(self, model: OneStepSR, kl_weight: float = 1e-6):
+    `encoder_only` keeps the decoder frozen too: the encoder is refit to invert the decoder, in the latent space
+    the transformer already works in."""
+
+    def __init__(self, model: OneStepSR, kl_weight: float = 1e-6, encoder_only: bool = False):
         super().__init__()
         self.model, self.kl_weight = model, kl_weight
         model.requires_grad_(False)
         model.vae.requires_grad_(True)
+        if encoder_only:
+            for name in DECODER_SIDE:
+                module = getattr(model.vae, name, None)  # AutoencoderKL may go without post_quant_conv
+                if module is not None:
+                    module.requires_grad_(False)
 
     def forward(self, hr: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         encoding = self.model.vae.encode(hr)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from flowsr.core.errors import SettingsError
 from flowsr.core.model_dir import update_manifest
 from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import merge_adapters
@@ -69,20 +70,28 @@ def _first(dataset, count: int) -> torch.Tensor:
 
 
 def train_autoencoder(out: str | Path, crops: Crops, loop: LoopConfig, preset: str = "small", model_dir=None,
-                      restart: bool = False, holdout: str | Path | None = None) -> Path | None:
+                      restart: bool = False, holdout: str | Path | None = None, encoder_only: bool = False) -> Path | None:
     """The autoencoder of a fresh `preset` model (or of `model_dir`) on HR crops; its latent shift/scale are then
     calibrated to mean 0, std 1. A fresh PatchAutoencoder starts from the principal components of the crops.
-    With `holdout` (a folder of photos), every checkpoint logs their reconstruction PSNR to RUN/validation.jsonl."""
+    With `holdout` (a folder of photos), every checkpoint logs their reconstruction PSNR to RUN/validation.jsonl.
+
+    `encoder_only` refits `model_dir`'s encoder to its frozen decoder and keeps the latent shift/scale, so the
+    model's transformer still fits: the HR-target encoder (`--targets-from`) for LoRA stacked on a merged AlloSR²
+    model, whose own encoder was tuned to encode LR images."""
+    if encoder_only and model_dir is None:
+        raise SettingsError("refitting the encoder needs a model directory whose decoder it inverts; pass --model")
     model = OneStepSR.from_pretrained(model_dir) if model_dir else OneStepSR.from_preset(preset, seed=crops.seed)
     dataset = crops.dataset()
     if model_dir is None:
         print(initialize_autoencoder(model.vae, _first(dataset, PCA_CROPS)), flush=True)
     validate = (lambda: {"holdout_psnr": reconstruction_psnr(model, holdout)}) if holdout else None
-    run(AutoencoderObjective(model), dataset, loop, out, resume=not restart, description="train autoencoder", validate=validate)
+    objective = AutoencoderObjective(model, encoder_only=encoder_only)
+    run(objective, dataset, loop, out, resume=not restart, description="train autoencoder", validate=validate)
     if distributed()[0]:
         return None
     model = model.cpu().eval()
-    calibrate_latents(model, _first(dataset, CALIBRATION_CROPS))  # into the autoencoder's config
+    if not encoder_only:
+        calibrate_latents(model, _first(dataset, CALIBRATION_CROPS))  # into the autoencoder's config
     return model.save_pretrained(Path(out) / "model", overwrite=True)
 
 
