@@ -166,15 +166,15 @@ def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
     with torch.no_grad():
         for p in base.vae.encoder.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
-    knocked = base.save_pretrained(tmp_path / "knocked")
-    before = reconstruction_psnr(OneStepSR.from_pretrained(knocked), corpus / "train")
+    knocked = OneStepSR.from_pretrained(base.save_pretrained(tmp_path / "knocked"))
+    before = reconstruction_psnr(knocked, corpus / "train")
 
-    assert main(["train", "vae", "--model", str(knocked), "--encoder-only", "--data", str(corpus / "train"), "--crop", "32",
+    assert main(["train", "vae", "--model", str(tmp_path / "knocked"), "--encoder-only", "--data", str(corpus / "train"), "--crop", "32",
                  "--steps", "30", "--batch-size", "2", "--lr", "1e-3", "-o", str(tmp_path / "refit")]) == 0
     assert "encoder refit to the decoder" in capsys.readouterr().out
     refit = OneStepSR.from_pretrained(tmp_path / "refit" / "model")
     assert reconstruction_psnr(refit, corpus / "train") > before + 1.0
-    mine, theirs = refit.state_dict(), OneStepSR.from_pretrained(knocked).state_dict()
+    mine, theirs = refit.state_dict(), knocked.state_dict()
     assert any(not torch.equal(mine[k], theirs[k]) for k in mine if k.startswith("vae.encoder."))
     for name in mine:
         if not name.startswith("vae.encoder."):
