@@ -230,7 +230,8 @@ def run_router(args) -> int:
     from .router import RouterSettings, build_routed_model
 
     settings = RouterSettings(crops=args.crops, crop=args.crop, scale=args.scale, max_side=args.max_side, steps=args.steps, seed=args.seed)
-    out = build_routed_model(args.model, args.degraded, args.data, args.output, settings, overwrite=args.overwrite)
+    out = build_routed_model(args.model, args.degraded, args.data, args.output, settings, overwrite=args.overwrite,
+                             adapters_base=args.degraded_base)
     print(f"routed model directory: {out}")
     return 0
 
@@ -423,6 +424,9 @@ def add_commands(commands) -> None:
                                              "and a router trained on which of them restores each crop better")
     router.add_argument("model", metavar="MODEL_DIR", help="SR model directory: the clean expert")
     router.add_argument("--degraded", required=True, metavar="ADAPTERS", help="adapter folder trained on top of MODEL_DIR for degraded inputs")
+    router.add_argument("--degraded-base", metavar="BASE_DIR",
+                        help="the model the adapters were trained on, if not MODEL_DIR (e.g. the clean expert before more training): "
+                             "they are rebased onto MODEL_DIR, the degraded expert unchanged")
     router.add_argument("--data", required=True, help="folder of HR photos (the SR training photos)")
     router.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the routed model directory to write")
     router.add_argument("--crops", type=number_option(2, 10**7, integer=True), default=4800, help="labelled crops, half clean, half degraded")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from flowsr.core.errors import ModelDirError
 from flowsr.core.router import DEGRADED_FOLDER, ROUTER_FOLDER, DegradationRouter, is_routed
 from flowsr.core.sr_model import OneStepSR, super_resolve
 from flowsr.export.merge import ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTERS_JSON, merged_copy, read_adapters
+from flowsr.export.rebase import rebase_adapters
 
 from .data import DataError, list_images
 from .degradations import bicubic_downscale, degrade
@@ -163,22 +165,34 @@ def write_routed_model(model_dir: str | Path, adapters_dir: str | Path, router: 
 
 
 def build_routed_model(model_dir: str | Path, adapters_dir: str | Path, data: str | Path, out_dir: str | Path,
-                       settings: RouterSettings = RouterSettings(), overwrite: bool = False, log=print) -> Path:
-    """Label crops of `data` by outcome with both experts, train the router, write the routed model directory."""
+                       settings: RouterSettings = RouterSettings(), overwrite: bool = False, adapters_base: str | Path | None = None,
+                       log=print) -> Path:
+    """Label crops of `data` by outcome with both experts, train the router, write the routed model directory.
+
+    `adapters_base`: the model the adapters were trained on, when it is not `model_dir` (say, the clean expert
+    before more training): the adapters are rebased onto `model_dir` first, so the degraded expert stays the same."""
     if is_routed(model_dir):
         raise ModelDirError(f"{model_dir} is already a routed model; pass the plain model its clean expert was saved as")
     if Path(out_dir).exists() and not overwrite:
         raise ModelDirError(f"{out_dir} already exists; choose another path or pass --overwrite")
     clean = OneStepSR.from_pretrained(model_dir)
-    experts = (clean, merged_copy(clean, adapters_dir))
-    photos = read_photos(data, settings)
-    started = time.perf_counter()
-    outcomes = outcome_crops(photos, experts, settings)
-    labelled = time.perf_counter()
-    log(f"labelled {settings.crops} crops of {len(photos)} photos with both experts in {labelled - started:.0f} s")
-    router = train_router(outcomes, settings, log=log)
-    scores = routing_regret(router, outcomes)
-    log(f"router trained in {time.perf_counter() - labelled:.0f} s: picks the better expert for {scores['accuracy']:.1%} of "
-        f"the crops, {scores['regret_db']:.3f} dB below always picking it")
-    record = {"settings": dataclasses.asdict(settings), "training_crops": scores}
-    return write_routed_model(model_dir, adapters_dir, router, out_dir, record=record, overwrite=overwrite)
+    with tempfile.TemporaryDirectory(prefix="flowsr-rebased-") as scratch:
+        rebased = {}
+        if adapters_base is not None:
+            rebased_dir = Path(scratch) / "adapters"
+            ranks = sorted(rebase_adapters(OneStepSR.from_pretrained(adapters_base), adapters_dir, clean, rebased_dir).values())
+            rebased = {"degraded_adapters": {"trained_on": str(adapters_base), "rebased_ranks": [ranks[0], ranks[-1]]}}
+            log(f"degraded-expert adapters rebased onto {model_dir}: {len(ranks)} layers, ranks {ranks[0]} to {ranks[-1]}")
+            adapters_dir = rebased_dir
+        experts = (clean, merged_copy(clean, adapters_dir))
+        photos = read_photos(data, settings)
+        started = time.perf_counter()
+        outcomes = outcome_crops(photos, experts, settings)
+        labelled = time.perf_counter()
+        log(f"labelled {settings.crops} crops of {len(photos)} photos with both experts in {labelled - started:.0f} s")
+        router = train_router(outcomes, settings, log=log)
+        scores = routing_regret(router, outcomes)
+        log(f"router trained in {time.perf_counter() - labelled:.0f} s: picks the better expert for {scores['accuracy']:.1%} of "
+            f"the crops, {scores['regret_db']:.3f} dB below always picking it")
+        record = {"settings": dataclasses.asdict(settings), "training_crops": scores} | rebased
+        return write_routed_model(model_dir, adapters_dir, router, out_dir, record=record, overwrite=overwrite)
