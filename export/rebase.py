@@ -44,7 +44,9 @@ def adapted_layers(model: OneStepSR, adapters_dir: str | Path) -> dict[str, list
 
 
 def _factor(difference: torch.Tensor, module: nn.Module, key: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(lora_A, lora_B, largest singular value) of one layer's weight difference, in peft's layout for the module."""
+    """(lora_A, lora_B, largest singular value) of one layer's weight difference, in peft's layout for the module.
+
+    A layer that does not differ gets a rank-1 zero adapter (and a tiny positive scale, so the check can divide)."""
     if not (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)):
         raise MergeError(f"{key}: rebasing handles Linear and ungrouped Conv2d layers, not {type(module).__name__}")
     matrix = difference.double().reshape(difference.shape[0], -1)
@@ -54,7 +56,7 @@ def _factor(difference: torch.Tensor, module: nn.Module, key: str) -> tuple[torc
     lora_b, lora_a = u[:, :rank] * root, root[:, None] * vh[:rank]
     if isinstance(module, nn.Conv2d):  # peft: lora_A is a conv with the layer's kernel, lora_B a 1x1 conv
         lora_a, lora_b = lora_a.reshape(rank, *difference.shape[1:]), lora_b.reshape(difference.shape[0], rank, 1, 1)
-    return lora_a.half().contiguous(), lora_b.half().contiguous(), float(s[0])
+    return lora_a.half().contiguous(), lora_b.half().contiguous(), max(float(s[0]), torch.finfo(torch.float32).tiny)
 
 
 def rebase_adapters(base: OneStepSR, adapters_dir: str | Path, onto: OneStepSR, out_dir: str | Path) -> dict[str, int]:

@@ -2,8 +2,10 @@
 
 import copy
 import json
+import shutil
 
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
@@ -67,6 +69,22 @@ def test_rebasing_onto_the_same_base_gives_back_the_adapters(tuned, tmp_path):
     for name in ranks:
         old, new = original.get_submodule(name), again.get_submodule(name)
         torch.testing.assert_close(new.get_delta_weight("default"), old.get_delta_weight("default"), rtol=0, atol=2e-3 * old.get_delta_weight("default").abs().max().item())
+
+
+def test_untrained_adapters_onto_their_own_base_are_zero(tuned, tmp_path):
+    """Adapters as peft initializes them (lora_B = 0) change nothing: every layer rebases to a zero rank-1 adapter."""
+    root, _ = tuned
+    base = OneStepSR.from_pretrained(root / "base")
+    untrained = tmp_path / "untrained"
+    shutil.copytree(root / "adapters", untrained, dirs_exist_ok=True)
+    for part in ("transformer", "vae"):
+        path = untrained / part / "adapter_model.safetensors"
+        state = safetensors.torch.load_file(path)
+        safetensors.torch.save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in state.items()}, path)
+    ranks = rebase_adapters(base, untrained, base, tmp_path / "rebased")
+    assert set(ranks.values()) == {1}
+    state = {k: v for part in ("transformer", "vae") for k, v in safetensors.torch.load_file(tmp_path / "rebased" / part / "adapter_model.safetensors").items()}
+    assert state and all(not v.any() for v in state.values())
 
 
 def test_a_change_outside_the_adapted_layers_is_refused(tuned, tmp_path):
