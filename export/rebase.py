@@ -5,13 +5,13 @@ training, its own LoRA merged in), the old adapters on the new weights would be 
 adapters whose merge into the new base gives the old expert's weights. For every layer the adapters target, the
 difference W_expert - W_new_base is factored by SVD. When the new base is the old one plus merged LoRA, its rank is
 at most the sum of the two LoRA ranks. Directions weaker than `REBASE_TOLERANCE` of the layer's strongest are
-float16 rounding and are dropped. Each layer keeps its own rank (peft's `rank_pattern`), and alpha equals the rank,
-so the LoRA scale is 1.
+dropped (on the shipped experts, the float16 rounding of the stored weights sits about 20 times lower). Each layer
+keeps its own rank (peft's `rank_pattern`), and alpha equals the rank, so the LoRA scale is 1.
 
 Only the targeted layers' weights may differ between the expert and the new base: adapters of this kind cannot
 reproduce a change anywhere else, and rebasing refuses it. The result is verified after it is written: merged into
-the new base, every targeted weight is within `REBASE_TOLERANCE` of the layer's strongest direction (float16
-factors included) of the expert's weight.
+the new base by peft, every targeted weight is within `FACTOR_SLACK` tolerances of the layer's strongest singular
+value of the expert's weight (the dropped directions plus the float16 rounding of the factors).
 """
 
 from __future__ import annotations
@@ -23,24 +23,21 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from flowsr.core.atomic import atomic_directory
 from flowsr.core.sr_model import OneStepSR
 
-from .merge import ADAPTER_WEIGHTS, ADAPTERS_JSON, MergeError, attach_adapters, merged_copy, read_adapters
+from .merge import ADAPTER_WEIGHTS, ADAPTERS_JSON, Adapters, MergeError, merged_copy, read_adapters
 
 REBASE_TOLERANCE = 1e-3  # dropped singular values and the verified weight error, relative to a layer's largest one
 FACTOR_SLACK = 4  # the verified error also holds the rounding of float16 factors: a few tolerances
 
 
-def adapted_layers(model: OneStepSR, adapters_dir: str | Path) -> dict[str, list[str]]:
-    """The layers the adapters wrap, by part (module names relative to it), as peft matches their target modules."""
-    adapters = read_adapters(adapters_dir)
-    probe = attach_adapters(copy.deepcopy(model), adapters)
-    return {part: [name for name, module in getattr(probe, part).named_modules() if isinstance(module, BaseTunerLayer)]
-            for part in adapters.parts}
+def adapted_layers(adapters: Adapters) -> dict[str, list[str]]:
+    """The layers the adapters hold LoRA weights for, by part (module names relative to it): the layers peft wraps,
+    since a merge refuses adapters whose weights and wrapped layers differ."""
+    return {part: sorted({key.rsplit(".lora_", 1)[0] for key in state}) for part, state in adapters.states.items()}
 
 
 def _factor(difference: torch.Tensor, module: nn.Module, key: str) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -66,7 +63,7 @@ def rebase_adapters(base: OneStepSR, adapters_dir: str | Path, onto: OneStepSR, 
     adapters = read_adapters(adapters_dir)
     if onto.manifest.preset != adapters.preset:
         raise MergeError(f"the adapters in {adapters_dir} are for preset {adapters.preset!r}, but the new base is {onto.manifest.preset!r}")
-    layers = adapted_layers(base, adapters_dir)
+    layers = adapted_layers(adapters)
     expert = {key: value.float() for key, value in merged_copy(base, adapters_dir).state_dict().items()}
     target = {key: value.float() for key, value in onto.state_dict().items()}
     adapted = {f"{part}.{name}.weight" for part, names in layers.items() for name in names}
