@@ -76,13 +76,13 @@ def rebase_adapters(base: OneStepSR, adapters_dir: str | Path, onto: OneStepSR, 
     ranks, scales = {}, {}
     with atomic_directory(out_dir) as staging:
         for part, names in layers.items():
-            state = {}
+            state, part_ranks = {}, {}
             for name in names:
                 key = f"{part}.{name}.weight"
                 lora_a, lora_b, scales[key] = _factor(expert[key] - target[key], getattr(onto, part).get_submodule(name), key)
                 state[f"{name}.lora_A.weight"], state[f"{name}.lora_B.weight"] = lora_a, lora_b
-                ranks[f"{part}.{name}"] = lora_a.shape[0]
-            part_ranks = {name: ranks[f"{part}.{name}"] for name in names}
+                part_ranks[name] = lora_a.shape[0]
+            ranks.update({f"{part}.{name}": rank for name, rank in part_ranks.items()})
             largest = max(part_ranks.values())
             config = copy.deepcopy(adapters.configs[part])
             config.r, config.lora_alpha = largest, float(largest)
@@ -93,9 +93,9 @@ def rebase_adapters(base: OneStepSR, adapters_dir: str | Path, onto: OneStepSR, 
             safetensors.torch.save_file(state, staging / part / ADAPTER_WEIGHTS)
         (staging / ADAPTERS_JSON).write_text(json.dumps({"t_star": adapters.t_star, "preset": adapters.preset}, indent=2) + "\n")
         rebased = merged_copy(onto, staging).state_dict()
-        worst = max(adapted, key=lambda key: (rebased[key].float() - expert[key]).abs().max() / scales[key])
-        error = float((rebased[worst].float() - expert[worst]).abs().max() / scales[worst])
-        if error > FACTOR_SLACK * REBASE_TOLERANCE:
-            raise MergeError(f"the rebased adapters miss the expert's {worst} by {error:.1e} of its scale; "
+        errors = {key: float((rebased[key].float() - expert[key]).abs().max()) / scales[key] for key in adapted}
+        worst = max(errors, key=errors.get)
+        if errors[worst] > FACTOR_SLACK * REBASE_TOLERANCE:
+            raise MergeError(f"the rebased adapters miss the expert's {worst} by {errors[worst]:.1e} of its scale; "
                              "the installed peft may not apply per-layer ranks")
     return ranks
