@@ -37,12 +37,28 @@ FAILED=0
 declare -A DIST=([diffusers]=diffusers [PIL]=pillow [cv2]=opencv-python-headless [skimage]=scikit-image [safetensors]=safetensors
                  [onnx]=onnx [onnxscript]=onnxscript [onnxruntime]=onnxruntime [peft]=peft [triton]=triton
                  [pytest_benchmark]=pytest-benchmark)
-absent() {  # the modules among the arguments that cannot be found (without importing them)
-    "$PY" -c 'import importlib.util, sys; print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))' "$@"
+absent() {  # the modules among the arguments that cannot be found (a dotted name imports its parents only)
+    "$PY" -c 'import importlib.util, sys
+def found(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False
+print(" ".join(m for m in sys.argv[1:] if not found(m)))' "$@"
+}
+# Wheels go into the interpreter's environment where pip may write there, else into a folder put on PYTHONPATH (a
+# read-only system environment); pip's output goes to a log named in the summary when an install fails.
+SETUP_LOG=$(mktemp)
+SITE=$(mktemp -d)
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+install_wheel() {
+    [ -d "$WHEELS" ] || return 1
+    timeout 120 "$PY" -m pip install --no-index --find-links "$WHEELS" "$1" >>"$SETUP_LOG" 2>&1 && return 0
+    timeout 120 "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" --target "$SITE" "$1" >>"$SETUP_LOG" 2>&1
 }
 installed=() missing=()
 for module in $(absent "${!DIST[@]}"); do
-    if [ -d "$WHEELS" ] && timeout 120 "$PY" -m pip install -q --no-index --find-links "$WHEELS" "${DIST[$module]}" >/dev/null 2>&1; then
+    if install_wheel "${DIST[$module]}" && [ -z "$(absent "$module")" ]; then
         installed+=("${DIST[$module]}")
     else
         missing+=("${DIST[$module]}")
@@ -50,7 +66,7 @@ for module in $(absent "${!DIST[@]}"); do
 done
 flowsr="importable"
 if [ -n "$(absent flowsr.core)" ]; then
-    if timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 && [ -z "$(absent flowsr.core)" ]; then
+    if timeout 120 "$PY" -m pip install --no-deps --no-build-isolation -e . >>"$SETUP_LOG" 2>&1 && [ -z "$(absent flowsr.core)" ]; then
         flowsr="editable install"
     else  # pip could not install it: flowsr.<part> from a folder of links to the package directories
         shim=$(mktemp -d) && mkdir "$shim/flowsr"
@@ -64,8 +80,9 @@ read -r DEV KEY < <("$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); impo
 m = d.this_machine(); print(d.slug(m["device"]), m["key"])')
 DEV=${DEV:-gpu} KEY=${KEY:-unknown}
 mkdir -p "$RESULTS/$DEV-logs"
+mv "$SETUP_LOG" "$RESULTS/$DEV-logs/setup.log"
 rm -f "$RESULTS/$DEV"-{kernels,backends,flux,regress}.{json,md} "$RESULTS/$DEV-kernel-tests.xml"  # no stale results in the tables
-SUMMARY+=("setup: $DEV, flowsr $flowsr; installed from $WHEELS: ${installed[*]:-nothing}; missing: ${missing[*]:-nothing}")
+SUMMARY+=("setup: $DEV, flowsr $flowsr; installed from $WHEELS: ${installed[*]:-nothing}; missing: ${missing[*]:-nothing}${missing[*]:+ (see $RESULTS/$DEV-logs/setup.log)}")
 echo "gpu_suite: ${SUMMARY[-1]}"
 
 # step NAME SECONDS COMMAND...: run COMMAND under min(SECONDS, time left), output to the terminal and to a log,

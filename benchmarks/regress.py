@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             storage = [f"--benchmark-storage=file://{directory.resolve()}", f"--benchmark-compare={baseline.resolve()}",
                        f"--benchmark-compare-fail=median:{args.threshold}%"]
         code, regressions = run_pytest(["--benchmark-only", f"--benchmark-json={run_json}", *storage, *pytest_args])
-        if not run_json.exists():
+        if not run_json.exists() or not run_json.stat().st_size:  # pytest-benchmark leaves an empty file when collection fails
             say(f"regress: nothing was measured (pytest exited {code})", failed=True)
             return 2 if code in (0, 5) else 1
         run = json.loads(run_json.read_text())
