@@ -1,1 +1,0 @@
-"""flowsr.core."""

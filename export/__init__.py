@@ -1,1 +1,0 @@
-"""flowsr.export: export specs (spec.py), ONNX export (onnx_export.py; end-to-end graphs: end_to_end.py) and its verification (verify.py, onnxruntime_graph.py), TensorRT engines (tensorrt_engine.py), LoRA merge (merge.py)."""
