@@ -28,11 +28,8 @@ from skimage import data
 
 from flowsr.core import images
 from flowsr.core.errors import SettingsError, printable
-from flowsr.core.router import DEGRADED_FOLDER, ROUTER_FOLDER, DegradationRouter
-from flowsr.export.merge import ADAPTERS_JSON
 from flowsr.runtime.cli import build_parser, main
 from flowsr.runtime.generate import MAX_SCALES, parse_scales
-from flowsr.training.router import write_routed_model
 
 RGB = np.ascontiguousarray(data.astronaut()[::12, ::12][:40, :40])  # 40x40: fast through the tiny models
 
@@ -187,6 +184,14 @@ def sr_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def kl_model(tmp_path_factory):
+    """The FLUX path in miniature (AutoencoderKL, FluxTransformer2DModel, stored text embeddings)."""
+    path = tmp_path_factory.mktemp("models") / "sr-kl"
+    assert main(["model", "init", "--preset", "tiny-kl", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
 def degradation_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "degradation"
     assert main(["model", "init", "--preset", "tiny", "--kind", "degradation", str(path)]) == 0
@@ -322,19 +327,28 @@ FILE_EDITS = {
 }
 SR_FILE_EDITS = {
     **FILE_EDITS,
+    "transformer-weights-random": lambda d: _weights(d / "transformer").write_bytes(random.Random(2).randbytes(4096)),
+    "transformer-weights-truncated": lambda d: _weights(d / "transformer").write_bytes(_weights(d / "transformer").read_bytes()[:1000]),
+    "transformer-weights-header-bomb": lambda d: _safetensors_header_bomb(_weights(d / "transformer")),
+    "transformer-config-missing": lambda d: (d / "transformer" / "config.json").unlink(),
+    # The other velocity network: its class is the preset's, not the file's to choose.
+    "transformer-config-class": lambda d: _set_json(d / "transformer" / "config.json", "_class_name", "FluxTransformer2DModel"),
+    "vae-weights-missing": lambda d: _weights(d / "vae").unlink(),
+    "vae-config-missing": lambda d: (d / "vae" / "config.json").unlink(),
+    "vae-config-binary": lambda d: (d / "vae" / "config.json").write_bytes(b"\xff\xfe\x00" * 100),
+    "vae-config-list": lambda d: (d / "vae" / "config.json").write_text("[]"),
+    "vae-config-class": lambda d: _set_json(d / "vae" / "config.json", "_class_name", "os.system"),
+}
+# Only a text-conditioned velocity network (FLUX: the tiny-kl and flux-dev presets) stores the empty-prompt embeddings.
+KL_FILE_EDITS = {
     "embeddings-random": lambda d: (d / "text_embeddings.safetensors").write_bytes(random.Random(1).randbytes(4096)),
     "embeddings-pickle": lambda d: (d / "text_embeddings.safetensors").write_bytes(pickle.dumps({"prompt_embeds": [1.0]})),
     "embeddings-empty": lambda d: (d / "text_embeddings.safetensors").write_bytes(b""),
     "embeddings-missing": lambda d: (d / "text_embeddings.safetensors").unlink(),
     "embeddings-header-bomb": lambda d: _safetensors_header_bomb(d / "text_embeddings.safetensors"),
     "transformer-weights-random": lambda d: _weights(d / "transformer").write_bytes(random.Random(2).randbytes(4096)),
-    "transformer-weights-truncated": lambda d: _weights(d / "transformer").write_bytes(_weights(d / "transformer").read_bytes()[:1000]),
-    "transformer-weights-header-bomb": lambda d: _safetensors_header_bomb(_weights(d / "transformer")),
-    "vae-weights-missing": lambda d: _weights(d / "vae").unlink(),
-    "vae-config-missing": lambda d: (d / "vae" / "config.json").unlink(),
-    "vae-config-binary": lambda d: (d / "vae" / "config.json").write_bytes(b"\xff\xfe\x00" * 100),
-    "vae-config-list": lambda d: (d / "vae" / "config.json").write_text("[]"),
-    "vae-config-class": lambda d: _set_json(d / "vae" / "config.json", "_class_name", "os.system"),
+    "transformer-config-class": lambda d: _set_json(d / "transformer" / "config.json", "_class_name", "ConvVelocityModel"),
+    "vae-config-class": lambda d: _set_json(d / "vae" / "config.json", "_class_name", "PatchAutoencoder"),
 }
 DEGRADATION_FILE_EDITS = {
     **FILE_EDITS,
@@ -343,18 +357,28 @@ DEGRADATION_FILE_EDITS = {
     "rae-config-missing": lambda d: (d / "rae" / "config.json").unlink(),
 }
 ARCHITECTURE_KEYS = {
-    "sr": {"vae": ["patch_size", "latent_channels", "hidden_channels", "in_channels"],
-           "transformer": ["num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "in_channels", "joint_attention_dim"]},
+    "sr": {"vae": ["in_channels", "patch_size", "latent_channels"],
+           "transformer": ["in_channels", "channels", "num_layers", "time_embedding_dim"]},
+    "sr-kl": {"vae": ["block_out_channels", "layers_per_block", "latent_channels"],
+              "transformer": ["num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "in_channels",
+                              "joint_attention_dim"]},
     "degradation": {"rae": ["block_out_channels", "norm_num_groups"], "unet": ["block_out_channels", "layers_per_block", "in_channels"]},
 }
 CONFIG_VALUES = [100_000, [], [100_000] * 4, -1, "x", None]
 
 
 def model_cases(kind: str) -> list[tuple[str, object, bool]]:
-    """(label, edit of a model directory copy, valid)."""
-    fields = SR_FIELDS if kind == "sr" else DEGRADATION_FIELDS
-    cases = [(f"manifest-{field}={value!r}", lambda d, f=field, v=value: _set_json(d / "flowsr.json", f, v), valid)
-             for field, value, valid in _manifest_cases(fields)]
+    """(label, edit of a model directory copy, valid). "sr": the tiny preset (PatchAutoencoder, ConvVelocityModel, no
+    text); "sr-kl": what only the FLUX path (tiny-kl) holds, its parts' configs and its text embeddings."""
+    if kind == "sr-kl":
+        cases = [("unchanged", lambda d: None, True),
+                 ("manifest-preset=tiny", lambda d: _set_json(d / "flowsr.json", "preset", "tiny"), False)]
+    else:
+        fields = SR_FIELDS if kind == "sr" else DEGRADATION_FIELDS
+        cases = [(f"manifest-{field}={value!r}", lambda d, f=field, v=value: _set_json(d / "flowsr.json", f, v), valid)
+                 for field, value, valid in _manifest_cases(fields)]
+    if kind == "sr":
+        cases += [("manifest-preset=tiny-kl", lambda d: _set_json(d / "flowsr.json", "preset", "tiny-kl"), False)]
     if kind == "degradation":
         cases += [(f"manifest-knot_scales={knots}", lambda d, k=knots: _set_json(d / "flowsr.json", "knot_scales", k), False)
                   for knots in ([1.0], [2.0, 4.0], [1.0, 4.0, 2.0], [1.0, 2.0, 9.0], [1.0, 1.0, 4.0])]
@@ -367,9 +391,9 @@ def model_cases(kind: str) -> list[tuple[str, object, bool]]:
         for key in keys:
             cases += [(f"{part}-config-{key}={value!r:.20}", lambda d, p=part, k=key, v=value: _set_json(d / p / "config.json", k, v), False)
                       for value in CONFIG_VALUES]
-    edits = SR_FILE_EDITS if kind == "sr" else DEGRADATION_FILE_EDITS
+    edits = {"sr": SR_FILE_EDITS, "sr-kl": KL_FILE_EDITS, "degradation": DEGRADATION_FILE_EDITS}[kind]
     cases += [(label, edit, False) for label, edit in edits.items()]
-    if kind == "sr":
+    if kind == "sr-kl":
         import safetensors.torch
         import torch
 
@@ -385,7 +409,7 @@ def model_cases(kind: str) -> list[tuple[str, object, bool]]:
     return cases
 
 
-SR_MODEL_CASES, DEGRADATION_MODEL_CASES = model_cases("sr"), model_cases("degradation")
+SR_MODEL_CASES, KL_MODEL_CASES, DEGRADATION_MODEL_CASES = model_cases("sr"), model_cases("sr-kl"), model_cases("degradation")
 
 
 def _run_model_case(command: list[str], model: Path, out: Path, capsys, valid: bool, label: str) -> None:
@@ -401,75 +425,24 @@ def _run_model_case(command: list[str], model: Path, out: Path, capsys, valid: b
     assert not out.exists() or no_temporaries(out)
 
 
-@pytest.mark.parametrize("command", ["sr", "degrade"])
-def test_model_directories_broken_field_by_field(command, sr_model, degradation_model, full, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["sr", "sr-kl", "degradation"])
+def test_model_directories_broken_field_by_field(kind, sr_model, kl_model, degradation_model, full, tmp_path, capsys):
     image = tmp_path / "photo.png"
     image.write_bytes(BASES["png"]())
-    source, cases, options = (sr_model, SR_MODEL_CASES, []) if command == "sr" else (degradation_model, DEGRADATION_MODEL_CASES, ["--scale", "2"])
+    command, source, cases, options = {
+        "sr": ("sr", sr_model, SR_MODEL_CASES, []),
+        "sr-kl": ("sr", kl_model, KL_MODEL_CASES, []),
+        "degradation": ("degrade", degradation_model, DEGRADATION_MODEL_CASES, ["--scale", "2"]),
+    }[kind]
     for index, (label, edit, valid) in enumerate(sample(cases, 4, full)):
         model = _broken_copy(source, tmp_path / f"m{index}", edit)
         out = tmp_path / f"out{index}"
         _run_model_case([command, str(image), "-o", str(out), "--model", str(model), *options], model, out, capsys, valid, label)
 
 
-ADAPTER_PARTS = ("transformer", "vae")
-ROUTED_FILE_EDITS = {
-    "router-folder-only": lambda d: shutil.rmtree(d / DEGRADED_FOLDER),
-    "degraded-folder-only": lambda d: shutil.rmtree(d / ROUTER_FOLDER),
-    "router-config-missing": lambda d: (d / ROUTER_FOLDER / "config.json").unlink(),
-    "router-config-list": lambda d: (d / ROUTER_FOLDER / "config.json").write_text("[]"),
-    "router-config-class": lambda d: _set_json(d / ROUTER_FOLDER / "config.json", "_class_name", "os.system"),
-    "router-weights-random": lambda d: _weights(d / ROUTER_FOLDER).write_bytes(random.Random(4).randbytes(4096)),
-    "router-weights-header-bomb": lambda d: _safetensors_header_bomb(_weights(d / ROUTER_FOLDER)),
-    "router-weights-missing": lambda d: _weights(d / ROUTER_FOLDER).unlink(),
-    "adapters-json-missing": lambda d: (d / DEGRADED_FOLDER / ADAPTERS_JSON).unlink(),
-    "adapters-json-binary": lambda d: (d / DEGRADED_FOLDER / ADAPTERS_JSON).write_bytes(b"\xff\xfe\x00" * 100),
-    "adapters-none": lambda d: [shutil.rmtree(d / DEGRADED_FOLDER / part) for part in ADAPTER_PARTS],
-    "adapters-other-preset": lambda d: _set_json(d / DEGRADED_FOLDER / ADAPTERS_JSON, "preset", "small"),
-}
-for part in ADAPTER_PARTS:
-    ROUTED_FILE_EDITS |= {
-        f"{part}-adapter-config-missing": lambda d, p=part: (d / DEGRADED_FOLDER / p / "adapter_config.json").unlink(),
-        f"{part}-adapter-config-binary": lambda d, p=part: (d / DEGRADED_FOLDER / p / "adapter_config.json").write_bytes(b"\xff" * 64),
-        f"{part}-adapter-config-list": lambda d, p=part: (d / DEGRADED_FOLDER / p / "adapter_config.json").write_text("[]"),
-        f"{part}-adapter-weights-missing": lambda d, p=part: _weights(d / DEGRADED_FOLDER / p).unlink(),
-        f"{part}-adapter-weights-random": lambda d, p=part: _weights(d / DEGRADED_FOLDER / p).write_bytes(random.Random(5).randbytes(4096)),
-        f"{part}-adapter-weights-header-bomb": lambda d, p=part: _safetensors_header_bomb(_weights(d / DEGRADED_FOLDER / p)),
-    }
-
-
-def routed_model_cases() -> list[tuple[str, object, bool]]:
-    """(label, edit of a routed model directory copy, valid): its router and degraded-expert folders, field by field."""
-    cases = [(f"adapters-json-{field}={value!r}", lambda d, f=field, v=value: _set_json(d / DEGRADED_FOLDER / ADAPTERS_JSON, f, v),
-              valid) for field, value, valid in _manifest_cases({"t_star": [], "preset": ["tiny"]})]
-    for key in ("width", "blur_size", "blur_sigma", "gain", "power"):
-        cases += [(f"router-config-{key}={value!r:.20}", lambda d, k=key, v=value: _set_json(d / ROUTER_FOLDER / "config.json", k, v), False)
-                  for value in CONFIG_VALUES + [0, float("nan")]]
-    for part in ADAPTER_PARTS:
-        cases += [(f"{part}-adapter-config-{key}={value!r:.20}",
-                   lambda d, p=part, k=key, v=value: _set_json(d / DEGRADED_FOLDER / p / "adapter_config.json", k, v), False)
-                  for key in ("r", "lora_alpha", "target_modules") for value in CONFIG_VALUES + [0, float("nan")]]
-    return cases + [(label, edit, False) for label, edit in ROUTED_FILE_EDITS.items()]
-
-
-ROUTED_MODEL_CASES = routed_model_cases()
-
-
-@pytest.fixture(scope="module")
-def routed_model(tuned, tmp_path_factory):
-    root, _ = tuned
-    path = tmp_path_factory.mktemp("models") / "routed"
-    write_routed_model(root / "base", root / "adapters", DegradationRouter(), path)
-    return path
-
-
-def test_routed_model_directories_broken_field_by_field(routed_model, full, tmp_path, capsys):
-    image = tmp_path / "photo.png"
-    image.write_bytes(BASES["png"]())
-    for index, (label, edit, valid) in enumerate(sample(ROUTED_MODEL_CASES, 4, full)):
-        model = _broken_copy(routed_model, tmp_path / f"m{index}", edit)
-        out = tmp_path / f"out{index}"
-        _run_model_case(["sr", str(image), "-o", str(out), "--model", str(model)], model, out, capsys, valid, label)
+def test_a_model_without_text_conditioning_holds_no_embeddings(sr_model, kl_model):
+    """tiny (ConvVelocityModel) stores no text embeddings, so none of the embedding cases above apply to it; tiny-kl does."""
+    assert not (sr_model / "text_embeddings.safetensors").exists() and (kl_model / "text_embeddings.safetensors").is_file()
 
 
 def test_export_and_eval_refuse_broken_models_in_one_line(sr_model, full, tmp_path, capsys):
@@ -616,12 +589,37 @@ def test_kill_9_then_rerun_completes_every_output_and_leaves_no_temporary(comman
 def test_eval_names_a_corrupt_image(sr_model, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
-    Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "a.png")
+    Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")  # 256 px: every metric's minimum size (NIQE's 194)
     (photos / "b.png").write_bytes(BASES["png"]()[:300])
     assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
     lines = flowsr_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(photos / "b.png") in lines[0] and "truncated" in lines[0]
     assert not (tmp_path / "e.csv").exists()
+
+
+@pytest.mark.parametrize("side", [3, 100])
+def test_eval_names_an_image_too_small_to_score(sr_model, tmp_path, capsys, side):
+    """A 3x3 photo (smaller than the heavy pipeline's blur kernels) and one under NIQE's minimum: one line naming it."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")
+    Image.fromarray(data.astronaut()[:side, :side]).save(photos / "small.png")
+    assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
+    lines = flowsr_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(photos / "small.png") in lines[0] and "too small" in lines[0]
+    assert not (tmp_path / "e.csv").exists()
+
+
+def test_eval_refuses_a_folder_as_its_csv(sr_model, tmp_path, capsys):
+    photos, folder = tmp_path / "photos", tmp_path / "scores"
+    photos.mkdir()
+    folder.mkdir()
+    (folder / "kept.txt").write_text("the user's")
+    Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")
+    assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(folder)]) == 2
+    lines = flowsr_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "--csv" in lines[0] and "is a folder" in lines[0]
+    assert [p.name for p in folder.iterdir()] == ["kept.txt"]
 
 
 def test_a_bug_shows_its_traceback_and_asks_to_be_reported(sr_model, tmp_path, capsys, monkeypatch):

@@ -1,5 +1,5 @@
-"""`flowsr eval`'s MS-SSIM and VIF against torchmetrics in float64, their closed forms, and the comparison picture;
-`eval-degradation`'s flat-region noise against the closed form for white noise."""
+"""`flowsr eval`'s MS-SSIM and VIF against torchmetrics in float64, their closed forms, the comparison picture, and its
+CSV tables and kinds of input; `eval-degradation`'s flat-region noise against the closed form for white noise."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from skimage import data, transform
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, visual_information_fidelity
 
 from flowsr.training.comparison import ComparisonSheet, detailed_window
-from flowsr.training.evaluate import ms_ssim, vif
+from flowsr.training.evaluate import METRICS, evaluate, ms_ssim, vif, write_csv
 from flowsr.training.evaluate_degradation import flat_noise
 
 
@@ -92,3 +92,24 @@ def test_flat_noise_scales_with_noise_made_on_the_lr_grid():
     noise = torch.nn.functional.interpolate(torch.randn(1, 1, 32, 32, generator=generator), size=(128, 128), mode="bicubic")
     levels = [flat_noise(hr + noise * sigma / 127.5, hr, scale=4) for sigma in (4.0, 8.0)]
     assert levels[1] / levels[0] == pytest.approx(2.0, rel=0.05)
+
+
+def test_csv_tables_hold_per_image_rows_or_sweep_rows(tmp_path):
+    """Columns are the rows' keys, numbers to 5 decimals; no rows still give `flowsr eval`'s header."""
+    write_csv([{"image": "a.png", "method": "bicubic", **dict.fromkeys(METRICS, 1 / 3)}], tmp_path / "eval.csv")
+    assert (tmp_path / "eval.csv").read_text().splitlines() == [
+        "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness", "a.png,bicubic," + ",".join(["0.33333"] * 6)]
+    row = {"strength": "heavy", "method": "m", "psnr_gain": -0.5, "worst_gain": -1.25, "ssim_diff": 0.0, "vif_diff": 0.125,
+           "niqe_diff": 2.0}
+    write_csv([row], tmp_path / "sweep.csv")
+    assert (tmp_path / "sweep.csv").read_text().splitlines() == [
+        "strength,method,psnr_gain,worst_gain,ssim_diff,vif_diff,niqe_diff", "heavy,m,-0.50000,-1.25000,0.00000,0.12500,2.00000"]
+    write_csv([], tmp_path / "empty.csv")
+    assert (tmp_path / "empty.csv").read_text().splitlines() == ["image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness"]
+
+
+@pytest.mark.parametrize("kind", ["bicubic", "realesrgan", 1.5, -0.1, "0.5"])
+def test_evaluation_refuses_inputs_it_does_not_know(tmp_path, kind):
+    """The kinds are clean, mild, heavy or a strength in [0, 1] (a float); the old names are refused before any image is read."""
+    with pytest.raises(ValueError, match="clean, mild, heavy, or a strength in"):
+        evaluate(tmp_path / "no-such-folder", {}, degradation=kind)

@@ -1,4 +1,4 @@
-"""Training pairs: shapes, alignment, reproducibility, clear errors."""
+"""Training pairs: shapes, alignment, reproducibility, the continuum's clean share, mixed sources, clear errors."""
 
 import numpy as np
 import pytest
@@ -7,8 +7,9 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core.sr_model import resize_to
-from flowsr.training.data import DataError, DegradedFolder, PairedFolders, SynthesizedPairs
-from flowsr.training.degradations import bicubic_downscale
+from flowsr.training.data import DataError, DegradedFolder, MixedPairs, PairedFolders, SynthesizedPairs
+from flowsr.training.degradations import ContinuumConfig, bicubic_downscale
+from flowsr.training.stages import Pairs
 
 
 @pytest.fixture
@@ -45,25 +46,67 @@ def test_bicubic_downscale_matches_pillow():
     assert np.abs(ours - pillow).mean() < 1 / 255  # both antialiased bicubic; they differ by rounding
 
 
-@pytest.mark.parametrize("clean_fraction", [0.0, 0.5, 1.0])
-def test_clean_fraction_of_degraded_pairs(hr_folder, clean_fraction):
-    """Each LR is either the clean bicubic downscale of its HR crop or the pipeline's output; the share follows
-    `clean_fraction`, and 0 keeps the pipeline's samples exactly."""
-    dataset = DegradedFolder(hr_folder, crop=32, scale=4, seed=3, repeats=20, clean_fraction=clean_fraction)
-    clean = 0
-    for index in range(len(dataset)):
-        lr, hr = dataset[index]
-        hr_image = ((hr.permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
-        downscaled = torch.from_numpy(bicubic_downscale(hr_image, 4)).permute(2, 0, 1)[None] * 2 - 1
-        clean += torch.allclose(lr, resize_to(downscaled, 32, 32)[0], atol=1e-5)
-    if clean_fraction == 0.0:
-        plain = DegradedFolder(hr_folder, crop=32, scale=4, seed=3, repeats=20)
-        assert all(torch.equal(dataset[i][0], plain[i][0]) for i in range(len(dataset)))
-    assert clean == {0.0: 0, 1.0: len(dataset)}.get(clean_fraction, clean)
-    if clean_fraction == 0.5:
+def is_clean(lr: torch.Tensor, hr: torch.Tensor) -> bool:
+    """Whether a pair's LR (at HR size) is the clean bicubic downscale of its HR crop, brought back to its size."""
+    hr_image = ((hr.permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
+    downscaled = torch.from_numpy(bicubic_downscale(hr_image, 4)).permute(2, 0, 1)[None] * 2 - 1
+    return torch.allclose(lr, resize_to(downscaled, *hr.shape[1:])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("clean_share", [0.0, 0.5, 1.0])
+def test_clean_share_of_degraded_pairs(hr_folder, clean_share):
+    """Each LR is the clean bicubic downscale of its HR crop or a draw along the degradation continuum, the clean ones
+    a share `clean_share` of the pairs."""
+    dataset = DegradedFolder(hr_folder, crop=32, scale=4, seed=3, repeats=20, config=ContinuumConfig(clean_share=clean_share))
+    clean = sum(is_clean(*dataset[index]) for index in range(len(dataset)))
+    if clean_share == 0.5:
         assert 0.25 * len(dataset) < clean < 0.75 * len(dataset)
-    with pytest.raises(DataError, match="clean fraction"):
-        DegradedFolder(hr_folder, crop=32, clean_fraction=1.5)
+    else:  # a draw above strength 0 could match only if every one of its steps were skipped: none of these 40 does
+        assert clean == clean_share * len(dataset)
+    with pytest.raises(DataError, match="clean share"):
+        DegradedFolder(hr_folder, crop=32, config=ContinuumConfig(clean_share=1.5))
+
+
+def negatives(folder):
+    """A `flowsr degrade` output folder whose LR image is the negative of its HR image, so its pairs are recognisable."""
+    hr = data.astronaut()[:96, :96]
+    (folder / "2").mkdir(parents=True)
+    Image.fromarray(hr).save(folder / "2" / "a_HR.png")
+    Image.fromarray(255 - hr).save(folder / "2" / "a_LR2.png")
+    return folder
+
+
+def from_negatives(pair) -> bool:
+    lr, hr = pair
+    return torch.allclose(lr, -hr, atol=1e-6)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_mixed_pairs_take_the_second_source_at_its_share(hr_folder, tmp_path, share):
+    main = DegradedFolder(hr_folder, crop=32, scale=4, seed=0, repeats=20)
+    extra = SynthesizedPairs(negatives(tmp_path / "synthesized"), crop=32, seed=0)
+    mixed = MixedPairs(main, extra, share, seed=5)
+    assert len(mixed) == len(main)
+    picks = [from_negatives(mixed[index]) for index in range(len(mixed))]
+    again = MixedPairs(main, extra, share, seed=5)
+    assert all(torch.equal(a, b) for index in range(len(mixed)) for a, b in zip(mixed[index], again[index]))  # reproducible
+    if share in (0.0, 1.0):
+        assert picks == [share == 1.0] * len(mixed)  # only the main source, or only the extra one
+        return
+    assert 0.25 * len(mixed) < sum(picks) < 0.75 * len(mixed)
+    mixed.set_epoch(1)
+    assert [from_negatives(mixed[index]) for index in range(len(mixed))] != picks  # each epoch draws anew
+
+
+def test_pairs_mix_synthesized_pairs_at_their_share(hr_folder, tmp_path):
+    synthesized = negatives(tmp_path / "synthesized")
+    plain = Pairs(hr_folder, crop=32, clean_share=0.6).dataset()
+    assert type(plain) is DegradedFolder and plain.config.clean_share == 0.6
+    assert type(Pairs(hr_folder, crop=32, synthesized=synthesized).dataset()) is SynthesizedPairs  # share 1: only them
+    mixed = Pairs(hr_folder, crop=32, clean_share=0.6, synthesized=synthesized, synthesized_share=0.25).dataset()
+    assert type(mixed) is MixedPairs and mixed.share == 0.25 and mixed.main.config.clean_share == 0.6
+    with pytest.raises(DataError, match="share"):
+        MixedPairs(plain, mixed.extra, 1.5)
 
 
 def test_paired_folders_align_lr_and_hr(tmp_path):

@@ -1,6 +1,7 @@
 """Training pairs for one-step SR: (LR resized to the HR size, HR), both float (3, H, W) in [-1, 1].
 
-Two sources: paired LR/HR folders, or HR-only folders degraded on the fly (training/degradations.py).
+Sources: paired LR/HR folders, HR-only folders degraded on the fly along the degradation continuum
+(training/degradations.py), pairs a DegFlow model synthesized (`flowsr degrade`), or a mix of two of them.
 Every random choice derives from (seed, epoch, index), so a run, a resume and every DDP rank see the
 same samples for the same step.
 """
@@ -21,7 +22,7 @@ from flowsr.core import images
 from flowsr.core.errors import FlowsrError
 from flowsr.core.sr_model import resize_to
 
-from .degradations import DegradationConfig, bicubic_downscale, degrade
+from .degradations import ContinuumConfig, degrade_continuum
 
 
 class DataError(FlowsrError):
@@ -139,26 +140,19 @@ class HRCrops(_EpochDataset):
 
 
 class DegradedFolder(HRCrops):
-    """HR-only folder: random HR crop, then Real-ESRGAN-style degradation to LR; yields (LR at HR size, HR).
+    """HR-only folder: random HR crop, degraded to LR at a strength drawn from the degradation continuum (clean
+    downscales, the mild middle, the heavy pipeline; `training.degradations.degrade_continuum`); yields
+    (LR at HR size, HR)."""
 
-    `clean_fraction` of the samples are clean bicubic downscales instead, so that a model also learns to
-    sharpen inputs that carry no blur, noise or JPEG (a model trained on heavy degradations smooths them).
-    """
-
-    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: DegradationConfig = DegradationConfig(),
-                 clean_fraction: float = 0.0, **crops):
-        if not 0 <= clean_fraction <= 1:
-            raise DataError(f"the clean fraction must lie in [0, 1], got {clean_fraction}")
+    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: ContinuumConfig = ContinuumConfig(), **crops):
+        if not 0 <= config.clean_share <= 1:
+            raise DataError(f"the clean share must lie in [0, 1], got {config.clean_share}")
         super().__init__(root, crop=crop, seed=seed, **crops)
-        self.scale, self.config, self.clean_fraction = scale, config, clean_fraction
+        self.scale, self.config = scale, config
 
     def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         hr = self.hr_crop(index, rng)
-        seed = int(rng.integers(2**31))
-        if self.clean_fraction and rng.uniform() < self.clean_fraction:
-            lr = bicubic_downscale(hr, self.scale)
-        else:
-            lr = degrade(hr, self.scale, seed=seed, config=self.config)
+        lr = degrade_continuum(hr, self.scale, seed=int(rng.integers(2**31)), config=self.config)
         return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
 
 
@@ -243,3 +237,22 @@ class SynthesizedPairs(PairedFolders):
         if not pairs:
             raise DataError(f"{root}: no {{s}}/{{name}}_LR{{s}}.png images; make them with `flowsr degrade HR_DIR -o {root}`")
         self._set_pairs(pairs, crop, seed)
+
+
+class MixedPairs(_EpochDataset):
+    """Two pair sources as one: each sample comes from `extra` with probability `share`, else from `main` (its index
+    there drawn at random); every draw derives from (seed, epoch, index) as in the sources themselves."""
+
+    def __init__(self, main: _EpochDataset, extra: _EpochDataset, share: float, seed: int = 0):
+        if not 0 <= share <= 1:
+            raise DataError(f"the share of the second pair source must lie in [0, 1], got {share}")
+        super().__init__(seed)
+        self.main, self.extra, self.share = main, extra, share
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if rng.uniform() < self.share:
+            return self.extra.sample(int(rng.integers(len(self.extra))), rng)
+        return self.main.sample(index, rng)

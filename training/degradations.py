@@ -180,3 +180,125 @@ def bicubic_downscale(hr: np.ndarray, scale: float) -> np.ndarray:
     image = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None]
     lr = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
     return lr[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+# --- The degradation continuum: one strength from clean (0) through mild to heavy (1).
+#
+# Real inputs are mostly neither clean downscales nor the heavy pipeline above but in between (web and phone
+# pictures: a little blur, some noise, JPEG). A model trained on two modes smooths that middle, so training pairs
+# draw a strength s and each step of a single-order pipeline (blur -> downscale -> noise -> JPEG) a strength of its
+# own around it; towards s = 1 a growing share of pairs come from the heavy second-order pipeline, which reaches
+# further than one order can.
+
+
+@dataclass(frozen=True)
+class ContinuumConfig:
+    clean_share: float = 0.35  # pairs at strength 0: clean antialiased bicubic downscales
+    step_prob: float = 0.85  # each step of the single order happens with this probability when s > 0
+    component_spread: tuple = (0.4, 1.0)  # a step's own strength is s times a uniform draw from this range
+    max_blur_sigma: float = 3.0  # Gaussian blur on the HR image at full strength (pixels of the HR image)
+    anisotropic_prob: float = 0.3
+    max_noise_sigma: float = 12.0  # Gaussian noise at full strength (8-bit levels, on the LR image)
+    gray_noise_prob: float = 0.3
+    poisson_prob: float = 0.2  # shot noise instead of Gaussian, at a scale of noise_sigma / 10
+    jpeg_quality: tuple = (95, 30)  # JPEG quality at strength 0 and 1
+    heavy_from: float = 0.5  # above this strength, the heavy pipeline's share grows linearly ...
+    heavy_share_at_one: float = 0.25  # ... to this at s = 1
+    heavy: DegradationConfig = DegradationConfig()
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The single-order pipeline at fixed strengths in [0, 1]; None skips a step. Downscaling is antialiased bicubic
+    unless `resize` names an OpenCV interpolation."""
+
+    blur: float | None = None
+    noise: float | None = None
+    jpeg: float | None = None
+    resize: int | None = None
+    anisotropy: tuple[float, float] = (1.0, 0.0)  # (minor/major axis ratio, angle) of the blur
+    gray_noise: bool = False
+    poisson: bool = False
+
+
+def apply_steps(hr: np.ndarray, scale: float, steps: Steps, rng: np.random.Generator, config: ContinuumConfig = ContinuumConfig()) -> np.ndarray:
+    """HR float32 HWC in [0, 1] -> LR: blur (HR) -> downscale by `scale` -> noise -> JPEG, each at its strength."""
+    image = hr
+    if steps.blur:
+        sigma = max(0.1, steps.blur * config.max_blur_sigma)
+        ratio, angle = steps.anisotropy
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        covariance = rotation @ np.diag([sigma**2, (sigma * ratio) ** 2]) @ rotation.T
+        size = 2 * int(np.ceil(3 * sigma)) + 1
+        image = _filter(image, gaussian_kernel(size, covariance))
+    if steps.resize is None:
+        image = bicubic_downscale(np.ascontiguousarray(image, dtype=np.float32), scale)
+    else:
+        out_h, out_w = lr_size(hr.shape[0], hr.shape[1], scale)
+        image = cv2.resize(image, (out_w, out_h), interpolation=steps.resize)
+    if steps.noise:
+        sigma = steps.noise * config.max_noise_sigma
+        shape = image.shape[:2] + ((1,) if steps.gray_noise else (3,))
+        if steps.poisson:
+            levels = np.clip(image.mean(axis=2, keepdims=True) if steps.gray_noise else image, 0, 1) * 255.0
+            noise = (rng.poisson(levels) - levels) / 255.0 * (sigma / 10)
+        else:
+            noise = rng.normal(0.0, sigma / 255.0, shape)
+        image = np.clip(image + noise.astype(np.float32), 0.0, 1.0)
+    if steps.jpeg:
+        best, worst = config.jpeg_quality
+        quality = int(round(best + steps.jpeg * (worst - best)))
+        image = _jpeg(image, rng, StageConfig(jpeg_quality=(quality, quality)))
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def draw_strength(rng: np.random.Generator, config: ContinuumConfig = ContinuumConfig()) -> float:
+    """The continuum's strength: 0 (clean) with probability `clean_share`, otherwise uniform in (0, 1]."""
+    return 0.0 if rng.uniform() < config.clean_share else float(1.0 - rng.uniform())
+
+
+def degrade_continuum(hr: np.ndarray, scale: float, seed: int, strength: float | None = None,
+                      config: ContinuumConfig = ContinuumConfig()) -> np.ndarray:
+    """HR float32 HWC RGB in [0, 1] -> LR at a strength drawn from the continuum (or given), reproducible from `seed`."""
+    rng = np.random.default_rng(seed)
+    s = draw_strength(rng, config) if strength is None else float(strength)
+    if s <= 0:
+        return bicubic_downscale(hr, scale)
+    heavy_share = config.heavy_share_at_one * max(0.0, (s - config.heavy_from) / (1 - config.heavy_from))
+    if rng.uniform() < heavy_share:
+        return degrade(hr, scale, seed=int(rng.integers(2**31)), config=config.heavy)
+
+    def strength_of_step() -> float | None:
+        return s * rng.uniform(*config.component_spread) if rng.uniform() < config.step_prob else None
+
+    anisotropic = rng.uniform() < config.anisotropic_prob
+    steps = Steps(
+        blur=strength_of_step(),
+        noise=strength_of_step(),
+        jpeg=strength_of_step(),
+        resize=INTERPOLATIONS[rng.integers(len(INTERPOLATIONS))] if rng.uniform() < s else None,
+        anisotropy=(rng.uniform(0.3, 1.0), rng.uniform(-np.pi, np.pi)) if anisotropic else (1.0, 0.0),
+        gray_noise=rng.uniform() < config.gray_noise_prob,
+        poisson=rng.uniform() < config.poisson_prob,
+    )
+    return apply_steps(hr, scale, steps, rng, config)
+
+
+# The evaluation's kinds of input, each reproducible per image from a seed: clean downscales, "mild" (what web and
+# phone pictures look like: Gaussian blur sigma 1.2 on the HR, bicubic, noise sigma 3/255, JPEG quality 75), the
+# heavy pipeline, and the sweep's levels between them (every step of the single order at one strength s).
+MILD = Steps(blur=1.2 / ContinuumConfig.max_blur_sigma, noise=3.0 / ContinuumConfig.max_noise_sigma, jpeg=20 / 65)
+SWEEP = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, "heavy")
+
+
+def degrade_for_eval(hr: np.ndarray, scale: float, kind: str | float, seed: int) -> np.ndarray:
+    """`kind`: "clean", "mild", "heavy", or a sweep strength s in [0, 1] (0 is clean)."""
+    if kind == "clean" or kind == 0:
+        return bicubic_downscale(hr, scale)
+    if kind == "heavy":
+        return degrade(hr, scale, seed=seed)
+    rng = np.random.default_rng(seed)
+    if kind == "mild":
+        return apply_steps(hr, scale, MILD, rng)
+    s = float(kind)
+    return apply_steps(hr, scale, Steps(blur=s, noise=s, jpeg=s), rng)

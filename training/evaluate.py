@@ -1,9 +1,12 @@
 """`flowsr eval`: degrade HR images reproducibly, restore them, and score against bicubic upscaling.
 
 On 8-bit RGB, per image and averaged, one CSV row per image and method: PSNR and SSIM (scikit-image), MS-SSIM
-and VIF (pixel-domain visual information fidelity; torchmetrics, no learned weights), and sharpness (gradient
-energy relative to the HR image). PSNR favours blur; MS-SSIM and VIF rank a sharper faithful result above a
-blurry one.
+and VIF (pixel-domain visual information fidelity; torchmetrics, no learned weights), NIQE (no reference: how far
+the image's statistics are from natural photos'; lower is more natural) and sharpness (gradient energy relative to
+the HR image). PSNR favours blur; MS-SSIM and VIF rank a sharper faithful result above a blurry one.
+
+The kinds of input (`training.degradations.degrade_for_eval`): clean bicubic downscales, mild (blur, noise and JPEG
+as web and phone pictures have them), heavy (the Real-ESRGAN-style pipeline), and a sweep of strengths between.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from flowsr.core.atomic import atomic_file
 from flowsr.core.sr_model import resize_to
 
 from .data import DataError, list_images
-from .degradations import DegradationConfig, bicubic_downscale, degrade
+from .degradations import SWEEP, degrade_for_eval
+from .niqe import MIN_SIDE as NIQE_MIN_SIDE
+from .niqe import niqe
 
 
 def gradient_energy(image: np.ndarray) -> float:
@@ -64,7 +69,7 @@ def vif(restored: np.ndarray, reference: np.ndarray) -> float:
     return float(visual_information_fidelity(preds, target, sigma_n_sq=2.0))
 
 
-METRICS = ("psnr", "ssim", "ms_ssim", "vif", "sharpness")
+METRICS = ("psnr", "ssim", "ms_ssim", "vif", "niqe", "sharpness")
 
 
 def _score(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -73,23 +78,24 @@ def _score(restored: np.ndarray, reference: np.ndarray) -> dict[str, float]:
         "ssim": structural_similarity(reference, restored, channel_axis=2, data_range=255),
         "ms_ssim": ms_ssim(restored, reference),
         "vif": vif(restored, reference),
+        "niqe": niqe(restored),
         # 1.0: as much detail as the HR image; bicubic upscaling is well below it.
         "sharpness": gradient_energy(restored) / gradient_energy(reference),
     }
 
 
-DEGRADATIONS = ("realesrgan", "bicubic")
+DEGRADATIONS = ("clean", "mild", "heavy")
+MIN_EVAL_SIDE = max(NIQE_MIN_SIDE, VIF_MIN_SIDE)  # HR sides, after cropping to a multiple of the scale
 
 
-def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, config: DegradationConfig = DegradationConfig(),
-             degradation: str = "realesrgan", on_image=None) -> list[dict]:
-    """Rows of (image, method, expert, *METRICS); `models` maps a method name to a SuperResolver at `scale`, and
-    `expert` names the expert that restored the image (a routed model's pick; "model" for a plain one).
+def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, degradation: str | float = "clean",
+             on_image=None) -> list[dict]:
+    """Rows of (image, method, *METRICS); `models` maps a method name to a SuperResolver at `scale`.
 
-    `degradation`: "realesrgan" (the training pipeline, seeded per image) or "bicubic" (clean downscaling).
+    `degradation`: "clean", "mild", "heavy" or a sweep strength in [0, 1], seeded per image (`seed` + its index).
     `on_image(hr, results)`, if given, sees every HR image and the uint8 results by method (a comparison sheet)."""
-    if degradation not in DEGRADATIONS:
-        raise ValueError(f"unknown degradation {degradation!r}; choose one of: {', '.join(DEGRADATIONS)}")
+    if degradation not in DEGRADATIONS and not (isinstance(degradation, float) and 0 <= degradation <= 1):
+        raise ValueError(f"unknown degradation {degradation!r}; choose one of: {', '.join(DEGRADATIONS)}, or a strength in [0, 1]")
     rows = []
     for index, path in enumerate(list_images(hr_root)):
         try:
@@ -97,20 +103,18 @@ def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, 
         except images.ImageError as err:  # a mean over fewer images would not be comparable: stop, naming it
             raise images.ImageError(f"{path}: {err}; remove or replace it, the evaluation scores every image") from None
         height, width = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
+        if min(height, width) < MIN_EVAL_SIDE:
+            raise images.ImageError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is too small to score (every metric needs at least "
+                                    f"{MIN_EVAL_SIDE} px per side); remove it, the evaluation scores every image")
         hr = np.ascontiguousarray(hr[:height, :width])
-        if degradation == "bicubic":
-            lr = bicubic_downscale(hr.astype(np.float32) / 255, scale)
-        else:
-            lr = degrade(hr.astype(np.float32) / 255, scale, seed=seed + index, config=config)
+        lr = degrade_for_eval(hr.astype(np.float32) / 255, scale, degradation, seed=seed + index)
         lr_tensor = torch.from_numpy(lr).permute(2, 0, 1)[None] * 2 - 1
         outputs = {"bicubic": resize_to(lr_tensor, height, width)[0]}
-        experts = {"bicubic": ""}
         for name, resolver in models.items():
-            output, picked = resolver.upscale_tensor_routed(lr_tensor)
-            outputs[name], experts[name] = output[0], picked[0]
+            outputs[name] = resolver.upscale_tensor(lr_tensor)[0]
         results = {name: images.from_tensor(output) for name, output in outputs.items()}
         for name, result in results.items():
-            rows.append({"image": path.name, "method": name, "expert": experts[name], **_score(result, hr)})
+            rows.append({"image": path.name, "method": name, **_score(result, hr)})
         if on_image is not None:
             on_image(hr, results)
     return rows
@@ -138,11 +142,28 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    """Atomically: the CSV appears whole or not at all."""
+    """Rows of `evaluate` or `sweep` (their keys are the columns; numbers to 5 decimals), written atomically: the
+    CSV appears whole or not at all."""
     path = Path(path)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["image", "method", "expert", *METRICS])
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["image", "method", *METRICS])
     writer.writeheader()
-    writer.writerows({**r, **{key: f"{r[key]:.5f}" for key in METRICS}} for r in rows)
+    writer.writerows({key: f"{value:.5f}" if isinstance(value, float) else value for key, value in r.items()} for r in rows)
     with atomic_file(path, "w") as f:
         f.write(buffer.getvalue())
+
+
+def sweep(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0) -> list[dict]:
+    """Every model's mean and worst PSNR gain over bicubic at each strength of `SWEEP`, from clean to heavy: one row
+    per strength and model, with the mean SSIM, VIF and NIQE differences to bicubic."""
+    rows = []
+    for strength in SWEEP:
+        kind = "clean" if strength == 0 else strength if isinstance(strength, str) else float(strength)
+        scored = evaluate(hr_root, models, scale=scale, seed=seed, degradation=kind)
+        bicubic = {row["image"]: row for row in scored if row["method"] == "bicubic"}
+        for name in models:
+            mine = [row for row in scored if row["method"] == name]
+            gains = [row["psnr"] - bicubic[row["image"]]["psnr"] for row in mine]
+            rows.append({"strength": str(strength), "method": name, "psnr_gain": float(np.mean(gains)), "worst_gain": float(np.min(gains)),
+                         **{f"{key}_diff": float(np.mean([row[key] - bicubic[row["image"]][key] for row in mine])) for key in ("ssim", "vif", "niqe")}})
+    return rows
