@@ -36,7 +36,7 @@ BASELINES = REPO / "benchmarks" / "baselines"
 # The latency suite: every backend end to end through SuperResolver (small preset and the shipped model) and the
 # degradation synthesis. On a quiet 2-core CPU the stored runs add up to about 1.5 minutes of timed and warm-up calls, plus
 # start-up and the ONNX exports of a first run.
-SUITE = [str(REPO / "benchmarks" / name) for name in ("test_default_model.py", "test_backends.py", "test_degrader.py")]
+SUITE = [str(REPO / "benchmarks" / name) for name in ("test_default_model.py", "test_backends.py", "test_degrader.py", "test_peer.py")]
 # On a CPU inductor compiles the small model for minutes per shape, so torch.compile is timed on GPUs only.
 CPU_FILTER = ["-k", "not compile"]
 # The default, 10 %: within one run the rounds' interquartile range is 0.4-11 % of the median, while the regressions
@@ -66,6 +66,9 @@ RATIOS = [
           "the shipped model at 128 -> 512"),
     Ratio("test_backend[onnxruntime-128->512-1]", "test_backend[torch-128->512-1]", 1.5, "cpu", "the small preset at 128 -> 512"),
     Ratio("test_backend[onnxruntime-256->1024-1]", "test_backend[torch-256->1024-1]", 1.2, "cpu", "the small preset at 256 -> 1024"),
+    # The peer (benchmarks/test_peer.py): Real-ESRGAN's compact x4 model in ncnn, what fast x4 deployments run today.
+    Ratio("test_default_model_128_to_512[torch-bfloat16]", "test_peer_128_to_512", 1.5, "cpu",
+          "the shipped model's fastest CPU path against Real-ESRGAN compact (ncnn) at 128 -> 512"),
     Ratio("test_degrade_512[one-step-1]", "test_degrade_512[euler-8]", 1.1, "any",
           "one network evaluation must not cost more than eight (0.62 to 0.98 on CPU, where the RAE dominates)"),
 ]

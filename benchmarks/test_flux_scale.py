@@ -106,7 +106,7 @@ def test_flux_dev_128_to_512(benchmark, timed, implementation):
         run, restore = functools.partial(diffusers_eager, model), model.restore
     else:
         sr = SuperResolver(model, scale=SCALE, device="cuda", dtype=DTYPE, backend=implementation)
-        run, restore = sr.upscale_tensor, sr.backends["model"].graphs["transformer"]
+        run, restore = sr.upscale_tensor, sr.backend.graphs["transformer"]
     with FlopCounterMode(display=False) as counter:
         model.restore(z)  # one transformer evaluation (plus the pack/Euler/unpack, no matmuls)
     flops = counter.get_total_flops()

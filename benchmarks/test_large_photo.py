@@ -2,8 +2,8 @@
 
 Each case runs in a fresh process, so its peak resident memory (`ru_maxrss`) is its own; the timed part is the
 upscale of one photo (`SuperResolver.upscale_picture`, the call `flowsr sr` makes), model loading excluded.
-Attention cost grows with the tokens per tile (a 1024 px tile holds 4096 tokens, a 512 px tile 1024), so the
-default `--tile` is the fastest of these on a CPU.
+The default model's velocity network is convolutional (one token per 4x4 pixels, no attention): its work per tile
+grows with the tile's area, so smaller tiles cost the recomputed overlaps and larger ones memory.
 """
 
 from __future__ import annotations
