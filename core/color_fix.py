@@ -1,9 +1,9 @@
 """Wavelet color fix: the restored image's fine detail on the input's coarse colour and brightness.
 
-A latent model decodes its colours through a VAE, which shifts them a little (several 8-bit levels per channel
-for the small preset's VAE). The bicubic-resized input carries the right low frequencies, so the output takes
-the restored image's high-frequency bands and the input's low-frequency residual, as StableSR's wavelet color
-fix does. The decomposition is an à trous wavelet: `levels` passes of a 3x3 binomial kernel, dilated 1, 2, 4, ...
+A latent model decodes its colours through an autoencoder, and a lossy one (a VAE) shifts them a little. The
+bicubic-resized input carries the right low frequencies, so the output takes the restored image's high-frequency
+bands and the input's low-frequency residual, as StableSR's wavelet color fix does. With the small preset's
+lossless autoencoder the fix only ties the result's coarse colours to the input's. The decomposition is an à trous wavelet: `levels` passes of a 3x3 binomial kernel, dilated 1, 2, 4, ...
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_LEVELS = 4  # measured best of 3..6 on the held-out photos (README, "The shipped models")
+DEFAULT_LEVELS = 4  # dilations 1, 2, 4, 8: the input gives the result its features coarser than about 16 pixels
 
 
 def wavelet_lowpass(image: torch.Tensor, levels: int = DEFAULT_LEVELS) -> torch.Tensor:

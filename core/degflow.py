@@ -15,7 +15,7 @@ import torch
 from . import spline
 from .flow import Time, per_sample
 
-EPS = 1e-3  # the floor of DESIGN.md's weighting formula
+EPS = 1e-3  # the floor of the look-ahead's segment-normalized weight w = 1 / (rho + EPS)
 
 
 def scale_to_time(scale: float, s_max: float) -> float:

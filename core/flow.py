@@ -1,6 +1,6 @@
 """Flow-matching math in plain PyTorch: the reference that kernels and training are tested against.
 
-Conventions (DESIGN.md): t = 0 is clean data, t = 1 is noise; the linear path is
+Conventions: t = 0 is clean data, t = 1 is noise; the linear path is
 z_t = (1 - t) z_0 + t eps with velocity v = eps - z_0; stepping toward data is z - dt * v.
 Every time or step argument is a Python float, a 0-d tensor or a per-sample tensor of shape (B,).
 """

@@ -1,16 +1,16 @@
-"""The `small` preset's autoencoder: PCA of pixel patches plus small convolutional corrections.
+"""The `small` preset's autoencoder: the principal components of pixel patches.
 
 An image is cut into `patch_size`² patches (pixel-unshuffle); a 1x1 convolution maps each patch to
-`latent_channels` numbers and back. `fit_pca` sets those two maps to the principal components of patches
-from training images, so the untrained model is already the best linear code of its size (8x8x3 patches to
-64 numbers: ~39 dB on held-out photos). Beside each map, a small convolutional branch on the latent grid,
-whose last layer starts at zero, learns what the linear code misses. There is no normalization layer, so a
-tile gives the same result as the whole image wherever the branches' 3x3 receptive fields fit inside it.
+`latent_channels` numbers and another maps them back. `fit_pca` sets the two to the principal components of
+patches from training images, so the code is the best linear one of its size. With as many latent channels as a
+patch has values (2x2x3 patches to 12 channels in the small preset) the code is lossless: an orthonormal change of
+basis of the pixels, so the velocity network's capacity goes to restoring detail and none is spent, or lost, in
+an autoencoder. Every latent pixel depends on its own patch alone, so a tile encodes exactly as the whole image.
 
 Orthonormal components make latent distances pixel distances (up to the latent scale): a latent-space loss is
-a pixel-space loss on what the code can represent. `encode`/`decode` follow diffusers' autoencoders
-(`EncoderOutput.latent`, `DecoderOutput.sample`); the model saves and loads with `save_pretrained`/
-`from_pretrained`, and takes LoRA adapters through diffusers' `PeftAdapterMixin`.
+a pixel-space loss. `encode`/`decode` follow diffusers' autoencoders (`EncoderOutput.latent`,
+`DecoderOutput.sample`); the model saves and loads with `save_pretrained`/`from_pretrained`, and takes LoRA
+adapters through diffusers' `PeftAdapterMixin`.
 """
 
 from __future__ import annotations
@@ -24,31 +24,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
-class PatchCoder(nn.Module):
-    """A 1x1 linear map (the PCA basis once fitted) plus a conv branch whose last layer starts at zero."""
-
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int):
-        super().__init__()
-        self.projection = nn.Conv2d(in_channels, out_channels, 1)
-        self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
-        self.conv1 = nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1)
-        self.conv_out = nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.silu(self.conv1(F.silu(self.conv_in(x))))
-        return self.projection(x) + self.conv_out(hidden)
-
-
 class PatchAutoencoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
     @register_to_config
     def __init__(
         self,
         in_channels: int = 3,
-        patch_size: int = 8,
-        latent_channels: int = 64,
-        hidden_channels: int = 128,
+        patch_size: int = 2,
+        latent_channels: int = 12,
         shift_factor: float = 0.0,
         scaling_factor: float = 1.0,
     ):
@@ -56,8 +38,8 @@ class PatchAutoencoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
         patch_dim = in_channels * patch_size**2
         if not 0 < latent_channels <= patch_dim:
             raise ValueError(f"latent_channels must lie in [1, {patch_dim}] for {patch_size}x{patch_size} patches, got {latent_channels}")
-        self.encoder = PatchCoder(patch_dim, latent_channels, hidden_channels)
-        self.decoder = PatchCoder(latent_channels, patch_dim, hidden_channels)
+        self.encoder = nn.Conv2d(patch_dim, latent_channels, 1)
+        self.decoder = nn.Conv2d(latent_channels, patch_dim, 1)
 
     def encode(self, image: torch.Tensor, return_dict: bool = True) -> EncoderOutput | tuple[torch.Tensor]:
         """Image (B, C, H, W), sides multiples of `patch_size` -> latent (B, latent_channels, H/p, W/p)."""
@@ -76,16 +58,15 @@ class PatchAutoencoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     @torch.no_grad()
     def fit_pca(self, images: torch.Tensor) -> float:
-        """Set both projections to the principal components of the patches of `images` (B, C, H, W); the branches
-        are untouched (zero at init). Returns the share of patch variance the latent keeps."""
+        """Set encoder and decoder to the principal components of the patches of `images` (B, C, H, W).
+        Returns the share of patch variance the latent keeps (1 for a lossless code)."""
         patches = F.pixel_unshuffle(images.double(), self.config.patch_size).permute(0, 2, 3, 1).flatten(0, 2)
         mean = patches.mean(dim=0)
         centered = patches - mean
         variances, vectors = torch.linalg.eigh(centered.T @ centered / len(patches))  # ascending
         basis = vectors[:, -self.config.latent_channels :].flip(1).T  # (latent, patch_dim), strongest first
-        encoder, decoder = self.encoder.projection, self.decoder.projection
-        encoder.weight.copy_(basis[:, :, None, None])
-        encoder.bias.copy_(-(basis @ mean))
-        decoder.weight.copy_(basis.T[:, :, None, None])
-        decoder.bias.copy_(mean)
+        self.encoder.weight.copy_(basis[:, :, None, None])
+        self.encoder.bias.copy_(-(basis @ mean))
+        self.decoder.weight.copy_(basis.T[:, :, None, None])
+        self.decoder.bias.copy_(mean)
         return float(variances[-self.config.latent_channels :].sum() / variances.sum())

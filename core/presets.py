@@ -1,11 +1,14 @@
-"""Model presets: diffusers configurations of the autoencoder and the FLUX-style velocity transformer.
+"""Model presets: diffusers configurations of the autoencoder and the velocity network.
 
 `small` is the size flowsr trains and ships, `flux-dev` is the exact FLUX.1-dev configuration (its weights load
 from a local diffusers folder); `tiny` and `tiny-kl` are the two in miniature, for tests.
 
-`small` keeps FLUX's geometry (latent at 1/8 size, one token per 2x2 latent patch, so 16x16 pixels per token)
-with a `PatchAutoencoder` instead of a deep VAE: PCA of 8x8 patches to 64 channels reconstructs held-out
-photos at ~39 dB before any training, where a small VAE needs hours on a CPU to reach 30 dB.
+`small` keeps the one-step flow (encode, one velocity evaluation, Euler step, decode) but spends its capacity where
+a CPU-sized model gains most, on pixels: its autoencoder is the lossless principal-component code of 2x2 patches
+(`PatchAutoencoder`) and its velocity network is 3x3 convolutions on the token grid, at a quarter of the image size
+(`ConvVelocityModel`), with no text conditioning. `flux-dev` is FLUX's VAE and transformer, with the empty-prompt
+conditioning stored in the model directory. The velocity network is the model directory's `transformer/` part,
+FLUX's name for it, whatever its class.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 from .autoencoders import Autoencoder, build_autoencoder, downsample_factor
+from .conv_velocity import ConvVelocityModel
 from .errors import ModelDirError, SettingsError
 from .model_schema import architecture_mismatch
 
@@ -26,10 +30,11 @@ class Preset:
     name: str
     vae: dict  # the autoencoder's diffusers config
     transformer: dict
-    text_tokens: int  # length of the stored empty-prompt embedding
+    text_tokens: int  # length of the stored empty-prompt embedding; 0: the velocity network takes no text
     guidance: float | None  # guidance-distilled backbones (FLUX.1-dev) take a constant guidance value
     default_t_star: float  # used until `t*` is estimated from data
     vae_class: str = "AutoencoderKL"
+    velocity_class: str = "FluxTransformer2DModel"
     notes: str = field(default="", compare=False)
 
     @property
@@ -68,8 +73,12 @@ def _vae(block_out_channels, layers_per_block, latent_channels, norm_num_groups,
     }
 
 
-def _patch_autoencoder(patch_size, latent_channels, hidden_channels):
-    return {"in_channels": 3, "patch_size": patch_size, "latent_channels": latent_channels, "hidden_channels": hidden_channels}
+def _patch_autoencoder(patch_size, latent_channels):
+    return {"in_channels": 3, "patch_size": patch_size, "latent_channels": latent_channels}
+
+
+def _conv_velocity(latent_channels, channels, layers):
+    return {"in_channels": latent_channels * 4, "channels": channels, "num_layers": layers, "time_embedding_dim": 64}
 
 
 def _transformer(latent_channels, layers, single_layers, heads, head_dim, rope, text_dim, pooled_dim, guidance):
@@ -90,12 +99,13 @@ def _transformer(latent_channels, layers, single_layers, heads, head_dim, rope, 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
-        vae=_patch_autoencoder(8, 8, 16),
-        transformer=_transformer(8, 1, 1, 2, 16, (4, 6, 6), 32, 32, guidance=False),
-        text_tokens=4,
+        vae=_patch_autoencoder(2, 12),
+        transformer=_conv_velocity(12, 8, 2),
+        text_tokens=0,
         guidance=None,
         default_t_star=0.5,
         vae_class="PatchAutoencoder",
+        velocity_class="ConvVelocityModel",
         notes="the small preset in miniature, for tests",
     ),
     "tiny-kl": Preset(
@@ -109,12 +119,13 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         name="small",
-        vae=_patch_autoencoder(8, 64, 128),
-        transformer=_transformer(64, 2, 4, 4, 64, (16, 24, 24), 256, 256, guidance=False),
-        text_tokens=8,
+        vae=_patch_autoencoder(2, 12),
+        transformer=_conv_velocity(12, 64, 12),
+        text_tokens=0,
         guidance=None,
         default_t_star=0.5,
         vae_class="PatchAutoencoder",
+        velocity_class="ConvVelocityModel",
         notes="the size flowsr trains and ships",
     ),
     "flux-dev": Preset(
@@ -140,8 +151,13 @@ def build_vae(preset: Preset) -> Autoencoder:
     return build_autoencoder(preset.vae_class, preset.vae)
 
 
-def build_transformer(preset: Preset) -> FluxTransformer2DModel:
-    return FluxTransformer2DModel.from_config(preset.transformer)
+VELOCITY_NETWORKS = {cls.__name__: cls for cls in (FluxTransformer2DModel, ConvVelocityModel)}
+VelocityNetwork = FluxTransformer2DModel | ConvVelocityModel
+
+
+def build_transformer(preset: Preset) -> VelocityNetwork:
+    """The preset's velocity network (the model's `transformer` part), random weights."""
+    return VELOCITY_NETWORKS[preset.velocity_class].from_config(preset.transformer)
 
 
 def parameter_count(module: torch.nn.Module) -> int:

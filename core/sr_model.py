@@ -11,7 +11,6 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from diffusers import FluxTransformer2DModel
 from torch import nn
 
 from . import flow, latents
@@ -21,7 +20,7 @@ from .errors import ModelDirError, first_line
 from .latents import LatentNormalization
 from .model_dir import LOAD_ERRORS, Manifest, write_model_dir
 from .model_schema import check_architecture, check_embeddings
-from .presets import Preset, build_transformer, build_vae, get_preset, load_base_components
+from .presets import VELOCITY_NETWORKS, Preset, VelocityNetwork, build_transformer, build_vae, get_preset, load_base_components
 
 TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 
@@ -66,15 +65,16 @@ def super_resolve(lr: torch.Tensor, height: int, width: int, stride: int, encode
 
 
 class OneStepSR(nn.Module):
-    """The SR model. Its directory (`from_pretrained`/`save_pretrained`) holds vae/ and transformer/ (diffusers),
-    the empty-prompt embeddings, and `flowsr.json` (`self.manifest`): the preset, t* and its provenance, guidance."""
+    """The SR model. Its directory (`from_pretrained`/`save_pretrained`) holds vae/ and transformer/ (diffusers: the
+    autoencoder and the velocity network), the empty-prompt embeddings of a text-conditioned velocity network
+    (FLUX), and `flowsr.json` (`self.manifest`): the preset, t* and its provenance, guidance."""
 
     def __init__(
         self,
         vae: Autoencoder,
-        transformer: FluxTransformer2DModel,
-        prompt_embeds: torch.Tensor,
-        pooled_prompt_embeds: torch.Tensor,
+        transformer: VelocityNetwork,
+        prompt_embeds: torch.Tensor | None,
+        pooled_prompt_embeds: torch.Tensor | None,
         t_star: float,
         guidance: float | None = None,
         manifest: Manifest | None = None,
@@ -99,8 +99,10 @@ class OneStepSR(nn.Module):
         preset = get_preset(preset) if isinstance(preset, str) else preset
         generator = torch.manual_seed(seed)
         vae, transformer = build_vae(preset), build_transformer(preset)
-        prompt = torch.randn(1, preset.text_tokens, preset.transformer["joint_attention_dim"], generator=generator)
-        pooled = torch.randn(1, preset.transformer["pooled_projection_dim"], generator=generator)
+        prompt = pooled = None
+        if preset.text_tokens:
+            prompt = torch.randn(1, preset.text_tokens, preset.transformer["joint_attention_dim"], generator=generator)
+            pooled = torch.randn(1, preset.transformer["pooled_projection_dim"], generator=generator)
         return cls._untrained(preset, vae, transformer, prompt, pooled)
 
     @classmethod
@@ -124,7 +126,7 @@ class OneStepSR(nn.Module):
         return cls._untrained(preset, vae, transformer, prompt.float(), pooled.float())
 
     @classmethod
-    def _untrained(cls, preset: Preset, vae, transformer, prompt: torch.Tensor, pooled: torch.Tensor) -> OneStepSR:
+    def _untrained(cls, preset: Preset, vae, transformer, prompt: torch.Tensor | None, pooled: torch.Tensor | None) -> OneStepSR:
         """A model of `preset`'s t* and guidance from its parts, its manifest labelled untrained."""
         manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
         return cls(vae, transformer, prompt, pooled, preset.default_t_star, preset.guidance, manifest).eval()
@@ -136,7 +138,21 @@ class OneStepSR(nn.Module):
         manifest = Manifest.read(directory)
         preset = get_preset(manifest.preset)
         check_architecture(directory / "vae", preset.vae, preset.name, class_name=preset.vae_class)
-        check_architecture(directory / "transformer", preset.transformer, preset.name)
+        check_architecture(directory / "transformer", preset.transformer, preset.name, class_name=preset.velocity_class)
+        embeddings = cls._read_embeddings(directory, preset) if preset.text_tokens else {}
+        try:
+            vae = load_autoencoder(directory / "vae", dtype=dtype)
+            velocity_class = VELOCITY_NETWORKS[preset.velocity_class]
+            transformer = velocity_class.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
+        except LOAD_ERRORS as err:
+            raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
+        model = cls(vae, transformer, embeddings.get("prompt_embeds"), embeddings.get("pooled_prompt_embeds"), manifest.t_star,
+                    manifest.guidance, manifest)
+        return model.to(device).eval()
+
+    @staticmethod
+    def _read_embeddings(directory: Path, preset: Preset) -> dict[str, torch.Tensor]:
+        """The stored empty-prompt conditioning of a text-conditioned velocity network, checked against the preset."""
         try:
             embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
         except LOAD_ERRORS as err:
@@ -145,13 +161,7 @@ class OneStepSR(nn.Module):
             "prompt_embeds": (1, preset.text_tokens, preset.transformer["joint_attention_dim"]),
             "pooled_prompt_embeds": (1, preset.transformer["pooled_projection_dim"]),
         })
-        try:
-            vae = load_autoencoder(directory / "vae", dtype=dtype)
-            transformer = FluxTransformer2DModel.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
-        except LOAD_ERRORS as err:
-            raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
-        model = cls(vae, transformer, embeddings["prompt_embeds"], embeddings["pooled_prompt_embeds"], manifest.t_star, manifest.guidance, manifest)
-        return model.to(device).eval()
+        return embeddings
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the model directory atomically, with `self.manifest` (t* as the model has it now)."""
@@ -160,8 +170,9 @@ class OneStepSR(nn.Module):
         def write_parts(folder: Path) -> None:
             self.vae.save_pretrained(folder / "vae", safe_serialization=True)
             self.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
-            embeddings = {"prompt_embeds": self.prompt_embeds, "pooled_prompt_embeds": self.pooled_prompt_embeds}
-            safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in embeddings.items()}, folder / TEXT_EMBEDDINGS)
+            if self.prompt_embeds is not None:
+                embeddings = {"prompt_embeds": self.prompt_embeds, "pooled_prompt_embeds": self.pooled_prompt_embeds}
+                safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in embeddings.items()}, folder / TEXT_EMBEDDINGS)
 
         return write_model_dir(directory, self, self.manifest, write_parts, overwrite)
 
@@ -183,6 +194,8 @@ class OneStepSR(nn.Module):
         """v(z_t, t) on packed tokens of a height x width latent: the one network evaluation."""
         batch = tokens.shape[0]
         dtype = tokens.dtype
+        if self.prompt_embeds is None:  # a velocity network without text conditioning (ConvVelocityModel)
+            return self.transformer(tokens, t.to(dtype), height, width)
         guidance = None
         if self.guidance is not None:
             guidance = torch.full((batch,), self.guidance, device=tokens.device, dtype=dtype)

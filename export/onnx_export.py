@@ -93,8 +93,6 @@ def trace(module: nn.Module, graph: Graph, geometry: Geometry, path: Path, opset
             return {0: batch, 1: height, 2: width}
         multiple = geometry.stride if tensor.space == "image" else geometry.latent_multiple
         height, width = Dim(f"{tensor.name}_height"), Dim(f"{tensor.name}_width")
-        if multiple == 1:  # the router takes any size
-            return {0: batch, 2: height, 3: width}
         return {0: batch, 2: multiple * height, 3: multiple * width}
 
     dynamic_shapes = tuple(axes(t) for t in graph.inputs)

@@ -73,7 +73,7 @@ class Geometry:
             return [batch, self.latent_channels, height // self.latent_factor, width // self.latent_factor]
         if space == "pixels":
             return [batch, height, width, 3]
-        return [batch]  # "time", "scale", "score": one value per sample
+        return [batch]  # "time", "scale": one value per sample
 
     def image_size(self, space: str, shape) -> tuple[int, int]:
         """(height, width) in image pixels of a tensor of `space` (image or latent)."""
@@ -81,7 +81,7 @@ class Geometry:
         return shape[2] * factor, shape[3] * factor
 
     def symbolic(self, space: str) -> list:
-        if space in ("time", "scale", "score"):
+        if space in ("time", "scale"):
             return ["batch"]
         if space == "pixels":
             return ["batch", "height", "width", 3]
@@ -91,7 +91,7 @@ class Geometry:
 
 
 def geometry_of(model) -> Geometry:
-    """The geometry of an SR model (`OneStepSR`), a degradation model or a router, from its attributes."""
+    """The geometry of an SR model (`OneStepSR`) or a degradation model, from its attributes."""
     if model.kind == "sr":
         return Geometry(model.stride, model.stride // model.packing, model.vae.config.latent_channels, model.packing)
     return Geometry(model.stride)
@@ -100,8 +100,7 @@ def geometry_of(model) -> Geometry:
 @dataclass(frozen=True)
 class Tensor:
     """A graph input or output. "image" (NCHW in [-1, 1]) and "latent" tensors have the export's dtype; "pixels"
-    are uint8 RGB images (NHWC, as files hold them); "time" and "scale" are float32, one value per sample; a
-    "score" (the router's logit) has the export's dtype, one value per sample."""
+    are uint8 RGB images (NHWC, as files hold them); "time" and "scale" are float32, one value per sample."""
 
     name: str
     space: str
@@ -150,21 +149,20 @@ class Profile:
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything exported of one model kind. `runtime_graphs` are what the backends run, in pipeline order;
-    `end_to_end` is the whole command in one graph, uint8 pixels in and out, with its own profile (None for the
-    router, whose one graph is all of it)."""
+    `end_to_end` is the whole command in one graph, uint8 pixels in and out, with its own profile."""
 
     kind: str
     graphs: dict[str, Graph]
     runtime_graphs: tuple[str, ...]
     profile: Profile
-    end_to_end: Graph | None
-    end_to_end_profile: Profile | None
+    end_to_end: Graph
+    end_to_end_profile: Profile
 
     def graph(self, name: str) -> Graph:
-        return self.end_to_end if self.end_to_end is not None and name == self.end_to_end.name else self.graphs[name]
+        return self.end_to_end if name == self.end_to_end.name else self.graphs[name]
 
     def has_end_to_end(self, graphs) -> bool:
-        return self.end_to_end is not None and self.end_to_end.name in graphs
+        return self.end_to_end.name in graphs
 
     def profile_for(self, graph: Graph) -> Profile:
         return self.end_to_end_profile if graph == self.end_to_end else self.profile
@@ -210,20 +208,7 @@ DEGRADATION = ModelSpec(
     end_to_end=Graph("end_to_end", "end_to_end", (Tensor("hr", "pixels"), Tensor("scale", "scale")), Tensor("degraded", "pixels")),
     end_to_end_profile=Profile(min_side=64, opt_side=512, max_side=2048, opt_batch=1, max_batch=8),
 )
-ROUTER = ModelSpec(
-    kind="router",
-    graphs={
-        # A routed SR model's router: the LR image (any size) -> its logit, > 0 for the degraded expert.
-        "router": Graph("router", "forward", (Tensor("lr", "image"),), Tensor("logit", "score")),
-    },
-    runtime_graphs=("router",),
-    # The central view the runtime passes (at most 512 px a side, as small as an LR image may be), a small batch.
-    profile=Profile(min_side=1, opt_side=512, max_side=512, opt_batch=1, max_batch=4),
-    end_to_end=None,
-    end_to_end_profile=None,
-)
-
-SPECS = {spec.kind: spec for spec in (SR, DEGRADATION, ROUTER)}
+SPECS = {spec.kind: spec for spec in (SR, DEGRADATION)}
 
 
 def read_spec(folder: str | Path) -> dict | None:

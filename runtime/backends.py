@@ -55,7 +55,7 @@ def _fused_restore(model: nn.Module) -> Callable:
 
 
 def _place(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move and cast in place with nn.Module.to: diffusers' ModelMixin.to (the router is one) warns on every cast."""
+    """Move and cast in place with nn.Module.to: diffusers' ModelMixin.to warns on every cast."""
     nn.Module.to(model, device=device, dtype=dtype).eval()
 
 

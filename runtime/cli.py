@@ -89,7 +89,6 @@ def run_sr(args: argparse.Namespace) -> int:
         vae_tile=args.vae_tile,
         max_megapixels=args.max_megapixels,
         color_fix=not args.no_color_fix,
-        expert=args.expert,
     )
     if not resolver.manifest.trained:
         _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
@@ -154,37 +153,14 @@ def _load_model(directory: str, dtype=None):
 
 
 def _export_source(args: argparse.Namespace):
-    """(model, the folder its exports live under, its stored weights' digest or None) for `export onnx`/`trt`: the
-    --part of a routed directory (the degraded expert's and the router's exports under their own folders), else
-    the model."""
-    from flowsr.core.model_dir import model_kind
-    from flowsr.core.router import DEGRADED_FOLDER, ROUTER_FOLDER, is_routed
-
-    routed = model_kind(args.model) == "sr" and is_routed(args.model)
-    if routed and args.part is None:
-        raise UsageError(f"{args.model} is a routed model; export each part with --part clean, --part degraded and --part router")
-    if args.part is not None and not routed:
-        raise UsageError(f"--part is for routed model directories; {args.model} holds one model")
-    if args.part == "router":
-        from flowsr.core.router import load_router
-
-        return load_router(args.model), Path(args.model) / ROUTER_FOLDER, None
+    """(model, the folder its exports live under, its stored weights' digest) for `export onnx`/`trt`."""
     model = _load_model(args.model)
-    if args.part == "degraded":
-        from flowsr.export.merge import merged_copy
-
-        home = Path(args.model) / DEGRADED_FOLDER
-        return merged_copy(model, home), home, None
     return model, Path(args.model), model.manifest.weights_sha256
 
 
 def run_model_convert(args: argparse.Namespace) -> int:
     import torch
 
-    from flowsr.core.router import is_routed
-
-    if is_routed(args.model):
-        raise UsageError(f"{args.model} is a routed model (already float16); convert the model before `flowsr train router` routes it")
     _load_model(args.model, dtype=getattr(torch, args.dtype)).save_pretrained(args.output, overwrite=args.overwrite)
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0
@@ -269,8 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--overlap", type=number_option(0, MAX_TILE, integer=True), default=128, help="tile overlap in output pixels (default 128)")
     sr.add_argument("--vae-tile", type=number_option(0, MAX_TILE, integer=True), default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
     sr.add_argument("--no-color-fix", action="store_true", help="keep the decoder's colours (default: wavelet color fix to the input's)")
-    sr.add_argument("--expert", default="auto", choices=["auto", "clean", "degraded"],
-                    help="routed models: let the router pick per image (default), or force the clean or the degraded expert")
     sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     sr.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
     sr.add_argument(
@@ -340,8 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     onnx.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset (default 20; 22 for bfloat16)")
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    onnx.add_argument("--part", default=None, choices=["clean", "degraded", "router"],
-                      help="routed models: the clean or degraded expert's graphs, or the router's (LR image -> logit)")
     onnx.set_defaults(run=run_export_onnx)
     trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
     trt.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
@@ -350,8 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--end-to-end", action="store_true", help="an engine of the end-to-end graph (uint8 pixels in and out) instead")
     trt.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
     trt.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
-    trt.add_argument("--part", default=None, choices=["clean", "degraded", "router"],
-                     help="routed models: the clean or degraded expert's engines, or the router's")
     trt.set_defaults(run=run_export_trt)
 
     # Other packages add their commands (flowsr.training: `train` and `eval`) through this entry-point group, so

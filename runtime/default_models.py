@@ -1,7 +1,7 @@
 """The trained model directories that ship inside the package, used when no `--model` is given.
 
-They are ordinary flowsr model directories (fp16 safetensors); the commands that reproduce them are in the
-README ("The shipped models").
+They are ordinary flowsr model directories (fp16 safetensors); each has a model card (README.md beside its
+manifest) with the data, the recipe that reproduces it and its measured quality.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """`SuperResolver`: any image in, the image upscaled by any factor out, with one velocity evaluation per tile.
 
-LR image -> [routed model: the router picks the clean or the degraded expert] -> bicubic resize to the target
-size -> pad to the model stride -> encode (tiled) -> restore, one NFE per latent tile, blended -> decode (tiled)
+LR image -> bicubic resize to the target size -> pad to the model stride -> encode (tiled) -> restore, one NFE per latent tile, blended -> decode (tiled)
 -> colour fix -> crop -> same type as the input (`core.sr_model.super_resolve`, the same code as the end-to-end
 ONNX graph).
 """
@@ -17,9 +16,7 @@ from PIL import Image
 
 from flowsr.core import images
 from flowsr.core.errors import SettingsError, check_number
-from flowsr.core.router import DEGRADED_FOLDER, EXPERTS, ROUTER_FOLDER, central_view, is_routed, load_router
 from flowsr.core.sr_model import OneStepSR, super_resolve
-from flowsr.export.merge import merged_copy
 from flowsr.export.spec import dtype_name
 
 from .backends import create_backend
@@ -41,9 +38,6 @@ class SuperResolver:
     default because its GroupNorm statistics are per tile, so VAE tiles differ more from the whole image
     than latent tiles do. 0 turns either off; memory then grows with the image. `color_fix` puts the restored
     detail on the bicubic input's low frequencies (`core.color_fix`), over the whole image after the tiles.
-
-    A routed model directory (`core.router`) has two experts, "clean" and "degraded"; `expert="auto"` lets its
-    router pick one per image, a name forces that expert. A plain model directory has one expert, "model".
     """
 
     def __init__(
@@ -60,7 +54,6 @@ class SuperResolver:
         batch_size: int = 1,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         color_fix: bool = True,
-        expert: str = "auto",
     ):
         check_number("scale", scale, 1, MAX_SCALE)
         check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)
@@ -88,20 +81,7 @@ class SuperResolver:
         self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
         self.batch_size, self.color_fix = batch_size, color_fix
         self.max_pixels = int(max_megapixels * 1e6)
-        self.router = None  # the router's graph on the same backend, in float32 (its decision is a sign)
-        experts = {"model": (model, weights_sha256, model_dir)}  # each expert's model, stored digest, export home
-        if model_dir is not None and is_routed(model_dir):
-            router = load_router(model_dir)
-            self.router = create_backend(backend, router, self.device, torch.float32, model_dir=Path(model_dir) / ROUTER_FOLDER).graphs["router"]
-            home = Path(model_dir) / DEGRADED_FOLDER
-            experts = {"clean": experts["model"], "degraded": (merged_copy(model, home), None, home)}
-        if expert != "auto" and expert not in experts:
-            raise SettingsError(f"expert {expert!r:.40} is not in this model; choose auto or {', '.join(experts)}")
-        self.expert = expert
-        self.backends = {
-            name: create_backend(backend, expert_model, self.device, self.dtype, weights_sha256=digest, model_dir=home)
-            for name, (expert_model, digest, home) in experts.items()
-        }
+        self.backend = create_backend(backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir)
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> SuperResolver:
@@ -122,38 +102,15 @@ class SuperResolver:
             )
 
     @torch.inference_mode()
-    def route(self, lr: torch.Tensor) -> list[str]:
-        """The expert for each image of an LR batch (B, 3, h, w) in [-1, 1]: the forced one, or the router's pick."""
-        if self.expert != "auto":
-            return [self.expert] * lr.shape[0]
-        if self.router is None:
-            return ["model"] * lr.shape[0]
-        logits = self.router(central_view(lr.to(self.device, torch.float32)))
-        return [EXPERTS[int(logit > 0)] for logit in logits.tolist()]
-
-    @torch.inference_mode()
     def upscale_tensor(self, lr: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) float in [-1, 1] -> (B, 3, round(h*scale), round(w*scale)) float32 in [-1, 1]."""
-        return self.upscale_tensor_routed(lr)[0]
-
-    @torch.inference_mode()
-    def upscale_tensor_routed(self, lr: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-        """`upscale_tensor`, plus the expert that restored each image (routed once, so a report names what ran)."""
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) image batch, got shape {tuple(lr.shape)}")
         self.check_size(lr.shape[2], lr.shape[3])
-        lr = lr.to(self.device, torch.float32)
-        names = self.route(lr)
-        groups = {name: [i for i, picked in enumerate(names) if picked == name] for name in dict.fromkeys(names)}
-        if len(groups) == 1:
-            return self._super_resolve(lr, self.backends[names[0]]), names
-        outputs = {}
-        for name, index in groups.items():
-            outputs.update(zip(index, self._super_resolve(lr[index], self.backends[name])))
-        return torch.stack([outputs[i] for i in range(len(names))]), names
+        return self._super_resolve(lr.to(self.device, torch.float32))
 
-    def _super_resolve(self, lr: torch.Tensor, backend) -> torch.Tensor:
-        f, graphs = self.latent_factor, backend.graphs
+    def _super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
+        f, graphs = self.latent_factor, self.backend.graphs
         return super_resolve(
             lr,
             *self.output_size(lr.shape[2], lr.shape[3]),

@@ -1,4 +1,4 @@
-"""Shared test set-up: Triton runs under its interpreter on machines with no GPU; a tiny model with LoRA adapters."""
+"""Shared test set-up: Triton runs under its interpreter on machines with no GPU; tiny models with LoRA adapters."""
 
 import os
 
@@ -40,19 +40,29 @@ def write_adapters(model, folder, preset="tiny"):
     (folder / "adapters.json").write_text(json.dumps({"t_star": TRAINED_T_STAR, "preset": preset}))
 
 
-@pytest.fixture(scope="session")
-def tuned(tmp_path_factory):
-    """A tiny base model directory, and the same model with random non-zero LoRA weights saved as adapters."""
-    root = tmp_path_factory.mktemp("tuned")
-    model = OneStepSR.from_preset("tiny")
+# LoRA targets by preset: the ConvVelocityModel's convolutions and the PatchAutoencoder's 1x1 encoder (what AlloSR²
+# tunes in tiny and small), and FLUX's attention and MLP projections with a VAE's encoder convolutions (tiny-kl).
+LORA_TARGETS = {
+    "tiny": {"transformer": r"^(conv_in|convs\.\d+|conv_out)$", "vae": r"^encoder$"},
+    "tiny-kl": {"transformer": ["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out"],
+                "vae": r"^encoder\..*(conv1|conv2|to_q|to_v)$"},
+}
+
+
+@pytest.fixture(scope="session", params=list(LORA_TARGETS))
+def tuned(request, tmp_path_factory):
+    """A base model directory of each preset family (convolutional tiny, FLUX tiny-kl), and the same model with random
+    non-zero LoRA weights saved as adapters and merged."""
+    preset = request.param
+    root = tmp_path_factory.mktemp(f"tuned-{preset}")
+    model = OneStepSR.from_preset(preset)
     model.save_pretrained(root / "base")
     torch.manual_seed(1)
     # init_lora_weights=False draws both LoRA matrices at random, so the adapters really change the output.
-    model.transformer.add_adapter(
-        LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out"], init_lora_weights=False)
-    )
-    model.vae.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=r"^encoder\..*(conv1|conv2|to_q|to_v)$", init_lora_weights=False))
+    targets = LORA_TARGETS[preset]
+    model.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets["transformer"], init_lora_weights=False))
+    model.vae.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets["vae"], init_lora_weights=False))
     model.t_star = TRAINED_T_STAR
-    write_adapters(model, root / "adapters")
+    write_adapters(model, root / "adapters", preset)
     merge_adapters(root / "base", root / "adapters", root / "merged")
     return root, model.eval()

@@ -19,12 +19,16 @@ from flowsr.training.allosr2 import LORA_PRESETS, RELATIVE_FLOOR, AlloSR2Objecti
 from flowsr.training.data import DegradedFolder
 from flowsr.training.loop import LoopConfig, run
 
+# The tiny preset trains LoRA on convolutions (ConvVelocityModel, PatchAutoencoder); tiny-kl on FLUX's attention and
+# MLPs, with its text conditioning in every velocity evaluation.
+PRESETS = pytest.mark.parametrize("preset", ["tiny", "tiny-kl"])
 
-def lora_model(seed=0):
-    model = OneStepSR.from_preset("tiny", seed=seed)
+
+def lora_model(seed=0, preset="tiny"):
+    model = OneStepSR.from_preset(preset, seed=seed)
     manifest = model.manifest
     model.t_star = 0.4
-    add_lora(model, LORA_PRESETS["tiny"])
+    add_lora(model, LORA_PRESETS[preset])
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # non-zero adapters, so every LoRA weight has a gradient
         for name, p in model.named_parameters():
@@ -53,8 +57,9 @@ def velocity(model, z, t):
     return latents.unpack(model.velocity(latents.pack(z), t, h, w), h, w)
 
 
-def test_atm_gradient_is_direction_times_jacobian_by_hand():
-    model, _ = lora_model()
+@PRESETS
+def test_atm_gradient_is_direction_times_jacobian_by_hand(preset):
+    model, _ = lora_model(preset=preset)
     params = [p for p in model.parameters() if p.requires_grad]
     objective = AlloSR2Objective(model, LossWeights(latent_mse=0.0, fatc=0.0, atm=1.0))
     lr, hr = batch()
@@ -82,8 +87,9 @@ def test_atm_gradient_is_direction_times_jacobian_by_hand():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
-def test_fatc_loss_matches_closed_form():
-    model, _ = lora_model()
+@PRESETS
+def test_fatc_loss_matches_closed_form(preset):
+    model, _ = lora_model(preset=preset)
     objective = AlloSR2Objective(model, LossWeights(latent_mse=0.0, fatc=1.0, atm=0.0))
     lr, hr = batch(1)
     with torch.no_grad():
@@ -151,9 +157,10 @@ def test_pixel_term_is_l1_of_the_decoded_one_step_output():
     torch.testing.assert_close(losses["loss"], losses["pixel"])
 
 
+@PRESETS
 @pytest.mark.parametrize("weights", [LossWeights(), LossWeights(pixel=1.0)], ids=["default", "pixel"])
-def test_one_step_changes_only_lora(photos, tmp_path, weights):
-    model, _ = lora_model()
+def test_one_step_changes_only_lora(photos, tmp_path, weights, preset):
+    model, _ = lora_model(preset=preset)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     dataset = DegradedFolder(photos, crop=32, scale=4, repeats=2)
     run(AlloSR2Objective(model, weights), dataset, LoopConfig(steps=1, batch_size=2, lr=1e-2), tmp_path, resume=False)

@@ -67,7 +67,7 @@ def test_export_command_prints_its_verification(exported):
 def test_onnxruntime_matches_torch(model_dir, settings):
     lr = reference_photo(2, 48, 72)  # x4: 192x288 output, several tiles in the tiled run
     resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32", **settings)
-    assert resolver.backends["model"].folder == model_dir / "onnx" / "float32"  # the directory's own export, no re-export
+    assert resolver.backend.folder == model_dir / "onnx" / "float32"  # the directory's own export, no re-export
     assert psnr(upscale(model_dir, "torch", lr, **settings), resolver.upscale_tensor(lr)) >= MIN_PSNR_DB
 
 
@@ -86,7 +86,7 @@ def test_sr_command_with_onnxruntime_backend(model_dir, tmp_path, capsys):
 def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path):
     model = OneStepSR.from_pretrained(model_dir)
     with torch.no_grad():
-        model.vae.encoder.conv_in.bias.add_(0.1)  # other weights: the directory's export does not apply
+        model.vae.encoder.bias.add_(0.1)  # other weights (the PatchAutoencoder's 1x1 encoder): the directory's export does not apply
     digest = content_sha256(model)
     folder = onnx_dir_for(model, torch.float32, graphs=("encoder",), model_dir=model_dir)
     assert folder == tmp_path / "cache" / "onnx" / f"sr-{digest[:16]}-float32-opset20"
@@ -94,7 +94,7 @@ def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path
     written = (folder / SPEC_FILE).stat().st_mtime_ns
     model = OneStepSR.from_pretrained(model_dir)
     with torch.no_grad():
-        model.vae.encoder.conv_in.bias.add_(0.1)
+        model.vae.encoder.bias.add_(0.1)
     assert onnx_dir_for(model, torch.float32, graphs=("encoder",)) == folder  # found again, not re-exported
     assert (folder / SPEC_FILE).stat().st_mtime_ns == written
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging folders left behind
@@ -114,7 +114,7 @@ def test_the_manifest_digest_finds_the_export_without_reading_weights(model_dir,
 
     monkeypatch.setattr(content_hash, "weights_sha256", no_hashing)
     resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32")
-    assert read_spec(resolver.backends["model"].folder)["content_sha256"] == expected
+    assert read_spec(resolver.backend.folder)["content_sha256"] == expected
     assert not (tmp_path / "cache").exists()
 
 

@@ -169,7 +169,7 @@ def test_usage_errors_exit_2_with_one_line(model_dir, photos, tmp_path, capsys):
     blocker.write_text("x")
     assert main(["sr", str(photos), "-o", str(blocker), "--model", str(model_dir)]) == 2
     assert main(["sr", str(photos), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
-    assert main(["sr", str(photos), "-o", str(tmp_path / "o"), "--model", str(model_dir), "--tile", "100"]) == 2
+    assert main(["sr", str(photos), "-o", str(tmp_path / "o"), "--model", str(model_dir), "--tile", "258"]) == 2
     lines = [line for line in error_lines(capsys) if line.startswith("flowsr: error")]
     assert len(lines) == 3 and "not a folder" in lines[0] and "does not exist" in lines[1] and "stride" in lines[2]
 

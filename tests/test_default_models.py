@@ -2,29 +2,27 @@
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 from skimage import data, transform
 from skimage.metrics import peak_signal_noise_ratio
 
-from flowsr.core import images
 from flowsr.core.content_hash import weights_sha256
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.model_dir import DegradationManifest, Manifest
-from flowsr.core.router import is_routed
 from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.default_models import DEFAULT_DEGRADATION_MODEL, DEFAULT_SR_MODEL
 from flowsr.runtime.degrader import Degrader
 from flowsr.runtime.super_resolver import SuperResolver
-from flowsr.training.degradations import bicubic_downscale, degrade
+from flowsr.training.degradations import degrade_for_eval
 from flowsr.training.evaluate import gradient_energy
 
-# PSNR gain of the default SR model over bicubic upscaling on the photo below (x4), at least.
-# Measured with the shipped model at 512 px: +1.06 dB clean (the clean expert); +0.50 dB mean over pipeline seeds
-# 0-3 (the degraded expert; each of seeds 0-7 gains, +0.14 to +0.84).
-MIN_GAIN_DB = {"bicubic": 0.5, "realesrgan": 0.25}
-EXPERT = {"bicubic": "clean", "realesrgan": "degraded"}  # what the router picks for each kind of input
-SEEDS = {"bicubic": [0], "realesrgan": [0, 1, 2, 3]}  # one draw of the random pipeline is too noisy to judge by
+# PSNR gain of the default SR model over bicubic upscaling on the photo below (x4), at least, by kind of input
+# (`flowsr eval --degradation`). The shipped model measured +1.76 (clean), +0.61 (mild) and +0.37 dB (heavy, the
+# mean of four draws); the bars keep about a third of that as a margin for other CPUs' arithmetic and kernels.
+MIN_GAIN_DB = {"clean": 1.2, "mild": 0.4, "heavy": 0.2}
+SEEDS = {"clean": [0], "mild": [0, 1], "heavy": [0, 1, 2, 3]}  # one draw of the random pipeline is too noisy to judge by
 
 
 def held_out_photo(size: int = 256) -> np.ndarray:
@@ -76,35 +74,40 @@ def test_default_degradation_model_adds_its_fitted_noise_reproducibly():
     hr = (held_out_photo() * 255).round().astype(np.uint8)
     degrader = Degrader(device="cpu")
     assert degrader.noise is not None
-    clean = Degrader(device="cpu", noise=False)(hr, [4.0])[0].astype(float)
     first, second = ([o.astype(float) for o in draw] for draw in degrader.draws(hr, [4.0], [0, 1]))
     assert np.array_equal(degrader(hr, [4.0], seed=1)[0], second[0].astype(np.uint8))
     assert 1 < np.abs(first[0] - second[0]).mean() < 20  # another draw of noise, of a few levels
 
 
-def test_packaged_sr_model_is_trained_small_routed_and_default():
+def test_packaged_sr_model_is_one_trained_small_model_and_default():
+    """One plain model directory (no router or expert folders): the small preset's two parts, trained, its t*
+    estimated; the small velocity network takes no text, so there are no prompt embeddings either."""
     manifest = Manifest.read(DEFAULT_SR_MODEL)
-    assert manifest.trained and manifest.t_star_estimated and manifest.preset == "small" and is_routed(DEFAULT_SR_MODEL)
+    assert manifest.trained and manifest.t_star_estimated and manifest.preset == "small"
+    assert sorted(p.name for p in DEFAULT_SR_MODEL.iterdir() if p.is_dir()) == ["transformer", "vae"]
+    weights = sorted(str(p.relative_to(DEFAULT_SR_MODEL)) for p in DEFAULT_SR_MODEL.rglob("*.safetensors"))
+    assert weights == ["transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
     size = sum(p.stat().st_size for p in DEFAULT_SR_MODEL.rglob("*") if p.is_file())
     assert size < 30 * 2**20, f"{size / 2**20:.1f} MB"
     assert SuperResolver(device="cpu").manifest == manifest  # used when no model is given
 
 
-@pytest.mark.parametrize("degradation", ["bicubic", "realesrgan"])
-def test_default_sr_model_beats_bicubic_on_a_held_out_photo(degradation):
-    """x4 on skimage's coffee (held out of the training corpus) at the held-out evaluation's size (512 px): the
-    router picks the expert for the kind of input, and the result is closer to the HR photo than bicubic upscaling."""
+def test_packaged_sr_model_stores_float16_weights():
+    for path in DEFAULT_SR_MODEL.rglob("*.safetensors"):
+        assert {tensor.dtype for tensor in safetensors.torch.load_file(path).values()} == {torch.float16}, path
+
+
+@pytest.mark.parametrize("kind", list(MIN_GAIN_DB))
+def test_default_sr_model_beats_bicubic_on_a_held_out_photo(kind):
+    """x4 on skimage's coffee (held out of the training corpus) at the held-out evaluation's size (512 px), each kind
+    of input the evaluation knows: the result is closer to the HR photo than bicubic upscaling."""
     hr = (held_out_photo(512) * 255).round().astype(np.uint8)
     resolver, gains = SuperResolver(device="cpu"), []
-    for seed in SEEDS[degradation]:
-        if degradation == "bicubic":
-            lr = bicubic_downscale(hr.astype(np.float32) / 255, 4)
-        else:
-            lr = degrade(hr.astype(np.float32) / 255, 4, seed=seed)
+    for seed in SEEDS[kind]:
+        lr = degrade_for_eval(hr.astype(np.float32) / 255, 4, kind, seed=seed)
         lr8 = (lr * 255).round().clip(0, 255).astype(np.uint8)
-        assert resolver.route(images.to_tensor(lr8)) == [EXPERT[degradation]], seed
         restored = resolver(lr8)
         bicubic = np.asarray(Image.fromarray(lr8).resize((512, 512), Image.BICUBIC))
         assert restored.shape == hr.shape
         gains.append(peak_signal_noise_ratio(hr, restored) - peak_signal_noise_ratio(hr, bicubic))
-    assert np.mean(gains) > MIN_GAIN_DB[degradation], f"{np.mean(gains):+.2f} dB ({np.round(gains, 2)})"
+    assert np.mean(gains) > MIN_GAIN_DB[kind], f"{np.mean(gains):+.2f} dB ({np.round(gains, 2)})"

@@ -42,18 +42,16 @@ def export_end_to_end(model_dir, out, *extra) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("expert", ["clean", "degraded"])
-def test_sr_graph_gives_the_pixels_of_flowsr_sr(tmp_path, expert):
-    """Each expert of the routed default model, exported end to end, gives what `flowsr sr --expert` writes."""
-    spec = export_end_to_end(DEFAULT_SR_MODEL, tmp_path / "onnx", "--scale", "4", "--part", expert)
+def test_sr_graph_gives_the_pixels_of_flowsr_sr(tmp_path):
+    """The default model (one plain model directory, no parts to pick), exported end to end, gives what `flowsr sr` writes."""
+    spec = export_end_to_end(DEFAULT_SR_MODEL, tmp_path / "onnx", "--scale", "4")
     graph = spec["graphs"]["end_to_end"]
     assert spec["scale"] == 4 and graph["inputs"][0]["shape"] == ["batch", "height", "width", 3]
     assert graph["output"] == {"name": "sr", "dtype": "uint8", "shape": ["batch", "4*height", "4*width", 3]}
     assert graph["verification"]["psnr_db"] >= MIN_PSNR_DB
     assert profile_shapes(graph) == {"lr": {"min": [1, 16, 16, 3], "opt": [1, 256, 256, 3], "max": [4, 512, 512, 3]}}
     photos = write_photos(tmp_path / "photos", 61, 87)
-    assert main(["sr", str(tmp_path / "photos"), "-o", str(tmp_path / "sr"), "--tile", "0", "--vae-tile", "0", "--device", "cpu",
-                 "--expert", expert]) == 0
+    assert main(["sr", str(tmp_path / "photos"), "-o", str(tmp_path / "sr"), "--tile", "0", "--vae-tile", "0", "--device", "cpu"]) == 0
     session = ort.InferenceSession(str(tmp_path / "onnx" / graph["file"]), providers=["CPUExecutionProvider"])
     for name, photo in photos.items():
         (got,) = session.run(None, {"lr": photo[None]})[0]
@@ -81,9 +79,8 @@ def test_degradation_graph_gives_the_pixels_of_flowsr_degrade(tmp_path):
 
 
 def test_end_to_end_options_are_checked_in_one_line(tmp_path, capsys):
-    clean = ["--part", "clean"]
-    assert main(["export", "onnx", str(DEFAULT_SR_MODEL), str(tmp_path / "a"), *clean, "--end-to-end", "--scale", "2.5"]) == 2
-    assert main(["export", "onnx", str(DEFAULT_SR_MODEL), str(tmp_path / "b"), *clean, "--end-to-end", "--graphs", "sr"]) == 2
+    assert main(["export", "onnx", str(DEFAULT_SR_MODEL), str(tmp_path / "a"), "--end-to-end", "--scale", "2.5"]) == 2
+    assert main(["export", "onnx", str(DEFAULT_SR_MODEL), str(tmp_path / "b"), "--end-to-end", "--graphs", "sr"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 2 and "whole scale" in lines[0] and "exclude each other" in lines[1]
     assert not any(tmp_path.iterdir())

@@ -103,7 +103,8 @@ def test_spec_records_files_manifest_and_profiles(tiny):
     latent = model.vae.config.latent_channels
     (encoder,), (decoder,) = spec["graphs"]["encoder"]["inputs"], spec["graphs"]["decoder"]["inputs"]
     assert encoder["min"] == [1, 3, 16, 16] and encoder["max"] == [4, 3, 2048, 2048]
-    assert decoder["opt"] == [1, latent, 128, 128] and spec["graphs"]["decoder"]["output"]["shape"][1] == 3
+    # 2x2 patches: the latent of the 1024 px profile image is 512 px a side
+    assert decoder["opt"] == [1, latent, 512, 512] and spec["graphs"]["decoder"]["output"]["shape"][1] == 3
     assert spec["graphs"]["transformer"]["inputs"][0]["shape"] == ["batch", latent, "2*height", "2*width"]
 
 
@@ -189,12 +190,29 @@ def test_bfloat16_in_onnxruntime(tiny_bfloat16):
 
 @pytest.mark.slow
 def test_small_preset_transformer(tmp_path):
-    """The shipped size: 64 latent channels at 1/8 size (a PatchAutoencoder), a 4-head transformer, stride 16."""
+    """The shipped size: 12 latent channels at 1/2 size (the lossless 2x2 PatchAutoencoder), a convolutional velocity
+    network on 2x2 latent tokens, stride 4."""
     model = OneStepSR.from_preset("small")
     spec = export_onnx(model, tmp_path / "small", graphs=("transformer",))
     assert spec["graphs"]["transformer"]["verification"]["psnr_db"] >= 50
-    assert spec["geometry"] == {"stride": 16, "latent_factor": 8, "latent_channels": 64, "latent_multiple": 2}
+    assert spec["geometry"] == {"stride": 4, "latent_factor": 2, "latent_channels": 12, "latent_multiple": 2}
     assert onnxruntime_psnr(model, tmp_path / "small", "transformer", sizes=((2, 64, 80),)) >= 50
+
+
+@pytest.fixture(scope="module")
+def tiny_kl(tmp_path_factory):
+    """The FLUX path in miniature (AutoencoderKL, FluxTransformer2DModel with its text conditioning), all four parts."""
+    model = OneStepSR.from_preset("tiny-kl")
+    folder = tmp_path_factory.mktemp("onnx") / "tiny-kl-float32"
+    return model, folder, export_onnx(model, folder)
+
+
+@pytest.mark.parametrize("name", list(PARTS))
+def test_flux_parts_match_torch_at_new_sizes(tiny_kl, name):
+    model, folder, spec = tiny_kl
+    assert spec["geometry"] == {"stride": 16, "latent_factor": 8, "latent_channels": 4, "latent_multiple": 2}
+    assert spec["graphs"][name]["verification"]["psnr_db"] >= 50
+    assert onnxruntime_psnr(model, folder, name) >= 50
 
 
 @pytest.fixture(scope="module")

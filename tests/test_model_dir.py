@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flowsr.core.model_dir import MANIFEST, ModelDirError
-from flowsr.core.sr_model import OneStepSR
+from flowsr.core.sr_model import TEXT_EMBEDDINGS, OneStepSR
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,22 @@ def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):
     files = {p.name for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in files)
     assert "diffusion_pytorch_model.safetensors" in files
+
+
+
+def test_only_a_text_conditioned_model_stores_prompt_embeddings(tiny, tmp_path):
+    """tiny's ConvVelocityModel takes no text: no embeddings in memory or on disk. tiny-kl's FLUX transformer does:
+    its empty-prompt embeddings come back bit for bit."""
+    tiny.save_pretrained(tmp_path / "tiny")
+    assert tiny.prompt_embeds is None and not (tmp_path / "tiny" / TEXT_EMBEDDINGS).exists()
+    assert OneStepSR.from_pretrained(tmp_path / "tiny").prompt_embeds is None
+    flux = OneStepSR.from_preset("tiny-kl", seed=3)
+    flux.save_pretrained(tmp_path / "kl")
+    loaded = OneStepSR.from_pretrained(tmp_path / "kl")
+    assert (tmp_path / "kl" / TEXT_EMBEDDINGS).is_file()
+    assert torch.equal(loaded.prompt_embeds, flux.prompt_embeds) and torch.equal(loaded.pooled_prompt_embeds, flux.pooled_prompt_embeds)
+    mine, theirs = flux.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
 
 
 def test_a_resaved_model_does_not_carry_the_path_it_was_loaded_from(tiny, tmp_path):
@@ -113,3 +129,4 @@ def test_manifests_of_older_versions_still_load(tiny, tmp_path):
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     loaded = OneStepSR.from_pretrained(tmp_path / "m")
     assert loaded.normalization.shift == model.normalization.shift  # the VAE config's, not the stale copy
+

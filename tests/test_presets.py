@@ -19,17 +19,29 @@ def test_flux_dev_parameter_count_on_meta_device():
     assert preset.stride == 16 and preset.transformer["in_channels"] == 64
 
 
-@pytest.mark.parametrize("name,autoencoder", [("tiny", "PatchAutoencoder"), ("tiny-kl", "AutoencoderKL"), ("small", "PatchAutoencoder")])
-def test_small_presets_build_and_run(name, autoencoder):
+# (autoencoder, velocity network, image pixels per latent pixel) of each preset tests build.
+SMALL_PRESETS = {
+    "tiny": ("PatchAutoencoder", "ConvVelocityModel", 2),
+    "tiny-kl": ("AutoencoderKL", "FluxTransformer2DModel", 8),
+    "small": ("PatchAutoencoder", "ConvVelocityModel", 2),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL_PRESETS))
+def test_small_presets_build_and_run(name):
+    """tiny and small: 2x2 patches to 12 latent channels (lossless), tokens of 2x2 latent pixels, so the velocity
+    network works at a quarter of the image size; tiny-kl keeps FLUX's geometry (latent at 1/8, 16 pixels per token)."""
+    autoencoder, velocity, downsample = SMALL_PRESETS[name]
     preset = get_preset(name)
-    vae = build_vae(preset)
-    assert type(vae).__name__ == autoencoder
-    # FLUX's geometry: latent at 1/8 size, 2x2 latent patches per token, so 16x16 pixels per token
-    assert preset.vae_downsample == 8 and preset.stride == 16
+    vae, transformer = build_vae(preset), build_transformer(preset)
+    assert (type(vae).__name__, type(transformer).__name__) == (autoencoder, velocity) == (preset.vae_class, preset.velocity_class)
+    assert preset.vae_downsample == downsample and preset.stride == 2 * downsample
     assert preset.transformer["in_channels"] == 4 * preset.latent_channels
+    assert (preset.text_tokens > 0) == (velocity == "FluxTransformer2DModel")  # only FLUX is text-conditioned
+    height, width = 4 * preset.stride, 6 * preset.stride
     with torch.no_grad():
-        latent = latent_of(vae.encode(torch.zeros(1, 3, 32, 48)))
-    assert latent.shape == (1, preset.latent_channels, 4, 6)
+        latent = latent_of(vae.encode(torch.zeros(1, 3, height, width)))
+    assert latent.shape == (1, preset.latent_channels, height // downsample, width // downsample)
 
 
 def test_unknown_preset_lists_choices():

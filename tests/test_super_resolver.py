@@ -28,10 +28,11 @@ def resolver():
 
 
 def count_velocity_samples(resolver):
-    """Number of latent tiles the transformer has evaluated: batch size summed over calls."""
+    """Number of latent tiles the velocity network has evaluated: batch size summed over calls (its tokens come
+    first: ConvVelocityModel's positional `tokens`, FLUX's `hidden_states`)."""
     seen = []
     resolver.model.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True
     )
     return seen
 
@@ -49,13 +50,13 @@ def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_f
     to that padded image, cropped."""
     r = SuperResolver.from_preset("tiny", scale=1.5, tile=0, vae_tile=0, color_fix=color_fix)
     model = r.model
-    torch.nn.init.zeros_(model.transformer.proj_out.weight)
-    torch.nn.init.zeros_(model.transformer.proj_out.bias)
+    torch.nn.init.zeros_(model.transformer.conv_out.weight)  # ConvVelocityModel starts at zero velocity; made explicit here
+    torch.nn.init.zeros_(model.transformer.conv_out.bias)
     lr = images.to_tensor(photo[:50, :70])
     out = r.upscale_tensor(lr)
     with torch.inference_mode():
         up = F.interpolate(lr, size=(75, 105), mode="bicubic", align_corners=False).clamp(-1, 1)
-        padded = F.pad(up, (0, 7, 0, 5), mode="reflect")
+        padded = F.pad(up, (0, -105 % r.stride, 0, -75 % r.stride), mode="reflect")  # stride 4: 76x108
         decoded = model.vae.decode(latent_of(model.vae.encode(padded))).sample
         if color_fix:
             decoded = wavelet_color_fix(decoded, padded)
@@ -65,8 +66,10 @@ def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_f
 def test_one_velocity_evaluation_per_tile(photo):
     r = SuperResolver.from_preset("tiny", scale=4, tile=256, overlap=64, vae_tile=0, batch_size=2)
     seen = count_velocity_samples(r)
-    r([photo[:100, :150]] * 3)  # 400x600 output -> 50x75 latent, padded to 50x76
-    tiles = len(spans(50, 32, 8)) * len(spans(76, 32, 8))
+    r([photo[:100, :150]] * 3)  # 400x600 output (a multiple of the stride, 4) -> a 200x300 latent, in 128-latent-pixel tiles
+    f = r.latent_factor
+    assert f == 2
+    tiles = len(spans(400 // f, 256 // f, 64 // f)) * len(spans(600 // f, 256 // f, 64 // f))
     assert tiles == 6
     assert sum(seen) == 3 * tiles
     seen.clear()
@@ -147,7 +150,7 @@ def test_bad_api_inputs_say_what_to_pass(resolver, bad, message):
 
 def test_bad_settings_are_refused():
     with pytest.raises(SettingsError, match="multiples of the model stride"):
-        SuperResolver.from_preset("tiny", tile=100)
+        SuperResolver.from_preset("tiny", tile=258)  # overlap 128 < 258, but 258 is no multiple of the stride (4)
     for scale in (0.5, float("nan"), float("inf"), 1e308, "4"):
         with pytest.raises(SettingsError, match=r"scale must be a number in \[1, 32\]"):
             SuperResolver.from_preset("tiny", scale=scale)

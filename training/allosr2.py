@@ -28,10 +28,12 @@ from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import ADAPTER_PARTS, ADAPTER_WEIGHTS, ADAPTERS_JSON
 
-# Attention and MLP projections of the FLUX blocks; convolutions and attention of the autoencoder's encoder (a VAE's
-# blocks, or a PatchAutoencoder's projection and branch).
+# Attention and MLP projections of the FLUX blocks; convolutions and attention of a VAE's encoder.
 TRANSFORMER_TARGETS = r".*(transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out))$"
-ENCODER_TARGETS = r"^encoder\.(conv_in|conv_out|conv1|projection|.*\.(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0))$"
+ENCODER_TARGETS = r"^encoder\.(conv_in|conv_out|conv1|.*\.(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0))$"
+# Every convolution of a ConvVelocityModel; a PatchAutoencoder's encoder is one 1x1 convolution.
+CONV_VELOCITY_TARGETS = r"^(conv_in|convs\.\d+|conv_out)$"
+PATCH_ENCODER_TARGETS = r"^encoder$"
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,9 @@ class LoraSettings:
 
 
 LORA_PRESETS = {
-    "tiny": LoraSettings(rank=4, alpha=4.0),
+    "tiny": LoraSettings(rank=4, alpha=4.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS),
     "tiny-kl": LoraSettings(rank=4, alpha=4.0),
-    "small": LoraSettings(rank=64, alpha=64.0),
+    "small": LoraSettings(rank=64, alpha=64.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS),
     "flux-dev": LoraSettings(rank=64, alpha=64.0),  # the paper's setting
 }
 
@@ -57,8 +59,10 @@ RELATIVE_FLOOR = 1e-3  # input errors below this (flat, clean crops) count as th
 class LossWeights:
     """Each term can be switched off (weight 0): the paper's ablations are fatc=0 ("w/o FATC") and atm=0.
 
-    `pixel` adds an L1 term on the decoded image to L_rec. A small VAE's latent error is not its pixel error
-    (README, "The shipped models"); where LPIPS backbone weights are absent this is the term that reaches pixels.
+    `pixel` adds an L1 term on the decoded image to L_rec: where LPIPS backbone weights are absent this is the term
+    that reaches pixels, and for a lossless autoencoder it is the whole of L_rec. With `pixel_log_floor` > 0 the
+    term is the mean over samples of log(L1 + floor) instead: each sample's gradient is scaled by 1 / (its error +
+    floor), so a flat, nearly restored crop counts as much as a heavily degraded one, as it does in a mean PSNR.
 
     `latent_relative` is L_rec's MSE divided, per sample, by that sample's input error mean((z_L - z_H)²) (held
     constant, floored at RELATIVE_FLOOR): the share of the input's error left over. Plain MSE is dominated by
@@ -70,6 +74,7 @@ class LossWeights:
     latent_relative: float = 0.0
     lpips: float = 0.0
     pixel: float = 0.0
+    pixel_log_floor: float = 0.0
     fatc: float = 1.0
     atm: float = 1.0
 
@@ -147,7 +152,9 @@ class AlloSR2Objective(nn.Module):
         if weights.lpips or weights.pixel:
             decoded = model.decode(model.normalization.denormalize(z_hr_hat)).float()
             if weights.pixel:
-                losses["pixel"] = (decoded - hr.float()).abs().mean()
+                per_sample = (decoded - hr.float()).abs().flatten(1).mean(dim=1)
+                floor = weights.pixel_log_floor
+                losses["pixel"] = torch.log(per_sample + floor).mean() if floor else per_sample.mean()
             if weights.lpips:
                 losses["lpips"] = self.lpips(decoded, hr.float()).mean()
 

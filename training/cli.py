@@ -21,10 +21,12 @@ def _crops(args):
 
 
 def _pairs(args, synthesized=None):
+    from .degradations import ContinuumConfig
     from .stages import Pairs
 
     return Pairs(args.data, crop=args.crop, repeats=args.repeats, max_side=args.max_side, seed=args.seed, scale=args.scale,
-                 clean_fraction=getattr(args, "clean_fraction", 0.0), lr_data=args.lr_data, synthesized=synthesized)
+                 clean_share=getattr(args, "clean_share", ContinuumConfig.clean_share), lr_data=args.lr_data, synthesized=synthesized,
+                 synthesized_share=getattr(args, "synthesized_share", 1.0))
 
 
 def run_photos(args) -> int:
@@ -97,15 +99,18 @@ def run_estimate_tstar(args) -> int:
 
 
 def run_allosr2(args) -> int:
+    import dataclasses
+
     from flowsr.core.model_dir import Manifest
 
     from .allosr2 import LORA_PRESETS, LoraSettings, LossWeights
     from .stages import train_allosr2
 
     preset = LORA_PRESETS.get(Manifest.read(args.model).preset, LoraSettings())
-    lora = LoraSettings(rank=args.rank or preset.rank, alpha=args.alpha or args.rank or preset.alpha)
+    lora = dataclasses.replace(preset, rank=args.rank or preset.rank, alpha=args.alpha or args.rank or preset.alpha)
     relative = float(args.relative_rec)
     weights = LossWeights(latent_mse=1.0 - relative, latent_relative=relative, lpips=args.lpips_weight, pixel=args.pixel_weight,
+                          pixel_log_floor=args.pixel_log_floor,
                           fatc=0.0 if args.no_fatc else args.fatc_weight, atm=0.0 if args.no_atm else args.atm_weight)
     pairs = _pairs(args, synthesized=_synthesize_pairs(args) if args.synthesize_with else None)
     merged = train_allosr2(args.model, args.output, pairs, _loop_config(args), weights, lora, args.lpips_weights, restart=args.restart,
@@ -121,11 +126,11 @@ def run_recipe(args) -> int:
     from .recipe import RECIPES, RecipeRun, rescheduled
 
     recipe = RECIPES[args.preset]
-    recipe = recipe.single() if args.single else recipe
-    changes = {"fatc_weight": args.fatc_weight, "atm_weight": args.atm_weight, "clean_fraction": args.clean_fraction}
+    changes = {"fatc_weight": args.fatc_weight, "atm_weight": args.atm_weight, "clean_share": args.clean_share}
     if args.allosr2_steps is not None:
         changes["allosr2"] = rescheduled(recipe.allosr2, args.allosr2_steps)
-        changes["degraded"] = recipe.degraded and rescheduled(recipe.degraded, args.allosr2_steps)
+    if args.flow_steps is not None:
+        changes["flow"] = rescheduled(recipe.flow, args.flow_steps)
     recipe = dataclasses.replace(recipe, **{key: value for key, value in changes.items() if value is not None})
     state = RecipeRun(args.corpus, args.output, recipe, base=args.base).run()
     total = sum(state["seconds"].values())
@@ -226,16 +231,6 @@ def run_noise(args) -> int:
     return 0
 
 
-def run_router(args) -> int:
-    from .router import RouterSettings, build_routed_model
-
-    settings = RouterSettings(crops=args.crops, crop=args.crop, scale=args.scale, max_side=args.max_side, steps=args.steps, seed=args.seed)
-    out = build_routed_model(args.model, args.degraded, args.data, args.output, settings, overwrite=args.overwrite,
-                             adapters_base=args.degraded_base)
-    print(f"routed model directory: {out}")
-    return 0
-
-
 def run_eval_degradation(args) -> int:
     from flowsr.core.degradation_model import DegradationModel
 
@@ -266,24 +261,39 @@ def _add_scale_data_options(parser) -> None:
 
 
 def run_eval(args) -> int:
+    from flowsr.core.errors import SettingsError
     from flowsr.runtime.super_resolver import SuperResolver
 
+    if Path(args.csv).is_dir():
+        raise SettingsError(f"--csv {args.csv} is a folder; name a file to write the scores to, e.g. {Path(args.csv) / 'eval.csv'}")
+
     from .comparison import ComparisonSheet
-    from .evaluate import METRICS, evaluate, summarize, write_csv
+    from .degradations import SWEEP
+    from .evaluate import METRICS, evaluate, summarize, sweep, write_csv
 
     models = {}
     for spec in args.model:
         name, _, path = spec.rpartition("=")
         models[name or Path(path).name] = SuperResolver(path, scale=args.scale, device=args.device, tile=0, vae_tile=0,
                                                            color_fix=not args.no_color_fix)
+    if args.degradation == "sweep":
+        rows = sweep(args.data, models, scale=args.scale, seed=args.seed)
+        write_csv(rows, args.csv)
+        print(f"x{args.scale}, PSNR gain over bicubic (mean, worst image) and mean SSIM, VIF, NIQE differences at strengths "
+              f"{', '.join(map(str, SWEEP))} (0: clean, heavy: the Real-ESRGAN-style pipeline), seeded per image from {args.seed}; "
+              f"table: {args.csv}")
+        print(f"{'strength':<9} {'method':<24} {'gain':>8} {'worst':>8} {'ssim':>8} {'vif':>8} {'niqe':>8}")
+        for row in rows:
+            print(f"{row['strength']:<9} {row['method']:<24} {row['psnr_gain']:8.3f} {row['worst_gain']:8.3f} {row['ssim_diff']:8.4f} "
+                  f"{row['vif_diff']:8.4f} {row['niqe_diff']:8.3f}")
+        return 0
     sheet = ComparisonSheet() if args.comparison else None
     rows = evaluate(args.data, models, scale=args.scale, seed=args.seed, degradation=args.degradation, on_image=sheet.add if sheet else None)
     write_csv(rows, args.csv)
     if sheet:
         sheet.save(args.comparison)
         print(f"comparison picture: {args.comparison}")
-    how = "clean bicubic downscaling" if args.degradation == "bicubic" else f"Real-ESRGAN-style degradation seeded per image from {args.seed}"
-    print(f"x{args.scale}, {how}; per-image scores: {args.csv}")
+    print(f"x{args.scale}, {args.degradation} inputs, seeded per image from {args.seed}; per-image scores: {args.csv}")
     print(f"{'method':<24} " + " ".join(f"{metric:>9}" for metric in METRICS) + " images")
     for name, scores in summarize(rows).items():
         print(f"{name:<24} " + " ".join(f"{scores[metric]:9.4f}" for metric in METRICS) + f" {scores['images']}")
@@ -329,12 +339,13 @@ def add_commands(commands) -> None:
     recipe.add_argument("--base", metavar="MODEL_DIR", help="start from this finished flow stage (RUN/flow/model of another run)")
     recipe.add_argument("--fatc-weight", type=number_option(0, 10**6), help="weight of the FATC term (default: the preset recipe's; the paper's is 1)")
     recipe.add_argument("--atm-weight", type=number_option(0, 10**6), help="weight of the ATM term (default: the preset recipe's; the paper's is 1)")
-    recipe.add_argument("--clean-fraction", type=number_option(0, 1),
-                        help="share of the clean expert's AlloSR² pairs made by clean bicubic downscaling, the rest by the degradation "
-                             "pipeline (default: the preset recipe's)")
+    recipe.add_argument("--clean-share", type=number_option(0, 1),
+                        help="share of the AlloSR² pairs that are clean bicubic downscales, the rest drawn along the degradation "
+                             "continuum (default: the preset recipe's)")
     recipe.add_argument("--allosr2-steps", type=number_option(1, 10**9, integer=True),
-                        help="AlloSR² steps of each expert (default: the preset recipe's), for ablations at a smaller budget")
-    recipe.add_argument("--single", action="store_true", help="one model (the allosr2 stage's) instead of two experts and a router")
+                        help="AlloSR² steps (default: the preset recipe's), for ablations at a smaller budget")
+    recipe.add_argument("--flow-steps", type=number_option(1, 10**9, integer=True),
+                        help="flow prior steps (default: the preset recipe's), for ablations at a smaller budget")
     recipe.set_defaults(run=run_recipe)
 
     vae = train.add_parser("vae", help="pre-train the autoencoder of a preset on HR crops")
@@ -374,13 +385,20 @@ def add_commands(commands) -> None:
     allosr2.add_argument("--atm-weight", type=number_option(0, 10**6), default=1.0, help="weight of the ATM term (default 1, the paper's)")
     allosr2.add_argument("--lpips-weight", type=number_option(0, 10**6), default=0.0, help="weight of LPIPS in L_rec (needs --lpips-weights)")
     allosr2.add_argument("--lpips-weights", help="folder with the LPIPS backbone and linear-layer weights")
-    allosr2.add_argument("--clean-fraction", type=number_option(0, 1), default=0.0,
-                         help="share of HR-only samples degraded by clean bicubic downscaling instead of the pipeline (default 0)")
+    allosr2.add_argument("--clean-share", type=number_option(0, 1), default=0.35,
+                         help="share of HR-only samples that are clean bicubic downscales, the rest drawn along the degradation "
+                              "continuum from mild to heavy (default 0.35)")
     allosr2.add_argument("--relative-rec", action="store_true",
                          help="L_rec as each sample's share of its input error left, as the recipe trains (default: plain MSE)")
     allosr2.add_argument("--pixel-weight", type=number_option(0, 10**6), default=0.0, help="weight of an L1 term on the decoded image in L_rec (default 0)")
+    allosr2.add_argument("--pixel-log-floor", type=number_option(0, 1), default=0.0,
+                         help="> 0: the pixel term is the mean over samples of log(L1 + this), so flat crops count as much as "
+                              "degraded ones (default 0: plain L1)")
     allosr2.add_argument("--synthesize-with", metavar="DEGRADATION_DIR",
-                         help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on them")
+                         help="make the LR images of --data with this DegFlow model (at --synth-scales, into RUN_DIR/pairs) and train on "
+                              "them, a share --synthesized-share of the pairs")
+    allosr2.add_argument("--synthesized-share", type=number_option(0, 1), default=1.0,
+                         help="share of the pairs from --synthesize-with, the rest from --data along the continuum (default 1: only them)")
     allosr2.add_argument("--synth-scales", default="1.5:4:0.25", help="scales for --synthesize-with (default 1.5:4:0.25)")
     allosr2.add_argument("--synth-samples", type=number_option(1, 1000, integer=True), default=1,
                          help="noise draws per image and scale for --synthesize-with, seeded by --seed (default 1; more need the "
@@ -420,35 +438,18 @@ def add_commands(commands) -> None:
     noise.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     noise.set_defaults(run=run_noise)
 
-    router = train.add_parser("router", help="a routed SR model: the model as the clean expert, LoRA adapters as the degraded one, "
-                                             "and a router trained on which of them restores each crop better")
-    router.add_argument("model", metavar="MODEL_DIR", help="SR model directory: the clean expert")
-    router.add_argument("--degraded", required=True, metavar="ADAPTERS", help="adapter folder trained on top of MODEL_DIR for degraded inputs")
-    router.add_argument("--degraded-base", metavar="BASE_DIR",
-                        help="the model the adapters were trained on, if not MODEL_DIR (e.g. the clean expert before more training): "
-                             "they are rebased onto MODEL_DIR, the degraded expert unchanged")
-    router.add_argument("--data", required=True, help="folder of HR photos (the SR training photos)")
-    router.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="the routed model directory to write")
-    router.add_argument("--crops", type=number_option(2, 10**7, integer=True), default=4800, help="labelled crops, half clean, half degraded")
-    router.add_argument("--crop", type=number_option(16, 4096, integer=True), default=192, help="HR crop size in pixels")
-    router.add_argument("--scale", type=number_option(1, 32), default=4.0)
-    router.add_argument("--max-side", type=number_option(16, 65536, integer=True), default=1600, help="shrink larger photos to this longer side first")
-    router.add_argument("--steps", type=number_option(1, 10**9, integer=True), default=4000, help="router training steps")
-    router.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
-    router.add_argument("--overwrite", action="store_true")
-    router.set_defaults(run=run_router)
-
 
 def add_eval_command(commands) -> None:
-    evaluation = commands.add_parser("eval", help="score SR models against bicubic on degraded HR images (PSNR, SSIM, MS-SSIM, VIF)")
+    evaluation = commands.add_parser("eval", help="score SR models against bicubic on degraded HR images (PSNR, SSIM, MS-SSIM, VIF, NIQE)")
     evaluation.add_argument("data", metavar="HR_DIR", help="folder of HR images")
     evaluation.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR", help="model directory; repeat to compare (e.g. ablations)")
     evaluation.add_argument("--scale", type=number_option(2, 16, integer=True), default=4)
     evaluation.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0, help="degradation seed of the first image (then +1 per image)")
     evaluation.add_argument("--csv", default="eval.csv", help="per-image scores (default eval.csv)")
     evaluation.add_argument("--device", default=None)
-    evaluation.add_argument("--degradation", default="realesrgan", choices=["realesrgan", "bicubic"],
-                            help="how the HR images become LR: the training pipeline (default) or clean bicubic downscaling")
+    evaluation.add_argument("--degradation", default="heavy", choices=["clean", "mild", "heavy", "sweep"],
+                            help="how the HR images become LR: clean bicubic downscaling; mild (blur 1.2, noise 3/255, JPEG 75); "
+                                 "heavy, the Real-ESRGAN-style pipeline (default); sweep: the gain over bicubic from clean to heavy")
     evaluation.add_argument("--no-color-fix", action="store_true", help="score the models without the wavelet color fix")
     evaluation.add_argument("--comparison", metavar="PNG", help="also write side-by-side crops (bicubic, each model, HR) of every image")
     evaluation.set_defaults(run=run_eval)

@@ -7,7 +7,7 @@ the same learning rate (a function of the step), so a resumed run continues the 
 in. Checkpoints are safetensors + JSON.
 
 Precision ("auto"): bfloat16 autocast on CUDA and on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX),
-where the small preset's transformer trains 1.5-1.6x faster (README, "Training"); float32 on other CPUs, which
+where models train about 1.5x faster; float32 on other CPUs, which
 would emulate bfloat16 slowly. Each sitting appends what it used to RUN_DIR/runs.jsonl.
 """
 

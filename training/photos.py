@@ -21,6 +21,9 @@ TRAIN_SKIMAGE = (
     "brick", "grass", "gravel", "clock", "colorwheel", "page", "text",
 )
 HOLDOUT_SIZE = 512  # held-out photos: longer side shrunk to 1024, then a centred crop of at most 512 x 512
+# Training photos are stored with their longer side at most this (area filter), what the trainers' default
+# --max-side shrinks them to anyway: every stage then decodes megapixels, not the wallpapers' 20.
+TRAIN_MAX_SIDE = 1600
 
 
 def _skimage(name: str) -> np.ndarray:
@@ -38,11 +41,16 @@ def _largest_wallpaper(name: str) -> Path:
     return files[-1]
 
 
-def _holdout_crop(rgb: np.ndarray) -> np.ndarray:
+def _shrunk(rgb: np.ndarray, max_side: int) -> np.ndarray:
     height, width = rgb.shape[:2]
-    factor = min(1.0, 1024 / max(height, width))
-    if factor < 1:
-        rgb = cv2.resize(rgb, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
+    factor = max_side / max(height, width)
+    if factor >= 1:
+        return rgb
+    return cv2.resize(rgb, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA)
+
+
+def _holdout_crop(rgb: np.ndarray) -> np.ndarray:
+    rgb = _shrunk(rgb, 1024)
     # Sides that are multiples of 16 divide by every evaluated scale and by the model stride.
     crop_h, crop_w = (min(HOLDOUT_SIZE, side // 16 * 16) for side in rgb.shape[:2])
     top, left = (rgb.shape[0] - crop_h) // 2, (rgb.shape[1] - crop_w) // 2
@@ -50,14 +58,15 @@ def _holdout_crop(rgb: np.ndarray) -> np.ndarray:
 
 
 def write_corpus(out: str | Path) -> tuple[int, int]:
-    """Write OUT/train (whole images) and OUT/holdout (512 x 512 crops); returns the two counts."""
+    """Write OUT/train (whole photos, longer side at most TRAIN_MAX_SIDE) and OUT/holdout (512 x 512 crops); returns
+    the two counts."""
     out = Path(out)
     if not WALLPAPERS.is_dir():
         raise FileNotFoundError(f"{WALLPAPERS}: missing; install Debian's plasma-workspace-wallpapers package")
     train = [(name, _skimage(name)) for name in TRAIN_SKIMAGE]
     for folder in sorted(p.name for p in WALLPAPERS.iterdir() if p.is_dir()):
         if folder not in HOLDOUT_WALLPAPERS:
-            train.append((folder, images.read_image(_largest_wallpaper(folder)).rgb))
+            train.append((folder, _shrunk(images.read_image(_largest_wallpaper(folder)).rgb, TRAIN_MAX_SIDE)))
     holdout = [(name, _holdout_crop(_skimage(name))) for name in HOLDOUT_SKIMAGE]
     holdout += [(name, _holdout_crop(images.read_image(_largest_wallpaper(name)).rgb)) for name in HOLDOUT_WALLPAPERS]
     for split, items in (("train", train), ("holdout", holdout)):

@@ -3,31 +3,28 @@ directory and its evaluation.
 
 Stages, each in its own folder of RUN:
 
-    autoencoder/   the preset's autoencoder on HR crops (the small preset's starts from PCA)
-    flow/          the transformer as a generative flow prior in that latent space; t* is estimated from
+    autoencoder/   the preset's autoencoder on HR crops (the small preset's is the principal components of 2x2
+                   patches, fitted without training steps: a lossless code)
+    flow/          the velocity network as a generative flow prior in that latent space; t* is estimated from
                    training pairs into its manifest
-    allosr2/       AlloSR² LoRA fine-tuning (L_rec, plus FATC, ATM and the pixel term at their weights), merged: the
-                   clean expert, trained mostly on clean bicubic pairs
-    model/         the merged model in float16: the result (made a routed model by the two stages below)
-    degraded/      the degraded expert: an AlloSR² LoRA on top of model/, trained on pipeline-degraded pairs
-    router/        (in model/) the router, trained on which expert restores each training crop better; model/
-                   becomes a routed model directory: clean expert, degraded/ adapters, router/
-    eval-realesrgan.csv, eval-bicubic.csv
-                   the held-out photos (CORPUS/holdout) at x4, degraded by the training pipeline (seeded) and by
-                   clean bicubic downscaling, restored by the model and by bicubic upscaling
+    allosr2/       AlloSR² LoRA fine-tuning (L_rec, plus FATC, ATM and the pixel term at their weights), merged, on
+                   pairs along the degradation continuum: clean downscales, the mild middle, the heavy pipeline
+    model/         the merged model in float16: the result
+    eval-{clean,mild,heavy}.csv
+                   the held-out photos (CORPUS/holdout) at x4 of each kind of input (seeded), restored by the model
+                   and by bicubic upscaling
     recipe.json    the settings, each stage's wall time (summed over sittings) and the evaluation table
 
 A finished stage is skipped when the command runs again; an interrupted one resumes from its checkpoint.
 `--base MODEL_DIR` starts from a finished flow stage (autoencoder, prior and t*) of another run, so ablations
-(`--fatc-weight`, `--atm-weight`, `--allosr2-steps`) train only what differs. `--single` trains one model instead
-of two experts and a router (the model/ of a single run is the allosr2/ stage's model, in float16).
+(`--fatc-weight`, `--atm-weight`, `--allosr2-steps`, `--clean-share`) train only what differs.
 
-The small recipe trains AlloSR² with the relative L_rec alone: FATC and ATM are there (weights 0 by default, the
-paper's 1 with `--fatc-weight 1 --atm-weight 1`). With a plain-MSE L_rec they held this CPU-scale model's one-step
-output at or below its input; with the relative L_rec, FATC added about 0.07 dB on degraded inputs in a 3000-step
-ablation and ATM changed little (README, "The shipped models"). FATC supervises the velocity at points between z_H and z_L whose target (z_L - z_H)/t*
-cannot be predicted near z_H; with t* = 0.1 its loss is ~100 times L_rec and its noise drowns the one-step signal,
-even weighted by t*² (the units of L_rec). ATM pulls the output toward a generative prior trained for minutes.
+The small recipe's L_rec is on pixels: its autoencoder is lossless, so the decoded image's L1 distance to the HR
+image is the whole error. It is taken per sample as log(L1 + 0.005), so a flat, nearly restored crop counts as much
+as a heavily degraded one, as it does in a mean PSNR gain. FATC and ATM are there at weight 0 by default, the paper's
+1 with `--fatc-weight 1 --atm-weight 1`. FATC supervises the velocity at points between z_H and z_L whose target
+(z_L - z_H)/t* cannot be predicted near z_H; with a small t* its loss outweighs L_rec by orders of magnitude and its
+noise drowns the one-step signal. ATM pulls the output toward a generative prior trained for minutes.
 """
 
 from __future__ import annotations
@@ -42,19 +39,17 @@ import torch
 
 from flowsr.core.atomic import atomic_file
 from flowsr.core.model_dir import Manifest, ModelDirError
-from flowsr.core.router import is_routed
 from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.super_resolver import SuperResolver
 
-from .allosr2 import LoraSettings, LossWeights
+from .allosr2 import LORA_PRESETS, LoraSettings, LossWeights
 from .data import DataError
-from .evaluate import METRICS, evaluate, summarize, write_csv
+from .degradations import ContinuumConfig
+from .evaluate import DEGRADATIONS, METRICS, evaluate, summarize, write_csv
 from .loop import LoopConfig
-from .router import RouterSettings, build_routed_model
 from .stages import Crops, Pairs, estimate_tstar, train_allosr2, train_autoencoder, train_flow
 
-STAGES = ("autoencoder", "flow", "tstar", "allosr2", "model", "degraded", "router", "eval")
-DEGRADATIONS = ("realesrgan", "bicubic")
+STAGES = ("autoencoder", "flow", "tstar", "allosr2", "model", "eval")
 
 
 @dataclass(frozen=True)
@@ -64,23 +59,19 @@ class Recipe:
     preset: str
     autoencoder: LoopConfig
     flow: LoopConfig
-    allosr2: LoopConfig  # the clean expert (or the one model of a single run)
-    degraded: LoopConfig | None = None  # the degraded expert; None: one model, no router
-    router: RouterSettings | None = None
+    allosr2: LoopConfig
     crop: int = 128
     repeats: int = 64
     max_side: int = 1600
     scale: float = 4.0
     tstar_samples: int = 256
     lora_rank: int = 64
-    # The PatchAutoencoder's latent MSE already is a pixel MSE (orthonormal components); an L1 pixel term on top
-    # outweighs it ~10-fold and holds the model near the identity (measured), so the small recipe leaves it out.
+    # L_rec: `latent_weight` times the latent MSE (relative to each sample's input error with `relative_rec`), plus
+    # `pixel_weight` times the L1 distance of the decoded image to the HR image.
+    latent_weight: float = 1.0
     pixel_weight: float = 0.0
-    # The share of clean bicubic pairs trades degraded-input gain for clean-input gain (README, "The shipped models"):
-    # 0.5 / 0.6 / 0.75 gave +0.34 / +0.11 / -0.37 dB on degraded and -0.20 / +0.07 / +0.88 dB on clean validation
-    # photos. One model cannot have both; two experts can: the clean one at 0.75, the degraded one at 0.
-    clean_fraction: float = 0.75
-    degraded_clean_fraction: float = 0.0
+    pixel_log_floor: float = 0.0  # > 0: the pixel term is the mean of log(L1 + floor) per sample (LossWeights)
+    clean_share: float = ContinuumConfig.clean_share  # of the continuum's pairs at strength 0 (clean downscales)
     fatc_weight: float = 0.0  # the paper's weight is 1; see the module docstring
     atm_weight: float = 0.0
     relative_rec: bool = True  # L_rec as the share of each sample's input error left (LossWeights.latent_relative)
@@ -89,21 +80,18 @@ class Recipe:
     def crops(self, data: Path) -> Crops:
         return Crops(data, crop=self.crop, repeats=self.repeats, max_side=self.max_side, seed=self.seed)
 
-    def pairs(self, data: Path, clean_fraction: float | None = None) -> Pairs:
+    def pairs(self, data: Path) -> Pairs:
         return Pairs(data, crop=self.crop, repeats=self.repeats, max_side=self.max_side, seed=self.seed, scale=self.scale,
-                     clean_fraction=self.clean_fraction if clean_fraction is None else clean_fraction)
+                     clean_share=self.clean_share)
 
     def lora(self) -> LoraSettings:
-        return LoraSettings(rank=self.lora_rank, alpha=float(self.lora_rank))
-
-    def single(self) -> Recipe:
-        """One model instead of two experts and a router."""
-        return dataclasses.replace(self, degraded=None, router=None)
+        """The preset's LoRA targets at the recipe's rank, alpha = rank."""
+        return dataclasses.replace(LORA_PRESETS[self.preset], rank=self.lora_rank, alpha=float(self.lora_rank))
 
     def loss_weights(self) -> LossWeights:
         relative = float(self.relative_rec)
-        return LossWeights(latent_mse=1.0 - relative, latent_relative=relative, pixel=self.pixel_weight, fatc=self.fatc_weight,
-                           atm=self.atm_weight)
+        return LossWeights(latent_mse=self.latent_weight * (1.0 - relative), latent_relative=self.latent_weight * relative,
+                           pixel=self.pixel_weight, pixel_log_floor=self.pixel_log_floor, fatc=self.fatc_weight, atm=self.atm_weight)
 
 
 def rescheduled(config: LoopConfig, steps: int) -> LoopConfig:
@@ -116,16 +104,17 @@ def _cosine(steps: int, batch_size: int, lr: float, precision: str = "auto") -> 
 
 
 RECIPES = {
-    # What ships (README, "The shipped models"): under an hour on 2 CPU cores with native bfloat16. The
-    # autoencoder trains in float32: in bfloat16 the rounding of its near-lossless linear code drowns the small
-    # corrections its branches learn (measured: no gain at all).
+    # What ships (runtime/models/sr-small-x4/README.md): the autoencoder needs no training steps (its PCA is the code).
     "small": Recipe(
         preset="small",
-        autoencoder=_cosine(6000, 8, 5e-4, precision="float32"),
+        autoencoder=_cosine(0, 8, 5e-4, precision="float32"),
         flow=_cosine(1500, 16, 3e-4),
-        allosr2=_cosine(10000, 8, 3e-4),
-        degraded=_cosine(10000, 8, 3e-4),
-        router=RouterSettings(),
+        allosr2=_cosine(8000, 20, 5e-4),
+        crop=160,  # the largest multiple of 16 that the corpus's smallest photo (172 px) holds
+        latent_weight=0.0,
+        relative_rec=False,
+        pixel_weight=1.0,
+        pixel_log_floor=0.005,
     ),
     # The same pipeline in seconds, for tests, with every AlloSR² term on.
     "tiny": Recipe(
@@ -133,8 +122,6 @@ RECIPES = {
         autoencoder=_cosine(2, 2, 1e-3),
         flow=_cosine(2, 2, 1e-3),
         allosr2=_cosine(2, 2, 1e-3),
-        degraded=_cosine(2, 2, 1e-3),
-        router=RouterSettings(crops=4, crop=32, short_sides=(40, 64), steps=2, batch_size=2),
         crop=32,
         repeats=2,
         tstar_samples=4,
@@ -179,12 +166,7 @@ class RecipeRun:
     def done(self, stage: str) -> bool:
         if stage in ("autoencoder", "flow") and self.base is not None:
             return True
-        if stage in ("degraded", "router") and getattr(self.recipe, stage) is None:
-            return True
-        if stage == "router":
-            return is_routed(self.out / "model")
-        outputs = {"autoencoder": "autoencoder/model", "flow": "flow/model", "allosr2": "allosr2/model", "model": "model",
-                   "degraded": "degraded/model"}
+        outputs = {"autoencoder": "autoencoder/model", "flow": "flow/model", "allosr2": "allosr2/model", "model": "model"}
         if stage in outputs:
             return (self.out / outputs[stage]).is_dir()
         if stage == "tstar":
@@ -227,19 +209,6 @@ class RecipeRun:
     def _model(self) -> None:
         model = OneStepSR.from_pretrained(self.out / "allosr2" / "model", dtype=torch.float16)
         model.save_pretrained(self.out / "model", overwrite=True)
-
-    def _degraded(self) -> None:
-        """LoRA on the float16 clean expert as stored, so its adapters apply to exactly the weights that ship; its
-        HR targets come from the base's autoencoder, as the clean expert's did (its own encoder is tuned for LR)."""
-        recipe = self.recipe
-        pairs = recipe.pairs(self.train_data, clean_fraction=recipe.degraded_clean_fraction)
-        train_allosr2(self.out / "model", self.out / "degraded", pairs, recipe.degraded, recipe.loss_weights(), recipe.lora(),
-                      targets_from=self.base_model)
-
-    def _router(self) -> None:
-        settings = dataclasses.replace(self.recipe.router, scale=self.recipe.scale, max_side=self.recipe.max_side, seed=self.recipe.seed)
-        build_routed_model(self.out / "model", self.out / "degraded" / "adapters", self.train_data, self.out / "model", settings,
-                           overwrite=True, log=self.log)
 
     def _eval(self) -> None:
         holdout = self.corpus / "holdout"

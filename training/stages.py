@@ -20,7 +20,8 @@ from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import merge_adapters
 
 from .allosr2 import LORA_PRESETS, AlloSR2Objective, LoraSettings, LossWeights, add_lora, estimate_t_star, save_adapters
-from .data import DegradedFolder, HRCrops, PairedFolders, SynthesizedPairs
+from .data import DegradedFolder, HRCrops, MixedPairs, PairedFolders, SynthesizedPairs
+from .degradations import ContinuumConfig
 from .evaluate import reconstruction_psnr
 from .loop import LoopConfig, distributed, run
 from .perceptual import load_lpips
@@ -47,22 +48,26 @@ class Crops:
 
 @dataclass(frozen=True)
 class Pairs(Crops):
-    """(LR at HR size, HR) training pairs: paired folders (`lr_data` beside `data`), pairs in the `flowsr degrade`
-    layout (`synthesized`), or HR crops of `data` degraded on the fly by `scale` with the Real-ESRGAN-style
-    pipeline, a share `clean_fraction` of them by clean bicubic downscaling instead."""
+    """(LR at HR size, HR) training pairs: paired folders (`lr_data` beside `data`), or HR crops of `data` degraded on
+    the fly by `scale` along the degradation continuum (a share `clean_share` of them clean bicubic downscales), with
+    a share `synthesized_share` of pairs from a `flowsr degrade` output folder (`synthesized`) mixed in."""
 
     scale: float = 4.0
-    clean_fraction: float = 0.0
+    clean_share: float = ContinuumConfig.clean_share
     lr_data: str | Path | None = None
     synthesized: str | Path | None = None
+    synthesized_share: float = 1.0
 
     def dataset(self):
-        if self.synthesized:
-            return SynthesizedPairs(self.synthesized, crop=self.crop, seed=self.seed)
         if self.lr_data:
-            return PairedFolders(self.lr_data, self.data, crop=self.crop, seed=self.seed)
-        return DegradedFolder(self.data, crop=self.crop, scale=self.scale, seed=self.seed, repeats=self.repeats,
-                              max_side=self.max_side, clean_fraction=self.clean_fraction)
+            main = PairedFolders(self.lr_data, self.data, crop=self.crop, seed=self.seed)
+        else:
+            main = DegradedFolder(self.data, crop=self.crop, scale=self.scale, seed=self.seed, repeats=self.repeats,
+                                  max_side=self.max_side, config=ContinuumConfig(clean_share=self.clean_share))
+        if not self.synthesized:
+            return main
+        synthesized = SynthesizedPairs(self.synthesized, crop=self.crop, seed=self.seed)
+        return synthesized if self.synthesized_share == 1 else MixedPairs(main, synthesized, self.synthesized_share, seed=self.seed)
 
 
 def _first(dataset, count: int) -> torch.Tensor:
@@ -85,8 +90,9 @@ def train_autoencoder(out: str | Path, crops: Crops, loop: LoopConfig, preset: s
     if model_dir is None:
         print(initialize_autoencoder(model.vae, _first(dataset, PCA_CROPS)), flush=True)
     validate = (lambda: {"holdout_psnr": reconstruction_psnr(model, holdout)}) if holdout else None
-    objective = AutoencoderObjective(model, encoder_only=encoder_only)
-    run(objective, dataset, loop, out, resume=not restart, description="train autoencoder", validate=validate)
+    if loop.steps:  # a lossless PatchAutoencoder has nothing to learn beyond its PCA
+        objective = AutoencoderObjective(model, encoder_only=encoder_only)
+        run(objective, dataset, loop, out, resume=not restart, description="train autoencoder", validate=validate)
     if distributed()[0]:
         return None
     model = model.cpu().eval()
