@@ -47,7 +47,8 @@ def table(rows: list[dict]) -> list[str]:
         baseline = baselines.get(case(row))
         line = (
             f"| {row['backend']} | {row['preset']} | {row['input']} → {row['output']} | {row['batch']} "
-            f"| {number(per_image * 1e3)} | {number(1 / per_image)} | {number(baseline / row['median']) + '×' if baseline else '—'} |"
+            f"| {number(per_image * 1e3)} | {number(1 / per_image)} "
+            f"| {number(baseline / row['median']) + '×' if baseline else '—'} |"
         )
         if flux:
             mfu = f"{100 * row['mfu']:.1f}% of {row['peak_name']}" if row.get("mfu") else "—"
@@ -58,8 +59,11 @@ def table(rows: list[dict]) -> list[str]:
 
 def main(path: str) -> None:
     machine, rows = load(path)
-    print(f"Device: {machine.get('device', 'unknown')}, torch {machine.get('torch')}, onnxruntime {machine.get('onnxruntime')}, "
-          f"tensorrt {machine.get('tensorrt')}\n")
+    print(
+        f"Device: {machine.get('device', 'unknown')}, torch {machine.get('torch')}, "
+        f"onnxruntime {machine.get('onnxruntime')}, "
+        f"tensorrt {machine.get('tensorrt')}\n"
+    )
     print("\n".join(table(rows)))
 
 

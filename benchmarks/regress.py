@@ -1,9 +1,13 @@
 """Latency regression check: run the latency suite and compare its medians with the baseline of this device.
 
-    python benchmarks/regress.py                      # run the suite, compare with this machine's baseline, check the ratios
-    python benchmarks/regress.py --save               # record (or replace) this machine's baseline
-    python benchmarks/regress.py --threshold 15 benchmarks/test_degrader.py -x   # paths replace the suite; other args go to pytest
-    python benchmarks/regress.py --check-ratios RUN.json                         # only the within-run ratios of a saved run
+    # run the suite, compare with this machine's baseline, check the ratios
+    python benchmarks/regress.py
+    # record (or replace) this machine's baseline
+    python benchmarks/regress.py --save
+    # paths replace the suite; other args go to pytest
+    python benchmarks/regress.py --threshold 15 benchmarks/test_degrader.py -x
+    # only the within-run ratios of a saved run
+    python benchmarks/regress.py --check-ratios RUN.json
 
 Baselines are pytest-benchmark's own storage, one per device and versions: benchmarks/baselines/<key>/ (the key,
 from device_key.py, names the device and the torch/onnxruntime versions, on a GPU also CUDA and TensorRT), written by
@@ -34,9 +38,12 @@ from device_key import describe, this_machine  # beside this file: run as a scri
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = REPO / "benchmarks" / "baselines"
 # The latency suite: every backend end to end through SuperResolver (small preset and the shipped model) and the
-# degradation synthesis. On a quiet 2-core CPU the stored runs add up to about 1.5 minutes of timed and warm-up calls, plus
-# start-up and the ONNX exports of a first run.
-SUITE = [str(REPO / "benchmarks" / name) for name in ("test_default_model.py", "test_backends.py", "test_degrader.py", "test_peer.py")]
+# degradation synthesis. On a quiet 2-core CPU the stored runs add up to about 1.5 minutes of timed and warm-up calls,
+# plus start-up and the ONNX exports of a first run.
+SUITE = [
+    str(REPO / "benchmarks" / name)
+    for name in ("test_default_model.py", "test_backends.py", "test_degrader.py", "test_peer.py")
+]
 # On a CPU inductor compiles the small model for minutes per shape, so torch.compile is timed on GPUs only.
 CPU_FILTER = ["-k", "not compile"]
 # The default, 10 %: within one run the rounds' interquartile range is 0.4-11 % of the median, while the regressions
@@ -62,15 +69,42 @@ RATIOS = [
     # sessions' per-call overhead weighs more than at 256 -> 1024, and the ratio moves between runs (2-core AMD EPYC:
     # 0.92 to 1.36 for the shipped model over four runs in two sessions, 1.13 and 1.24 for the small preset; 0.85 twice
     # at 256 -> 1024), so the bounds catch a backend falling behind, not the run-to-run spread.
-    Ratio("test_default_model_128_to_512[onnxruntime-float32]", "test_default_model_128_to_512[torch-float32]", 1.5, "cpu",
-          "the shipped model at 128 -> 512"),
-    Ratio("test_backend[onnxruntime-128->512-1]", "test_backend[torch-128->512-1]", 1.5, "cpu", "the small preset at 128 -> 512"),
-    Ratio("test_backend[onnxruntime-256->1024-1]", "test_backend[torch-256->1024-1]", 1.2, "cpu", "the small preset at 256 -> 1024"),
+    Ratio(
+        "test_default_model_128_to_512[onnxruntime-float32]",
+        "test_default_model_128_to_512[torch-float32]",
+        1.5,
+        "cpu",
+        "the shipped model at 128 -> 512",
+    ),
+    Ratio(
+        "test_backend[onnxruntime-128->512-1]",
+        "test_backend[torch-128->512-1]",
+        1.5,
+        "cpu",
+        "the small preset at 128 -> 512",
+    ),
+    Ratio(
+        "test_backend[onnxruntime-256->1024-1]",
+        "test_backend[torch-256->1024-1]",
+        1.2,
+        "cpu",
+        "the small preset at 256 -> 1024",
+    ),
     # The peer (benchmarks/test_peer.py): Real-ESRGAN's compact x4 model in ncnn, what fast x4 deployments run today.
-    Ratio("test_default_model_128_to_512[torch-bfloat16]", "test_peer_128_to_512", 1.5, "cpu",
-          "the shipped model's fastest CPU path against Real-ESRGAN compact (ncnn) at 128 -> 512"),
-    Ratio("test_degrade_512[one-step-1]", "test_degrade_512[euler-8]", 1.1, "any",
-          "one network evaluation must not cost more than eight (0.62 to 0.98 on CPU, where the RAE dominates)"),
+    Ratio(
+        "test_default_model_128_to_512[torch-bfloat16]",
+        "test_peer_128_to_512",
+        1.5,
+        "cpu",
+        "the shipped model's fastest CPU path against Real-ESRGAN compact (ncnn) at 128 -> 512",
+    ),
+    Ratio(
+        "test_degrade_512[one-step-1]",
+        "test_degrade_512[euler-8]",
+        1.1,
+        "any",
+        "one network evaluation must not cost more than eight (0.62 to 0.98 on CPU, where the RAE dominates)",
+    ),
 ]
 
 
@@ -135,35 +169,63 @@ def saved_threshold(directory: Path) -> int:
 def refusal(machine: dict, baselines: Path) -> str:
     others = recorded(baselines)
     has = f"it has only {'; '.join(others)}" if others else "it has none"
-    save = "python benchmarks/regress.py --save" + ("" if baselines.resolve() == BASELINES else f" --baselines {shown(baselines)}")
-    return (f"regress: no baseline for this machine, {describe(machine['device'], machine['versions'])}, in {shown(baselines)} "
-            f"({has}); not comparing against another device or other versions. Record one here with: {save}")
+    save = "python benchmarks/regress.py --save" + (
+        "" if baselines.resolve() == BASELINES else f" --baselines {shown(baselines)}"
+    )
+    return (
+        f"regress: no baseline for this machine, {describe(machine['device'], machine['versions'])}, "
+        f"in {shown(baselines)} "
+        f"({has}); not comparing against another device or other versions. Record one here with: {save}"
+    )
 
 
 def run_pytest(args: list[str]) -> tuple[int, list[str]]:
-    """Run pytest with its output streamed through; return its exit code and the regressions pytest-benchmark reported."""
-    process = subprocess.Popen([sys.executable, "-m", "pytest", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Run pytest with its output streamed through; return its exit code and the regressions pytest-benchmark
+    reported."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     regressions = []
     for line in process.stdout:
         sys.stdout.write(line)
         sys.stdout.flush()
-        if "has failed PercentageRegressionCheck" in line:  # "<name> (<source>) - Field 'median' has failed ...: 196.8 > 10.0"
+        # "<name> (<source>) - Field 'median' has failed ...: 196.8 > 10.0"
+        if "has failed PercentageRegressionCheck" in line:
             name, percent = line.strip().split(" (")[0], line.rsplit(":", 1)[1].split(">")[0].strip()
-            regressions.append(f"{name} +{float(percent):.0f}%" if percent.replace(".", "", 1).isdigit() else line.strip())
+            regressions.append(
+                f"{name} +{float(percent):.0f}%" if percent.replace(".", "", 1).isdigit() else line.strip()
+            )
     return process.wait(), regressions
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Run the latency suite and compare its medians with the baseline of this device and versions. "
-        "Paths among the other arguments replace the default suite; all other arguments go to pytest.", allow_abbrev=False)
-    parser.add_argument("--save", action="store_true", help="record (or replace) the baseline of this device and versions")
-    parser.add_argument("--threshold", type=int, default=None, metavar="PCT",
-                        help=f"fail when a median is more than PCT %% slower than the baseline (default: the one saved with the "
-                        f"baseline, else {THRESHOLD}); with --save, the one to keep with it")
-    parser.add_argument("--baselines", type=Path, default=BASELINES, metavar="DIR", help="baselines folder (default benchmarks/baselines)")
+        "Paths among the other arguments replace the default suite; all other arguments go to pytest.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--save", action="store_true", help="record (or replace) the baseline of this device and versions"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        metavar="PCT",
+        help=f"fail when a median is more than PCT %% slower than the baseline (default: the one saved with the "
+        f"baseline, else {THRESHOLD}); with --save, the one to keep with it",
+    )
+    parser.add_argument(
+        "--baselines",
+        type=Path,
+        default=BASELINES,
+        metavar="DIR",
+        help="baselines folder (default benchmarks/baselines)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also keep this run's pytest-benchmark JSON here")
-    parser.add_argument("--check-ratios", type=Path, metavar="RUN_JSON", help="only check the within-run ratios of a saved run")
+    parser.add_argument(
+        "--check-ratios", type=Path, metavar="RUN_JSON", help="only check the within-run ratios of a saved run"
+    )
     args, pytest_args = parser.parse_known_args(argv)
     if args.threshold is not None and args.threshold < 1:
         parser.error("--threshold must be at least 1 (per cent)")
@@ -186,12 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         run_json = args.json or Path(staging) / "run.json"
         run_json.unlink(missing_ok=True)
         if args.save:  # saved into the staging folder, moved into place only if the run passes
-            storage = [f"--benchmark-storage=file://{Path(staging).resolve() / 'baseline'}", "--benchmark-save=baseline"]
+            storage = [
+                f"--benchmark-storage=file://{Path(staging).resolve() / 'baseline'}",
+                "--benchmark-save=baseline",
+            ]
         else:
-            storage = [f"--benchmark-storage=file://{directory.resolve()}", f"--benchmark-compare={baseline.resolve()}",
-                       f"--benchmark-compare-fail=median:{args.threshold}%"]
+            storage = [
+                f"--benchmark-storage=file://{directory.resolve()}",
+                f"--benchmark-compare={baseline.resolve()}",
+                f"--benchmark-compare-fail=median:{args.threshold}%",
+            ]
         code, regressions = run_pytest(["--benchmark-only", f"--benchmark-json={run_json}", *storage, *pytest_args])
-        if not run_json.exists() or not run_json.stat().st_size:  # pytest-benchmark leaves an empty file when collection fails
+        # pytest-benchmark leaves an empty file when collection fails
+        if not run_json.exists() or not run_json.stat().st_size:
             say(f"regress: nothing was measured (pytest exited {code})", failed=True)
             return 2 if code in (0, 5) else 1
         run = json.loads(run_json.read_text())
@@ -203,12 +272,19 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             shutil.rmtree(directory, ignore_errors=True)
             (Path(staging) / "baseline").rename(directory)
-            info = machine | {"threshold": args.threshold, "python": platform.python_version(), "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"), "benchmarks": len(run["benchmarks"]),
-                "pytest_args": [arg.replace(f"{REPO}{os.sep}", "") for arg in pytest_args]}
+            info = machine | {
+                "threshold": args.threshold,
+                "python": platform.python_version(),
+                "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "benchmarks": len(run["benchmarks"]),
+                "pytest_args": [arg.replace(f"{REPO}{os.sep}", "") for arg in pytest_args],
+            }
             (directory / "device.json").write_text(json.dumps(info, indent=2) + "\n")
-            say(f"regress: saved the baseline of {describe(machine['device'], machine['versions'])} in {shown(directory)}: "
-                f"{len(run['benchmarks'])} benchmark(s)")
+            say(
+                f"regress: saved the baseline of {describe(machine['device'], machine['versions'])} "
+                f"in {shown(directory)}: "
+                f"{len(run['benchmarks'])} benchmark(s)"
+            )
             return 0
 
     compared = {bench["fullname"] for bench in json.loads(baseline.read_text())["benchmarks"]}
@@ -217,13 +293,19 @@ def main(argv: list[str] | None = None) -> int:
         say(f"regress: nothing in this run matches the baseline {shown(baseline)} (pytest exited {code})", failed=True)
         return 2
     if regressions:
-        problems.insert(0, f"{len(regressions)} median(s) more than {args.threshold}% slower than the baseline {shown(baseline)}: "
-                           f"{', '.join(regressions)}")
+        problems.insert(
+            0,
+            f"{len(regressions)} median(s) more than {args.threshold}% slower than the baseline {shown(baseline)}: "
+            f"{', '.join(regressions)}",
+        )
     if problems:
         say(f"regress: FAILED: {'; '.join(problems)}", failed=True)
         return 1
-    say(f"regress: ok: {len(matched)} of {len(compared)} baseline medians compared, none more than {args.threshold}% slower "
-        f"({shown(baseline)})")
+    say(
+        f"regress: ok: {len(matched)} of {len(compared)} baseline medians compared, "
+        f"none more than {args.threshold}% slower "
+        f"({shown(baseline)})"
+    )
     return 0
 
 

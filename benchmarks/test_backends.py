@@ -30,7 +30,10 @@ def cpu_skip_reason(backend: str, batch: int) -> str | None:
     if batch > 1:
         return "CPU: batch 8 takes over a minute per call at these sizes; run on a GPU"
     if backend == "compile":
-        return "CPU: inductor compiles the small preset for minutes per shape; tests/test_backends.py covers compile on CPU"
+        return (
+            "CPU: inductor compiles the small preset for minutes per shape; "
+            "tests/test_backends.py covers compile on CPU"
+        )
     if backend == "tensorrt":
         return "TensorRT needs an NVIDIA GPU"
     return None
@@ -57,7 +60,13 @@ def test_backend(benchmark, timed, backend, size, batch):
     lr = torch.rand(batch, 3, side, side, device=DEVICE) * 2 - 1
     benchmark.group = f"SuperResolver {PRESET} {size} x{batch} ({DEVICE}, {DTYPE})"
     benchmark.extra_info.update(
-        backend=backend, preset=PRESET, input=f"{side}x{side}", output=f"{4 * side}x{4 * side}", batch=batch, device=DEVICE,
-        dtype=DTYPE, threads=torch.get_num_threads(),
+        backend=backend,
+        preset=PRESET,
+        input=f"{side}x{side}",
+        output=f"{4 * side}x{4 * side}",
+        batch=batch,
+        device=DEVICE,
+        dtype=DTYPE,
+        threads=torch.get_num_threads(),
     )
     timed(sr.upscale_tensor, lr, rounds=10 if CUDA else 3)

@@ -16,8 +16,14 @@ from flowsr.runtime.super_resolver import SuperResolver
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-CASES = [("torch", "float32"), ("torch", "bfloat16"), ("compile", "float32"), ("compile", "bfloat16"), ("onnxruntime", "float32"),
-         ("tensorrt", "float16")]
+CASES = [
+    ("torch", "float32"),
+    ("torch", "bfloat16"),
+    ("compile", "float32"),
+    ("compile", "bfloat16"),
+    ("onnxruntime", "float32"),
+    ("tensorrt", "float16"),
+]
 
 
 @functools.cache
@@ -35,6 +41,14 @@ def test_default_model_128_to_512(benchmark, timed, backend, dtype):
         pytest.skip(str(err).splitlines()[0])
     lr = torch.rand(1, 3, 128, 128, device=DEVICE) * 2 - 1
     benchmark.group = f"default SR model 128->512 ({DEVICE})"
-    benchmark.extra_info.update(backend=backend, preset="sr-small-x4", dtype=dtype, input="128x128", output="512x512", batch=1,
-                                device=DEVICE, threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        backend=backend,
+        preset="sr-small-x4",
+        dtype=dtype,
+        input="128x128",
+        output="512x512",
+        batch=1,
+        device=DEVICE,
+        threads=torch.get_num_threads(),
+    )
     timed(sr.upscale_tensor, lr, rounds=20 if CUDA else 10)

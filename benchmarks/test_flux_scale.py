@@ -23,13 +23,20 @@ from flowsr.core.presets import build_transformer, build_vae, get_preset
 from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.super_resolver import SuperResolver
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="flux-dev scale needs a CUDA GPU (about 25 GB of bf16 weights)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="flux-dev scale needs a CUDA GPU (about 25 GB of bf16 weights)"
+)
 
 DTYPE = torch.bfloat16
 SCALE, SIDE, BATCH = 4, 128, 1
 T_STAR = 0.5
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, by a name fragment of the device.
-PEAK_BF16_TFLOPS = {"H200": ("H200", 989.0), "H100 80GB HBM3": ("H100 SXM", 989.0), "H100 NVL": ("H100 NVL", 835.0), "H100 PCIe": ("H100 PCIe", 756.0)}
+PEAK_BF16_TFLOPS = {
+    "H200": ("H200", 989.0),
+    "H100 80GB HBM3": ("H100 SXM", 989.0),
+    "H100 NVL": ("H100 NVL", 835.0),
+    "H100 PCIe": ("H100 PCIe", 756.0),
+}
 
 
 @functools.cache
@@ -115,8 +122,18 @@ def test_flux_dev_128_to_512(benchmark, timed, implementation):
     achieved = flops / (transformer_ms * 1e-3) / 1e12
     benchmark.group = f"flux-dev {SIDE}->{SIDE * SCALE} x{BATCH} ({torch.cuda.get_device_name()}, bf16)"
     benchmark.extra_info.update(
-        backend=implementation, preset="flux-dev", input=f"{SIDE}x{SIDE}", output=f"{SIDE * SCALE}x{SIDE * SCALE}", batch=BATCH,
-        device=torch.cuda.get_device_name(), dtype="bfloat16", transformer_tflop=flops / 1e12, transformer_ms=transformer_ms,
-        transformer_tflops=achieved, peak_bf16_tflops=peak, peak_name=label, mfu=achieved / peak if peak else None,
+        backend=implementation,
+        preset="flux-dev",
+        input=f"{SIDE}x{SIDE}",
+        output=f"{SIDE * SCALE}x{SIDE * SCALE}",
+        batch=BATCH,
+        device=torch.cuda.get_device_name(),
+        dtype="bfloat16",
+        transformer_tflop=flops / 1e12,
+        transformer_ms=transformer_ms,
+        transformer_tflops=achieved,
+        peak_bf16_tflops=peak,
+        peak_name=label,
+        mfu=achieved / peak if peak else None,
     )
     timed(run, lr, rounds=10)

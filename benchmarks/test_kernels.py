@@ -151,5 +151,13 @@ def test_op(timed, benchmark, op, size, dtype, implementation):
 def test_copy(timed, benchmark, size, dtype):
     skip_on_cpu(size, "copy")
     x = torch.randn(SIZES[size], device=DEVICE).to(dtype)
-    measure(timed, benchmark, lambda: torch.empty_like(x).copy_(x), 2 * x.nbytes,
-            op="copy", size=size, dtype=dtype_name(dtype), implementation="torch")
+    measure(
+        timed,
+        benchmark,
+        lambda: torch.empty_like(x).copy_(x),
+        2 * x.nbytes,
+        op="copy",
+        size=size,
+        dtype=dtype_name(dtype),
+        implementation="torch",
+    )

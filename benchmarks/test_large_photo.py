@@ -43,7 +43,9 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("tile", TILES)
 def test_large_photo_1024_to_4096(benchmark, tile):
     def upscale():
-        result = subprocess.run([sys.executable, "-c", SCRIPT, str(tile), DEVICE], capture_output=True, text=True, timeout=3600)
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(tile), DEVICE], capture_output=True, text=True, timeout=3600
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
 

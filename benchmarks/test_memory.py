@@ -43,7 +43,9 @@ def test_peak_memory(benchmark, command, size, tmp_path):
     argv = [command, str(photo), "-o", str(tmp_path / "out"), "--device", DEVICE]
 
     def run():
-        result = subprocess.run([sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True, timeout=3600, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", SCRIPT, *argv], capture_output=True, text=True, timeout=3600, check=False
+        )
         measured = json.loads(result.stdout.strip().splitlines()[-1])
         assert measured.pop("code") == 0, result.stderr[-2000:]
         return measured

@@ -68,6 +68,14 @@ def test_peer_128_to_512(benchmark, timed):
     ncnn, net = peer_net(threads)
     image = np.random.default_rng(0).random((3, 128, 128), dtype=np.float32)
     benchmark.group = "peer 128->512 (cpu)"
-    benchmark.extra_info.update(backend="ncnn", preset=MODEL, dtype="float32", input="128x128", output="512x512", batch=1,
-                                device="cpu", threads=threads)
+    benchmark.extra_info.update(
+        backend="ncnn",
+        preset=MODEL,
+        dtype="float32",
+        input="128x128",
+        output="512x512",
+        batch=1,
+        device="cpu",
+        threads=threads,
+    )
     timed(upscale, ncnn, net, image, rounds=10)

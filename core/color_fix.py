@@ -3,7 +3,8 @@
 A latent model decodes its colours through an autoencoder, and a lossy one (a VAE) shifts them a little. The
 bicubic-resized input carries the right low frequencies, so the output takes the restored image's high-frequency
 bands and the input's low-frequency residual, as StableSR's wavelet color fix does. With the small preset's
-lossless autoencoder the fix only ties the result's coarse colours to the input's. The decomposition is an à trous wavelet: `levels` passes of a 3x3 binomial kernel, dilated 1, 2, 4, ...
+lossless autoencoder the fix only ties the result's coarse colours to the input's. The decomposition is an à trous
+wavelet: `levels` passes of a 3x3 binomial kernel, dilated 1, 2, 4, ...
 """
 
 from __future__ import annotations
@@ -30,5 +31,7 @@ def wavelet_lowpass(image: torch.Tensor, levels: int = DEFAULT_LEVELS) -> torch.
 def wavelet_color_fix(restored: torch.Tensor, reference: torch.Tensor, levels: int = DEFAULT_LEVELS) -> torch.Tensor:
     """High frequencies of `restored`, low frequencies of `reference` (same shape, e.g. the bicubic input)."""
     if restored.shape != reference.shape:
-        raise ValueError(f"color fix needs images of one shape, got {tuple(restored.shape)} and {tuple(reference.shape)}")
+        raise ValueError(
+            f"color fix needs images of one shape, got {tuple(restored.shape)} and {tuple(reference.shape)}"
+        )
     return restored - wavelet_lowpass(restored, levels) + wavelet_lowpass(reference.to(restored.dtype), levels)

@@ -38,15 +38,19 @@ class ConvVelocityModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def __init__(self, in_channels: int = 48, channels: int = 64, num_layers: int = 12, time_embedding_dim: int = 64):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
-        self.time_mlp = nn.Sequential(nn.Linear(time_embedding_dim, channels), nn.SiLU(), nn.Linear(channels, 2 * channels))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(time_embedding_dim, channels), nn.SiLU(), nn.Linear(channels, 2 * channels)
+        )
         self.act_in = nn.PReLU(channels)
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(num_layers))
         self.acts = nn.ModuleList(nn.PReLU(channels) for _ in range(num_layers))
         self.conv_out = nn.Conv2d(channels, in_channels, 3, padding=1)
-        for conv in (self.conv_in, *self.convs):  # He initialization for PReLU's 0.25 slope: the signal keeps its scale through depth
+        # He initialization for PReLU's 0.25 slope: the signal keeps its scale through depth
+        for conv in (self.conv_in, *self.convs):
             nn.init.kaiming_normal_(conv.weight, a=0.25, nonlinearity="leaky_relu")
             nn.init.zeros_(conv.bias)
-        for layer in (self.time_mlp[-1], self.conv_out):  # identity modulation, zero velocity: the model starts as bicubic
+        # identity modulation, zero velocity: the model starts as bicubic
+        for layer in (self.time_mlp[-1], self.conv_out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -56,8 +60,10 @@ class ConvVelocityModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if count != rows * cols:
             raise ValueError(f"{count} tokens do not form the token grid of a {height}x{width} latent")
         grid = tokens.view(batch, rows, cols, channels).permute(0, 3, 1, 2)  # a channels-last image: no copy
-        scale, shift = self.time_mlp(timestep_embedding(timestep, self.config.time_embedding_dim).to(tokens.dtype)).chunk(2, dim=1)
+        scale, shift = self.time_mlp(
+            timestep_embedding(timestep, self.config.time_embedding_dim).to(tokens.dtype)
+        ).chunk(2, dim=1)
         h = self.act_in(self.conv_in(grid) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
-        for conv, act in zip(self.convs, self.acts):
+        for conv, act in zip(self.convs, self.acts, strict=True):
             h = act(conv(h))
         return self.conv_out(h).permute(0, 2, 3, 1).reshape(batch, count, channels)

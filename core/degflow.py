@@ -49,7 +49,9 @@ def lookahead_weight(t: torch.Tensor, times: Sequence[float]) -> torch.Tensor:
     return 1.0 / (relative + EPS)
 
 
-def lookahead_term(distance: torch.Tensor, t: torch.Tensor, times: Sequence[float], weighting: bool = True) -> torch.Tensor:
+def lookahead_term(
+    distance: torch.Tensor, t: torch.Tensor, times: Sequence[float], weighting: bool = True
+) -> torch.Tensor:
     """The look-ahead loss as DegFlow's code takes it: mean over the samples of w·distance (w = 1 without
     `weighting`), unnormalized, so the weights set its size against the flow term as well as the balance within
     a batch (the trainer then scales it by 0.1)."""
@@ -57,28 +59,36 @@ def lookahead_term(distance: torch.Tensor, t: torch.Tensor, times: Sequence[floa
     return (weight * distance).mean()
 
 
-def lookahead(z: torch.Tensor, velocity: torch.Tensor, second: torch.Tensor, third: torch.Tensor, delta: Time) -> torch.Tensor:
+def lookahead(
+    z: torch.Tensor, velocity: torch.Tensor, second: torch.Tensor, third: torch.Tensor, delta: Time
+) -> torch.Tensor:
     """z(t + delta) by the third-order Taylor step z + delta v + delta^2/2 z'' + delta^3/6 z''' (exact on a cubic
     segment when v = z')."""
     delta = per_sample(delta, z)
     return z + delta * velocity + delta**2 / 2 * second + delta**3 / 6 * third
 
 
-def secant_velocity(z_t: torch.Tensor, dz_t: torch.Tensor, z_r: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def secant_velocity(
+    z_t: torch.Tensor, dz_t: torch.Tensor, z_r: torch.Tensor, t: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     """(z(r) - z(t)) / (r - t), and z'(t) where r = t."""
     gap = per_sample(r - t, z_t)
     same = gap.abs() < 1e-6
     return torch.where(same, dz_t, (z_r - z_t) / torch.where(same, torch.ones_like(gap), gap))
 
 
-def average_velocity(times: Sequence[float], knots: torch.Tensor, second: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def average_velocity(
+    times: Sequence[float], knots: torch.Tensor, second: torch.Tensor, t: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     """u(z(t), t, r) = (z(r) - z(t)) / (r - t) on the spline, and z'(t) where r = t: the single-NFE target."""
     z_t, dz_t = spline.evaluate(times, knots, second, t)
     z_r, _ = spline.evaluate(times, knots, second, r)
     return secant_velocity(z_t, dz_t, z_r, t, r)
 
 
-def meanflow_target(velocity: torch.Tensor, total_derivative: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def meanflow_target(
+    velocity: torch.Tensor, total_derivative: torch.Tensor, t: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     """MeanFlow's target for the average velocity from t to r: u = v + (r - t)·du/dt.
 
     (r - t)·u(z(t), t, r) is the integral of v from t to r along the trajectory through z(t); differentiating in t

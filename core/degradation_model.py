@@ -31,8 +31,14 @@ class DegradationModel(nn.Module):
     and `flowsr.json` (`self.manifest`): the preset, s_max, the knot scales it was trained on and the fitted pixel
     noise that the runtime adds to its images (`noise_model`)."""
 
-    def __init__(self, rae: ResidualAutoencoder, unet: UNet2DModel, knot_scales: Sequence[float], s_max: float,
-                 manifest: DegradationManifest | None = None):
+    def __init__(
+        self,
+        rae: ResidualAutoencoder,
+        unet: UNet2DModel,
+        knot_scales: Sequence[float],
+        s_max: float,
+        manifest: DegradationManifest | None = None,
+    ):
         super().__init__()
         self.rae, self.unet, self.manifest = rae, unet, manifest
         self.s_max = float(s_max)
@@ -48,12 +54,21 @@ class DegradationModel(nn.Module):
         """Random weights of a preset (tests, the start of training); labelled untrained."""
         preset = get_degradation_preset(preset) if isinstance(preset, str) else preset
         torch.manual_seed(seed)
-        manifest = DegradationManifest(kind="degradation", preset=preset.name, s_max=preset.s_max, knot_scales=list(preset.knot_scales),
-                                       trained=False)
-        return cls(ResidualAutoencoder(**preset.rae), UNet2DModel(**preset.unet), preset.knot_scales, preset.s_max, manifest).eval()
+        manifest = DegradationManifest(
+            kind="degradation",
+            preset=preset.name,
+            s_max=preset.s_max,
+            knot_scales=list(preset.knot_scales),
+            trained=False,
+        )
+        return cls(
+            ResidualAutoencoder(**preset.rae), UNet2DModel(**preset.unet), preset.knot_scales, preset.s_max, manifest
+        ).eval()
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DegradationModel:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> DegradationModel:
         """Load a model directory; both parts are checked against the preset before any weight is read."""
         directory = Path(directory)
         manifest = DegradationManifest.read(directory)
@@ -61,10 +76,14 @@ class DegradationModel(nn.Module):
         check_architecture(directory / "rae", preset.rae, preset.name)
         check_architecture(directory / "unet", preset.unet, preset.name)
         try:
-            rae = ResidualAutoencoder.from_pretrained(directory, subfolder="rae", use_safetensors=True, torch_dtype=dtype)
+            rae = ResidualAutoencoder.from_pretrained(
+                directory, subfolder="rae", use_safetensors=True, torch_dtype=dtype
+            )
             unet = UNet2DModel.from_pretrained(directory, subfolder="unet", use_safetensors=True, torch_dtype=dtype)
         except LOAD_ERRORS as err:
-            raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
+            raise ModelDirError(
+                f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it"
+            ) from None
         return cls(rae, unet, manifest.knot_scales, manifest.s_max, manifest).to(device).eval()
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> Path:
@@ -103,14 +122,18 @@ class DegradationModel(nn.Module):
         return self.rae.decode(z_r, skips)
 
     @torch.no_grad()
-    def solve(self, hr: torch.Tensor, r: float, steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4) -> tuple[torch.Tensor, int]:
+    def solve(
+        self, hr: torch.Tensor, r: float, steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4
+    ) -> tuple[torch.Tensor, int]:
         """The multi-step reference: images at time r and the number of velocity evaluations (see `integrate`)."""
         z0, skips = self.rae.encode(hr)
         z, evaluations = self.integrate(z0, r, steps, rtol, atol)
         return self.rae.decode(z, skips), evaluations
 
     @torch.no_grad()
-    def integrate(self, z0: torch.Tensor, r: float, steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4) -> tuple[torch.Tensor, int]:
+    def integrate(
+        self, z0: torch.Tensor, r: float, steps: int | None = None, rtol: float = 1e-4, atol: float = 1e-4
+    ) -> tuple[torch.Tensor, int]:
         """dz/dt = v(z, t) from z(0) to z(r) with `steps` Euler steps, or with torchdiffeq's adaptive dopri5 when
         `steps` is None. Returns (z(r), number of velocity evaluations)."""
         evaluations = 0
@@ -133,4 +156,3 @@ class DegradationModel(nn.Module):
 
         times = torch.tensor([0.0, r], dtype=torch.float32, device=z0.device)
         return odeint(field, z0, times, method="dopri5", rtol=rtol, atol=atol)[-1], evaluations
-

@@ -61,7 +61,10 @@ def snr_start_time(signal: torch.Tensor, degradation: torch.Tensor, grid_size: i
     if signal.numel() == 0:
         raise ValueError("t* needs at least one sample")
     if bool((degradation <= 0).any()):
-        raise FlowsrError("a low-resolution latent equals its high-resolution latent (D = 0): t* is undefined; train on degraded pairs")
+        raise FlowsrError(
+            "a low-resolution latent equals its high-resolution latent (D = 0): t* is undefined; "
+            "train on degraded pairs"
+        )
     t = torch.linspace(0.0, 1.0, grid_size + 2, dtype=torch.float64)[1:-1]
     path_snr = ((1 - t) ** 2 / t**2)[:, None] * signal.double()[None, :]
     data_snr = (signal.double() / degradation.double())[None, :]

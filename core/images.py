@@ -114,7 +114,8 @@ def _check_size(size: tuple[int, int], max_pixels: int | None) -> None:
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel by colour type
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))  # x0, y0, dx, dy
+# x0, y0, dx, dy
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
 def _check_png(path: Path) -> None:
@@ -132,7 +133,10 @@ def _check_png(path: Path) -> None:
                 raise ImageError("truncated or corrupt image data: the PNG ends before its IEND chunk")
             length, kind = struct.unpack(">I4s", head)
             if length > size - f.tell() - 4:
-                raise ImageError(f"truncated or corrupt image data: a PNG {kind.decode('latin-1')!r} chunk declares {length} bytes, past the end of the file")
+                raise ImageError(
+                    f"truncated or corrupt image data: a PNG {kind.decode('latin-1')!r} chunk declares {length} "
+                    "bytes, past the end of the file"
+                )
             if kind == b"IHDR":
                 header = f.read(length)
             elif kind == b"IDAT":
@@ -160,7 +164,9 @@ def _check_png(path: Path) -> None:
         raise ImageError("corrupt PNG: a palette image without its palette (no PLTE chunk)")
     expected = _png_data_size(width, height, depth * _PNG_SAMPLES.get(colour, 1), interlace)
     if inflated < expected:
-        raise ImageError(f"truncated or corrupt image data: {inflated} of the {expected} bytes of PNG rows (rows are missing)")
+        raise ImageError(
+            f"truncated or corrupt image data: {inflated} of the {expected} bytes of PNG rows (rows are missing)"
+        )
 
 
 def _png_data_size(width: int, height: int, bits_per_pixel: int, interlace: int) -> int:
@@ -222,7 +228,11 @@ def _scale(dtype: np.dtype) -> float:
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under `folder`, recursively and sorted, hidden files skipped (an empty list if none)."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def to_unit_float(array: np.ndarray) -> np.ndarray:
@@ -275,7 +285,9 @@ def write_image(path: str | os.PathLike, picture: Picture) -> None:
     height, width = picture.rgb.shape[:2]
     limit = _MAX_SIDE.get(fmt)
     if limit is not None and max(height, width) > limit:
-        raise ImageError(f"image is {width}x{height}, over the {fmt} limit of {limit} pixels a side; write .png or .tif")
+        raise ImageError(
+            f"image is {width}x{height}, over the {fmt} limit of {limit} pixels a side; write .png or .tif"
+        )
     try:
         with atomic_file(path) as f:
             _encode(picture, fmt, f)

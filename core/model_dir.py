@@ -50,24 +50,36 @@ class _ManifestFile:
         if not Path(directory).is_dir():
             raise ModelDirError(f"model directory {directory} does not exist")
         if not path.is_file():
-            raise ModelDirError(f"{directory} is not a flowsr model directory (no {MANIFEST}); create one with `flowsr model init`")
+            raise ModelDirError(
+                f"{directory} is not a flowsr model directory (no {MANIFEST}); create one with `flowsr model init`"
+            )
         try:
             if path.stat().st_size > 1 << 20:
-                raise ModelDirError(f"{path} is {path.stat().st_size} bytes, not a manifest; re-create the model directory")
+                raise ModelDirError(
+                    f"{path} is {path.stat().st_size} bytes, not a manifest; re-create the model directory"
+                )
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ModelDirError(f"{path} is not a valid manifest (unreadable or not JSON: {type(err).__name__}); re-create the model directory") from None
+            raise ModelDirError(
+                f"{path} is not a valid manifest (unreadable or not JSON: {type(err).__name__}); "
+                "re-create the model directory"
+            ) from None
         if not isinstance(data, dict):
             raise ModelDirError(f"{path} is not a valid manifest (not a JSON object); re-create the model directory")
         if data.get("kind", cls.KIND) != cls.KIND:
-            raise ModelDirError(f"{directory} holds a {data['kind']!r:.40} model, not a {cls.KIND!r} model; pass the matching model directory")
+            raise ModelDirError(
+                f"{directory} holds a {data['kind']!r:.40} model, not a {cls.KIND!r} model; "
+                "pass the matching model directory"
+            )
         try:
             manifest = cls(**{key: value for key, value in data.items() if key not in cls.LEGACY_FIELDS})
         except TypeError as err:  # a missing or unknown field
             raise ModelDirError(f"{path} is not a valid manifest ({err}); re-create the model directory") from None
         check_field_types(manifest, path)
         if manifest.format > FORMAT_VERSION:
-            raise ModelDirError(f"{path} has format {manifest.format}, newer than this flowsr reads ({FORMAT_VERSION}); upgrade flowsr")
+            raise ModelDirError(
+                f"{path} has format {manifest.format}, newer than this flowsr reads ({FORMAT_VERSION}); upgrade flowsr"
+            )
         check_range(path, "format", manifest.format, 1, FORMAT_VERSION)
         manifest.check(path)
         return manifest
@@ -101,13 +113,21 @@ class Manifest(_ManifestFile):
 
     def check(self, path: Path) -> None:
         if self.t_star_source not in self.T_STAR_SOURCES:
-            raise ModelDirError(f"{path} has t_star_source {self.t_star_source!r:.40}; expected one of {', '.join(self.T_STAR_SOURCES)}")
+            raise ModelDirError(
+                f"{path} has t_star_source {self.t_star_source!r:.40}; expected one of {', '.join(self.T_STAR_SOURCES)}"
+            )
         if self.preset not in PRESETS:
             raise ModelDirError(f"{path} names preset {self.preset!r:.40}; flowsr knows {', '.join(PRESETS)}")
         check_range(path, "t_star", self.t_star, 0.0, 1.0, low_open=True)
         if (self.guidance is None) != (PRESETS[self.preset].guidance is None):
-            needs = "null: its transformer takes no guidance" if PRESETS[self.preset].guidance is None else "a number: its transformer is guidance-distilled"
-            raise ModelDirError(f"{path}: guidance must be {needs} (preset {self.preset!r}); re-create the model directory")
+            needs = (
+                "null: its transformer takes no guidance"
+                if PRESETS[self.preset].guidance is None
+                else "a number: its transformer is guidance-distilled"
+            )
+            raise ModelDirError(
+                f"{path}: guidance must be {needs} (preset {self.preset!r}); re-create the model directory"
+            )
         if self.guidance is not None:
             check_range(path, "guidance", self.guidance, 0.0, 100.0)
 
@@ -133,15 +153,24 @@ class DegradationManifest(_ManifestFile):
         if self.noise is not None:
             NoiseModel.from_dict(self.noise, str(path))
         if self.preset not in DEGRADATION_PRESETS:
-            raise ModelDirError(f"{path} names degradation preset {self.preset!r:.40}; flowsr knows {', '.join(DEGRADATION_PRESETS)}")
+            raise ModelDirError(
+                f"{path} names degradation preset {self.preset!r:.40}; flowsr knows {', '.join(DEGRADATION_PRESETS)}"
+            )
         check_range(path, "s_max", self.s_max, 1.0, 32.0, low_open=True)
         knots = self.knot_scales
-        if len(knots) < 2 or knots[0] != 1.0 or any(b <= a for a, b in itertools.pairwise(knots)) or knots[-1] > self.s_max:
-            raise ModelDirError(f"{path}: knot_scales {knots!r:.60} must start at 1, increase, and end at most at s_max {self.s_max:g}")
+        if (
+            len(knots) < 2
+            or knots[0] != 1.0
+            or any(b <= a for a, b in itertools.pairwise(knots))
+            or knots[-1] > self.s_max
+        ):
+            raise ModelDirError(
+                f"{path}: knot_scales {knots!r:.60} must start at 1, increase, and end at most at s_max {self.s_max:g}"
+            )
 
 
 def model_kind(directory: str | Path) -> str:
-    """"sr" or "degradation": what a model directory holds, from its manifest."""
+    """ "sr" or "degradation": what a model directory holds, from its manifest."""
     if not Path(directory).is_dir():
         raise ModelDirError(f"model directory {directory} does not exist")
     path = Path(directory) / MANIFEST
@@ -164,7 +193,9 @@ def _versions() -> dict:
     return {"flowsr": flowsr_version, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
-def write_model_dir(directory: str | Path, model: torch.nn.Module, manifest: _ManifestFile, write_parts, overwrite: bool = False) -> Path:
+def write_model_dir(
+    directory: str | Path, model: torch.nn.Module, manifest: _ManifestFile, write_parts, overwrite: bool = False
+) -> Path:
     """Write a model directory atomically (into a temporary sibling, then renamed into place): `write_parts(folder)`
     saves the parts, then the manifest follows, stamped with the weights' digest, the versions and the time."""
     directory = Path(directory)

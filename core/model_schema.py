@@ -27,7 +27,10 @@ def _is_number(value) -> bool:
 
 _TYPES = {
     "str": (lambda v: isinstance(v, str), "a string"),
-    "str | None": (lambda v: v is None or (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)), "a sha256 hex digest or null"),
+    "str | None": (
+        lambda v: v is None or (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)),
+        "a sha256 hex digest or null",
+    ),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "float": (_is_number, "a finite number"),
@@ -44,26 +47,35 @@ def check_field_types(manifest, path: Path) -> None:
         accepts, expected = _TYPES[spec.type]
         value = getattr(manifest, spec.name)
         if not accepts(value):
-            raise ModelDirError(f"{path}: {spec.name} must be {expected}, got {value!r:.40}; re-create the model directory")
+            raise ModelDirError(
+                f"{path}: {spec.name} must be {expected}, got {value!r:.40}; re-create the model directory"
+            )
 
 
 def check_range(path: Path, name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
     if not (low < value if low_open else low <= value) or value > high:
         bracket = "(" if low_open else "["
-        raise ModelDirError(f"{path}: {name} {value!r} is outside {bracket}{low:g}, {high:g}]; re-create the model directory")
+        raise ModelDirError(
+            f"{path}: {name} {value!r} is outside {bracket}{low:g}, {high:g}]; re-create the model directory"
+        )
 
 
 def read_config(folder: Path, name: str = "config.json") -> dict:
-    """A part's config file (diffusers' config.json, peft's adapter_config.json): present, small, UTF-8 JSON, an object."""
+    """A part's config file (diffusers' config.json, peft's adapter_config.json): present, small, UTF-8 JSON, an
+    object."""
     path = folder / name
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelDirError(f"{path} is {path.stat().st_size} bytes, not a config file; re-create the model directory")
+            raise ModelDirError(
+                f"{path} is {path.stat().st_size} bytes, not a config file; re-create the model directory"
+            )
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelDirError(f"{folder} has no {name}; the model directory is incomplete, re-create it") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelDirError(f"{path} is unreadable or not JSON ({type(err).__name__}); re-create the model directory") from None
+        raise ModelDirError(
+            f"{path} is unreadable or not JSON ({type(err).__name__}); re-create the model directory"
+        ) from None
     if not isinstance(config, dict):
         raise ModelDirError(f"{path} is not a JSON object; re-create the model directory")
     return config
@@ -83,11 +95,17 @@ def check_architecture(folder: Path, expected: dict, preset: str, class_name: st
     """The part's config builds the preset's module: every architecture key of the preset has its value."""
     config = read_config(folder)
     if class_name is not None and config.get("_class_name") != class_name:
-        raise ModelDirError(f"{folder}/config.json names class {config.get('_class_name')!r:.40}, but preset {preset!r} uses {class_name}")
+        raise ModelDirError(
+            f"{folder}/config.json names class {config.get('_class_name')!r:.40}, "
+            f"but preset {preset!r} uses {class_name}"
+        )
     mismatch = architecture_mismatch(config, expected)
     if mismatch is not None:
         key, found, value = mismatch
-        raise ModelDirError(f"{folder}/config.json has {key}={found!r:.60}, but preset {preset!r} needs {value!r}; re-create the model directory")
+        raise ModelDirError(
+            f"{folder}/config.json has {key}={found!r:.60}, but preset {preset!r} needs {value!r}; "
+            "re-create the model directory"
+        )
 
 
 def check_embeddings(path: Path, embeddings: dict, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -97,4 +115,7 @@ def check_embeddings(path: Path, embeddings: dict, shapes: dict[str, tuple[int, 
         if tensor is None:
             raise ModelDirError(f"{path} lacks {key}; re-create the model directory")
         if tuple(tensor.shape) != shape or not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise ModelDirError(f"{path}: {key} must be a finite float tensor of shape {shape}, got {tensor.dtype} {tuple(tensor.shape)}")
+            raise ModelDirError(
+                f"{path}: {key} must be a finite float tensor of shape {shape}, "
+                f"got {tensor.dtype} {tuple(tensor.shape)}"
+            )

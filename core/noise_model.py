@@ -52,7 +52,9 @@ class NoiseModel:
         columns = {}
         for name in FIELDS:
             column = values[name]
-            if not isinstance(column, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in column):
+            if not isinstance(column, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in column
+            ):
                 raise fail(f"noise.{name} must be a list of finite numbers")
             columns[name] = [float(v) for v in column]
         times = columns["times"]
@@ -61,7 +63,11 @@ class NoiseModel:
         if any(len(column) != len(times) for column in columns.values()):
             raise fail("the noise columns must be as long as noise.times")
         base, slope, gray, spread = (columns[name] for name in FIELDS[1:])
-        if any(b < 0 or b + s < 0 for b, s in zip(base, slope)) or any(not 0 <= g <= 1 for g in gray) or any(not 0 <= s <= MAX_SPREAD for s in spread):
+        if (
+            any(b < 0 or b + s < 0 for b, s in zip(base, slope, strict=True))
+            or any(not 0 <= g <= 1 for g in gray)
+            or any(not 0 <= s <= MAX_SPREAD for s in spread)
+        ):
             raise fail(f"noise variances must be >= 0, gray shares in [0, 1] and spreads in [0, {MAX_SPREAD:g}]")
         return cls(**columns)
 
@@ -72,7 +78,9 @@ class NoiseModel:
         """(base, slope, gray, spread) at time r."""
         return tuple(float(np.interp(r, self.times, getattr(self, name))) for name in FIELDS[1:])
 
-    def sample(self, image: torch.Tensor, r: float, lr_size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    def sample(
+        self, image: torch.Tensor, r: float, lr_size: tuple[int, int], generator: torch.Generator
+    ) -> torch.Tensor:
         """Noise for one synthesized image (1, 3, H, W) in [-1, 1] at time r, drawn on the LR grid `lr_size`."""
         base, slope, gray, spread = self.at(r)
         height, width = image.shape[2:]
@@ -87,6 +95,8 @@ class NoiseModel:
         sigma.mul_(slope).add_(base).mul_(level).clamp_(min=0).sqrt_()
         return noise.mul_(sigma).to(image.device, image.dtype)
 
-    def add_to(self, image: torch.Tensor, r: float, lr_size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    def add_to(
+        self, image: torch.Tensor, r: float, lr_size: tuple[int, int], generator: torch.Generator
+    ) -> torch.Tensor:
         """`image` plus one draw of `sample`, clipped to [-1, 1]."""
         return self.sample(image, r, lr_size, generator).add_(image).clamp_(-1, 1)

@@ -37,7 +37,10 @@ class PatchAutoencoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
         super().__init__()
         patch_dim = in_channels * patch_size**2
         if not 0 < latent_channels <= patch_dim:
-            raise ValueError(f"latent_channels must lie in [1, {patch_dim}] for {patch_size}x{patch_size} patches, got {latent_channels}")
+            raise ValueError(
+                f"latent_channels must lie in [1, {patch_dim}] for {patch_size}x{patch_size} patches, "
+                f"got {latent_channels}"
+            )
         self.encoder = nn.Conv2d(patch_dim, latent_channels, 1)
         self.decoder = nn.Conv2d(latent_channels, patch_dim, 1)
 

@@ -51,7 +51,16 @@ class Preset:
         return self.vae["latent_channels"]
 
 
-def _vae(block_out_channels, layers_per_block, latent_channels, norm_num_groups, shift, scale, sample_size, mid_attention=True):
+def _vae(
+    block_out_channels,
+    layers_per_block,
+    latent_channels,
+    norm_num_groups,
+    shift,
+    scale,
+    sample_size,
+    mid_attention=True,
+):
     depth = len(block_out_channels)
     return {
         "in_channels": 3,
@@ -164,18 +173,25 @@ def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def load_base_components(folder: str, preset: Preset, dtype: torch.dtype = torch.float32) -> tuple[AutoencoderKL, FluxTransformer2DModel]:
+def load_base_components(
+    folder: str, preset: Preset, dtype: torch.dtype = torch.float32
+) -> tuple[AutoencoderKL, FluxTransformer2DModel]:
     """VAE and transformer from a local diffusers pipeline folder (e.g. FLUX.1-dev), checked against the preset.
 
     Safetensors only; a folder whose architecture differs from the preset is refused rather than half-loaded.
     """
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
-    transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
+    transformer = FluxTransformer2DModel.from_pretrained(
+        folder, subfolder="transformer", use_safetensors=True, torch_dtype=dtype
+    )
     for part, expected, module in (("vae", preset.vae, vae), ("transformer", preset.transformer, transformer)):
         mismatch = architecture_mismatch(module.config, expected)
         if mismatch is not None:
             key, found, value = mismatch
-            raise ModelDirError(f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; pick the matching --preset")
+            raise ModelDirError(
+                f"{folder}/{part} has {key}={found!r}, but preset {preset.name!r} needs {value!r}; "
+                "pick the matching --preset"
+            )
     return vae, transformer
 
 
@@ -205,8 +221,14 @@ def _unet(channels: Sequence[int], layers: int, groups: int, attention_from: int
 
 
 DEGRADATION_PRESETS = {
-    "tiny": DegradationPreset("tiny", rae={"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4}, unet=_unet((16, 32), 1, 8, 1)),
-    "small": DegradationPreset("small", rae={"block_out_channels": [32, 64, 96, 128], "norm_num_groups": 16}, unet=_unet((64, 128, 192), 1, 32, 2)),
+    "tiny": DegradationPreset(
+        "tiny", rae={"block_out_channels": [8, 16, 16, 16], "norm_num_groups": 4}, unet=_unet((16, 32), 1, 8, 1)
+    ),
+    "small": DegradationPreset(
+        "small",
+        rae={"block_out_channels": [32, 64, 96, 128], "norm_num_groups": 16},
+        unet=_unet((64, 128, 192), 1, 32, 2),
+    ),
 }
 
 
@@ -214,4 +236,6 @@ def get_degradation_preset(name: str) -> DegradationPreset:
     try:
         return DEGRADATION_PRESETS[name]
     except KeyError:
-        raise SettingsError(f"unknown degradation preset {name!r}; choose one of: {', '.join(DEGRADATION_PRESETS)}") from None
+        raise SettingsError(
+            f"unknown degradation preset {name!r}; choose one of: {', '.join(DEGRADATION_PRESETS)}"
+        ) from None

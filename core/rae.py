@@ -38,16 +38,28 @@ class ResidualAutoencoder(ModelMixin, ConfigMixin):
         channels = list(block_out_channels)
         if len(channels) != 4:
             raise ValueError(f"the RAE has 4 levels (1, 1/2, 1/4, 1/8 size), got block_out_channels={channels}")
-        block = lambda cin, cout: ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=None, groups=norm_num_groups)  # noqa: E731
+
+        def block(cin, cout):
+            return ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=None, groups=norm_num_groups)
+
         self.conv_in = nn.Conv2d(3, channels[0], 3, padding=1)
         self.down = nn.ModuleList(block(channels[i], channels[i]) for i in range(4))
-        self.downsample = nn.ModuleList(Downsample2D(channels[i], use_conv=True, out_channels=channels[i + 1], padding=1, name="op") for i in range(3))
-        self.to_latent = nn.Sequential(nn.GroupNorm(norm_num_groups, channels[3]), nn.SiLU(), nn.Conv2d(channels[3], latent_channels, 3, padding=1))
+        self.downsample = nn.ModuleList(
+            Downsample2D(channels[i], use_conv=True, out_channels=channels[i + 1], padding=1, name="op")
+            for i in range(3)
+        )
+        self.to_latent = nn.Sequential(
+            nn.GroupNorm(norm_num_groups, channels[3]), nn.SiLU(), nn.Conv2d(channels[3], latent_channels, 3, padding=1)
+        )
         self.from_latent = nn.Conv2d(latent_channels, channels[3], 3, padding=1)
         self.mid = block(channels[3], channels[3])
-        self.upsample = nn.ModuleList(Upsample2D(channels[i + 1], use_conv=True, out_channels=channels[i]) for i in range(3))
+        self.upsample = nn.ModuleList(
+            Upsample2D(channels[i + 1], use_conv=True, out_channels=channels[i]) for i in range(3)
+        )
         self.up = nn.ModuleList(block(2 * channels[i], channels[i]) for i in range(3))
-        self.to_image = nn.Sequential(nn.GroupNorm(norm_num_groups, channels[0]), nn.SiLU(), nn.Conv2d(channels[0], 3, 3, padding=1))
+        self.to_image = nn.Sequential(
+            nn.GroupNorm(norm_num_groups, channels[0]), nn.SiLU(), nn.Conv2d(channels[0], 3, 3, padding=1)
+        )
         nn.init.zeros_(self.to_image[-1].weight)  # starts as the identity on the HR image
         nn.init.zeros_(self.to_image[-1].bias)
 

@@ -22,7 +22,7 @@ def validate_times(times: Sequence[float], knots: torch.Tensor) -> tuple[float, 
     times = tuple(float(time) for time in times)
     if len(times) < 2 or knots.ndim < 2 or knots.shape[1] != len(times):
         raise ValueError(f"knots {tuple(knots.shape)} need (B, K, ...) with K = {len(times)} >= 2 knot times")
-    if any(right <= left for left, right in zip(times, times[1:])):
+    if any(right <= left for left, right in zip(times, times[1:], strict=False)):
         raise ValueError(f"knot times must increase, got {times}")
     return times
 
@@ -81,11 +81,7 @@ def evaluate(
         - c(right * h / 6) * m0
         - c(left * h / 6) * m1
     )
-    slope = (
-        c(1 / h) * (z1 - z0)
-        + c(left**2 / (2 * h) - h / 6) * m1
-        - c(right**2 / (2 * h) - h / 6) * m0
-    )
+    slope = c(1 / h) * (z1 - z0) + c(left**2 / (2 * h) - h / 6) * m1 - c(right**2 / (2 * h) - h / 6) * m0
     curvature = c(right / h) * m0 + c(left / h) * m1
     jerk = c(1 / h) * (m1 - m0)
     return (value, slope, curvature, jerk)[: derivatives + 1]

@@ -20,13 +20,22 @@ from .errors import ModelDirError, first_line
 from .latents import LatentNormalization
 from .model_dir import LOAD_ERRORS, Manifest, write_model_dir
 from .model_schema import check_architecture, check_embeddings
-from .presets import VELOCITY_NETWORKS, Preset, VelocityNetwork, build_transformer, build_vae, get_preset, load_base_components
+from .presets import (
+    VELOCITY_NETWORKS,
+    Preset,
+    VelocityNetwork,
+    build_transformer,
+    build_vae,
+    get_preset,
+    load_base_components,
+)
 
 TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 
 
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The SR model's input: the LR image (in [-1, 1]) brought to the output size, bicubic, in training and serving alike."""
+    """The SR model's input: the LR image (in [-1, 1]) brought to the output size, bicubic, in training and serving
+    alike."""
     return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
@@ -54,7 +63,9 @@ def restore_image(x: torch.Tensor, encode, restore, decode, color_fix: bool = Tr
     return wavelet_color_fix(y, x) if color_fix else y
 
 
-def super_resolve(lr: torch.Tensor, height: int, width: int, stride: int, encode, restore, decode, color_fix: bool = True) -> torch.Tensor:
+def super_resolve(
+    lr: torch.Tensor, height: int, width: int, stride: int, encode, restore, decode, color_fix: bool = True
+) -> torch.Tensor:
     """The SR pipeline around the model: LR (B, 3, h, w) in [-1, 1] -> bicubic to height x width -> pad to the
     stride -> encode -> restore (one NFE) -> decode -> wavelet colour fix to the bicubic image -> crop -> float32
     in [-1, 1]. The stages are callables: the runtime's tiled backends, or the model's own methods in the
@@ -117,22 +128,37 @@ class OneStepSR(nn.Module):
         try:
             vae, transformer = load_base_components(str(pipeline_dir), preset)
         except OSError as err:
-            raise ModelDirError(f"{pipeline_dir}: no loadable vae/ and transformer/ ({first_line(err)}); pass a diffusers FLUX pipeline folder") from None
+            raise ModelDirError(
+                f"{pipeline_dir}: no loadable vae/ and transformer/ ({first_line(err)}); "
+                "pass a diffusers FLUX pipeline folder"
+            ) from None
         try:
             pipeline = FluxPipeline.from_pretrained(pipeline_dir, vae=None, transformer=None, use_safetensors=True)
-            prompt, pooled, _ = pipeline.encode_prompt(prompt="", prompt_2="", device="cpu", max_sequence_length=preset.text_tokens)
-        except Exception as err:  # transformers and tokenizers raise many types for a broken folder; all mean the same here
-            raise ModelDirError(f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line(err)}); pass a complete FLUX pipeline folder") from None
+            prompt, pooled, _ = pipeline.encode_prompt(
+                prompt="", prompt_2="", device="cpu", max_sequence_length=preset.text_tokens
+            )
+        except Exception as err:
+            # transformers and tokenizers raise many types for a broken folder; all mean the same here
+            raise ModelDirError(
+                f"{pipeline_dir}: cannot load its text encoders and tokenizers ({first_line(err)}); "
+                "pass a complete FLUX pipeline folder"
+            ) from None
         return cls._untrained(preset, vae, transformer, prompt.float(), pooled.float())
 
     @classmethod
-    def _untrained(cls, preset: Preset, vae, transformer, prompt: torch.Tensor | None, pooled: torch.Tensor | None) -> OneStepSR:
+    def _untrained(
+        cls, preset: Preset, vae, transformer, prompt: torch.Tensor | None, pooled: torch.Tensor | None
+    ) -> OneStepSR:
         """A model of `preset`'s t* and guidance from its parts, its manifest labelled untrained."""
-        manifest = Manifest(kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False)
+        manifest = Manifest(
+            kind="sr", preset=preset.name, t_star=preset.default_t_star, guidance=preset.guidance, trained=False
+        )
         return cls(vae, transformer, prompt, pooled, preset.default_t_star, preset.guidance, manifest).eval()
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> OneStepSR:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> OneStepSR:
         """Load a model directory; every part is checked against its preset before any weight is read."""
         directory = Path(directory)
         manifest = Manifest.read(directory)
@@ -143,11 +169,22 @@ class OneStepSR(nn.Module):
         try:
             vae = load_autoencoder(directory / "vae", dtype=dtype)
             velocity_class = VELOCITY_NETWORKS[preset.velocity_class]
-            transformer = velocity_class.from_pretrained(directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype)
+            transformer = velocity_class.from_pretrained(
+                directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype
+            )
         except LOAD_ERRORS as err:
-            raise ModelDirError(f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it") from None
-        model = cls(vae, transformer, embeddings.get("prompt_embeds"), embeddings.get("pooled_prompt_embeds"), manifest.t_star,
-                    manifest.guidance, manifest)
+            raise ModelDirError(
+                f"{directory} is incomplete or corrupt ({first_line(err)}); re-create or re-download it"
+            ) from None
+        model = cls(
+            vae,
+            transformer,
+            embeddings.get("prompt_embeds"),
+            embeddings.get("pooled_prompt_embeds"),
+            manifest.t_star,
+            manifest.guidance,
+            manifest,
+        )
         return model.to(device).eval()
 
     @staticmethod
@@ -156,11 +193,18 @@ class OneStepSR(nn.Module):
         try:
             embeddings = safetensors.torch.load_file(directory / TEXT_EMBEDDINGS)
         except LOAD_ERRORS as err:
-            raise ModelDirError(f"{directory / TEXT_EMBEDDINGS} is missing or not a safetensors file ({first_line(err)}); re-create the model directory") from None
-        check_embeddings(directory / TEXT_EMBEDDINGS, embeddings, {
-            "prompt_embeds": (1, preset.text_tokens, preset.transformer["joint_attention_dim"]),
-            "pooled_prompt_embeds": (1, preset.transformer["pooled_projection_dim"]),
-        })
+            raise ModelDirError(
+                f"{directory / TEXT_EMBEDDINGS} is missing or not a safetensors file ({first_line(err)}); "
+                "re-create the model directory"
+            ) from None
+        check_embeddings(
+            directory / TEXT_EMBEDDINGS,
+            embeddings,
+            {
+                "prompt_embeds": (1, preset.text_tokens, preset.transformer["joint_attention_dim"]),
+                "pooled_prompt_embeds": (1, preset.transformer["pooled_projection_dim"]),
+            },
+        )
         return embeddings
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False) -> Path:
@@ -172,7 +216,9 @@ class OneStepSR(nn.Module):
             self.transformer.save_pretrained(folder / "transformer", safe_serialization=True)
             if self.prompt_embeds is not None:
                 embeddings = {"prompt_embeds": self.prompt_embeds, "pooled_prompt_embeds": self.pooled_prompt_embeds}
-                safetensors.torch.save_file({k: v.contiguous().cpu() for k, v in embeddings.items()}, folder / TEXT_EMBEDDINGS)
+                safetensors.torch.save_file(
+                    {k: v.contiguous().cpu() for k, v in embeddings.items()}, folder / TEXT_EMBEDDINGS
+                )
 
         return write_model_dir(directory, self, self.manifest, write_parts, overwrite)
 
@@ -186,7 +232,8 @@ class OneStepSR(nn.Module):
         return downsample_factor(type(self.vae).__name__, self.vae.config) * latents.PATCH
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Image (B, 3, H, W) in [-1, 1] -> normalized latent (B, C, H/f, W/f); a VAE gives its posterior mean, no sampling."""
+        """Image (B, 3, H, W) in [-1, 1] -> normalized latent (B, C, H/f, W/f); a VAE gives its posterior mean, no
+        sampling."""
         raw = latent_of(self.vae.encode(image))
         return self.normalization.normalize(raw)
 
@@ -217,7 +264,9 @@ class OneStepSR(nn.Module):
         t_star = torch.full((batch,), self.t_star, device=z_lr.device, dtype=torch.float32)
         return tokens, t_star, self.velocity(tokens, t_star, height, width)
 
-    def euler_unpack(self, velocity: torch.Tensor, tokens: torch.Tensor, t_star: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def euler_unpack(
+        self, velocity: torch.Tensor, tokens: torch.Tensor, t_star: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
         """The Euler step z_H = z_L - t*·v, unpacked and denormalized to the raw (VAE-scale) HR latent.
 
         `flowsr.kernels.euler_update.fused_euler_unpack` does the same in one pass on CUDA; this is its reference.

@@ -50,7 +50,9 @@ class _SRCore(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         model, dtype = self.model, next(self.model.parameters()).dtype
-        return restore_image(x, lambda image: model.encode(image.to(dtype)), model.restore, model.decode, self.color_fix)
+        return restore_image(
+            x, lambda image: model.encode(image.to(dtype)), model.restore, model.decode, self.color_fix
+        )
 
 
 class _Crop(nn.Module):
@@ -92,7 +94,7 @@ class EndToEnd(nn.Module):
         self.parts = nn.ModuleList(module for _, module in pieces)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        values = {tensor.name: x for tensor, x in zip(self.graph.inputs, inputs)}
+        values = {tensor.name: x for tensor, x in zip(self.graph.inputs, inputs, strict=False)}
         for graph, module in self.pieces:
             values[graph.output.name] = module(*(values[tensor.name] for tensor in graph.inputs))
         return values[self.pieces[-1][0].output.name]
@@ -103,15 +105,26 @@ def pieces(model: nn.Module, scale: int | None) -> list[tuple[Graph, nn.Module]]
     if model.kind == "degradation":
         return [
             (Graph("pre", "forward", (Tensor("hr", "pixels"),), Tensor("x", "image")), _DegradationPre(model.stride)),
-            (Graph("core", "forward", (Tensor("x", "image"), Tensor("scale", "scale")), Tensor("y", "image")), _DegradationCore(model)),
-            (Graph("post", "forward", (Tensor("y", "image"), Tensor("hr", "pixels")), Tensor("degraded", "pixels")), _Crop()),
+            (
+                Graph("core", "forward", (Tensor("x", "image"), Tensor("scale", "scale")), Tensor("y", "image")),
+                _DegradationCore(model),
+            ),
+            (
+                Graph("post", "forward", (Tensor("y", "image"), Tensor("hr", "pixels")), Tensor("degraded", "pixels")),
+                _Crop(),
+            ),
         ]
     if scale is None or scale != int(scale) or not 1 <= scale <= 8:
-        raise ExportError(f"the end-to-end SR graph needs a whole --scale from 1 to 8 (fixed in the graph), got {scale}")
+        raise ExportError(
+            f"the end-to-end SR graph needs a whole --scale from 1 to 8 (fixed in the graph), got {scale}"
+        )
     return [
         (Graph("pre", "forward", (Tensor("lr", "pixels"),), Tensor("x", "image")), _SRPre(model.stride, int(scale))),
         (Graph("core", "forward", (Tensor("x", "image"),), Tensor("y", "image")), _SRCore(model, color_fix=True)),
-        (Graph("post", "forward", (Tensor("y", "image"), Tensor("lr", "pixels")), Tensor("sr", "pixels")), _Crop(int(scale))),
+        (
+            Graph("post", "forward", (Tensor("y", "image"), Tensor("lr", "pixels")), Tensor("sr", "pixels")),
+            _Crop(int(scale)),
+        ),
     ]
 
 

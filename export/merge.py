@@ -71,12 +71,18 @@ def _read_lora_config(folder: Path) -> LoraConfig:
         if reason is not None:
             raise MergeError(f"{folder / ADAPTER_CONFIG}: {key} {reason}; re-create the adapters")
     targets = config.get("target_modules")
-    if not (isinstance(targets, str) and targets) and not (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
-        raise MergeError(f"{folder / ADAPTER_CONFIG}: target_modules must be a regex or a list of module names, got {targets!r:.40}")
+    if not (isinstance(targets, str) and targets) and not (
+        isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)
+    ):
+        raise MergeError(
+            f"{folder / ADAPTER_CONFIG}: target_modules must be a regex or a list of module names, got {targets!r:.40}"
+        )
     try:
         return LoraConfig.from_pretrained(folder)
     except (TypeError, ValueError, KeyError) as err:
-        raise MergeError(f"{folder / ADAPTER_CONFIG} is not a peft LoRA config ({first_line(err)}); re-create the adapters") from None
+        raise MergeError(
+            f"{folder / ADAPTER_CONFIG} is not a peft LoRA config ({first_line(err)}); re-create the adapters"
+        ) from None
 
 
 def _read_lora_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -85,7 +91,10 @@ def _read_lora_weights(folder: Path) -> dict[str, torch.Tensor]:
         state = safetensors.torch.load_file(path)
     except LOAD_ERRORS as err:
         raise MergeError(f"{path} is missing or not safetensors ({first_line(err)}); re-create the adapters") from None
-    bad = next((key for key, tensor in state.items() if not tensor.is_floating_point() or not torch.isfinite(tensor).all()), None)
+    bad = next(
+        (key for key, tensor in state.items() if not tensor.is_floating_point() or not torch.isfinite(tensor).all()),
+        None,
+    )
     if bad is not None:
         raise MergeError(f"{path}: {bad} is not a finite float tensor; re-create the adapters")
     return state
@@ -98,12 +107,16 @@ def read_adapters(folder: str | Path) -> Adapters:
         meta = json.loads((folder / ADAPTERS_JSON).read_text())
         t_star, preset = float(meta["t_star"]), str(meta["preset"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise MergeError(f"{folder} is not a flowsr adapter folder ({ADAPTERS_JSON} missing or invalid: {err})") from None
+        raise MergeError(
+            f"{folder} is not a flowsr adapter folder ({ADAPTERS_JSON} missing or invalid: {err})"
+        ) from None
     if not 0 < t_star < 1:
         raise MergeError(f"{folder / ADAPTERS_JSON} has t_star {t_star}, outside (0, 1)")
     parts = tuple(part for part in ADAPTER_PARTS if (folder / part).is_dir())
     if not parts:
-        raise MergeError(f"{folder} holds no adapters: expected {' and/or '.join(f'{p}/{ADAPTER_CONFIG}' for p in ADAPTER_PARTS)}")
+        raise MergeError(
+            f"{folder} holds no adapters: expected {' and/or '.join(f'{p}/{ADAPTER_CONFIG}' for p in ADAPTER_PARTS)}"
+        )
     configs = {part: _read_lora_config(folder / part) for part in parts}
     return Adapters(folder, t_star, preset, configs, {part: _read_lora_weights(folder / part) for part in parts})
 
@@ -117,12 +130,16 @@ def attach_adapters(model: OneStepSR, adapters: Adapters) -> OneStepSR:
             module.add_adapter(config)
             result = set_peft_model_state_dict(module, adapters.states[part])
         except (RuntimeError, ValueError) as err:  # shape mismatch, or target modules this model lacks
-            raise MergeError(f"{folder} does not fit this base model's {part} ({str(err).strip().splitlines()[-1].strip():.160}); "
-                             "merge into the model it was trained on") from None
+            raise MergeError(
+                f"{folder} does not fit this base model's {part} ({str(err).strip().splitlines()[-1].strip():.160}); "
+                "merge into the model it was trained on"
+            ) from None
         missing = [key for key in result.missing_keys if "lora_" in key]
         if result.unexpected_keys or missing:
             first = (result.unexpected_keys or missing)[0]
-            raise MergeError(f"{folder} does not fit this base model's {part} (e.g. {first}); merge into the model it was trained on")
+            raise MergeError(
+                f"{folder} does not fit this base model's {part} (e.g. {first}); merge into the model it was trained on"
+            )
     model.t_star = adapters.t_star
     return model
 
@@ -131,7 +148,10 @@ def merged_copy(model: OneStepSR, adapters_dir: str | Path) -> OneStepSR:
     """A copy of `model` with the adapters folded in; `model` itself is left as it is."""
     adapters = read_adapters(adapters_dir)
     if adapters.preset != model.manifest.preset:
-        raise MergeError(f"the adapters in {adapters_dir} are for preset {adapters.preset!r}, but the model is {model.manifest.preset!r}")
+        raise MergeError(
+            f"the adapters in {adapters_dir} are for preset {adapters.preset!r}, "
+            f"but the model is {model.manifest.preset!r}"
+        )
     result = copy.deepcopy(model)
     result.manifest = dataclasses.replace(model.manifest, weights_sha256=None)  # other weights: hashed when saved
     attach_adapters(result, adapters)
@@ -143,7 +163,9 @@ def merged_copy(model: OneStepSR, adapters_dir: str | Path) -> OneStepSR:
     return result
 
 
-def merge_adapters(model_dir: str | Path, adapters_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+def merge_adapters(
+    model_dir: str | Path, adapters_dir: str | Path, out_dir: str | Path, overwrite: bool = False
+) -> Path:
     """Base model directory + adapters -> a merged model directory (written atomically) that loads without peft."""
     if Path(out_dir).exists() and not overwrite:
         raise MergeError(f"{out_dir} already exists; choose another path or pass overwrite=True")

@@ -1,8 +1,8 @@
 """ONNX export of either model, checked and verified against torch: one exporter for every graph of `export.spec`.
 
 Each graph is traced with torch.onnx (dynamo) with dynamic batch, height and width, then checked (the opset
-asked for, symbolic axes, plain ONNX ops only, the ONNX checker) and verified (`export.verify`). Folders are written atomically (built beside the target, then renamed):
-a failed export leaves nothing.
+asked for, symbolic axes, plain ONNX ops only, the ONNX checker) and verified (`export.verify`). Folders are
+written atomically (built beside the target, then renamed): a failed export leaves nothing.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def file_sha256(path: Path) -> str:
 
 
 def example_inputs(graph: Graph, geometry: Geometry, dtype: torch.dtype, min_side: int = 1) -> list[torch.Tensor]:
-    """Tracing inputs: batch 2 and unequal sides (pixels: odd sides of at least `min_side`), so no axis is specialized."""
+    """Tracing inputs: batch 2 and unequal sides (pixels: odd sides of at least `min_side`), so no axis is
+    specialized."""
+
     def example(space: str) -> torch.Tensor:
         if space in ("time", "scale"):
             return torch.tensor([0.3, 0.9]) if space == "time" else torch.tensor([1.5, 3.5])
@@ -78,7 +80,9 @@ def example_inputs(graph: Graph, geometry: Geometry, dtype: torch.dtype, min_sid
     return [example(tensor.space) for tensor in graph.inputs]
 
 
-def trace(module: nn.Module, graph: Graph, geometry: Geometry, path: Path, opset: int, dtype: torch.dtype, min_side: int = 1) -> None:
+def trace(
+    module: nn.Module, graph: Graph, geometry: Geometry, path: Path, opset: int, dtype: torch.dtype, min_side: int = 1
+) -> None:
     """Trace `module`'s forward with torch.onnx (dynamo) into `path`: batch, height and width dynamic, each input
     with sizes of its own (image and latent sides multiples of the stride and packing; pixel sides >= `min_side`).
     `dtype` is the image and latent inputs'."""
@@ -128,21 +132,33 @@ def check_graph(path: Path, graph: Graph, opset: int) -> None:
     proto = onnx.load(path, load_external_data=False)
     produced = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
     if produced != opset:
-        raise ExportError(f"{graph.name}: torch.onnx could not convert the graph to opset {opset} (it stayed at {produced}); use 19 or 20")
+        raise ExportError(
+            f"{graph.name}: torch.onnx could not convert the graph to opset {opset} (it stayed at {produced}); "
+            "use 19 or 20"
+        )
     for tensor in (*proto.graph.input, *proto.graph.output):
         dims = tensor.type.tensor_type.shape.dim
         if sum(not dim.dim_param for dim in dims) > (len(dims) > 1):
-            raise ExportError(f"{graph.name}: {tensor.name} was exported with a fixed size {[d.dim_param or d.dim_value for d in dims]}")
-    custom = sorted({f"{node.domain}::{node.op_type}" for node in proto.graph.node if node.domain not in ("", "ai.onnx")})
+            raise ExportError(
+                f"{graph.name}: {tensor.name} was exported with a fixed size "
+                f"{[d.dim_param or d.dim_value for d in dims]}"
+            )
+    custom = sorted(
+        {f"{node.domain}::{node.op_type}" for node in proto.graph.node if node.domain not in ("", "ai.onnx")}
+    )
     if custom:
-        raise ExportError(f"{graph.name}: the graph has non-standard ops {custom}; TensorRT and onnxruntime need plain ONNX ops")
+        raise ExportError(
+            f"{graph.name}: the graph has non-standard ops {custom}; TensorRT and onnxruntime need plain ONNX ops"
+        )
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"{graph.name}: invalid ONNX at opset {opset}: {str(err).splitlines()[0]}") from None
 
 
-def export_end_to_end(pieces: list[tuple[Graph, nn.Module]], geometry: Geometry, path: Path, opset: int, min_side: int) -> None:
+def export_end_to_end(
+    pieces: list[tuple[Graph, nn.Module]], geometry: Geometry, path: Path, opset: int, min_side: int
+) -> None:
     """Trace each piece of an end-to-end graph on its own, then join them into one file (`export.end_to_end`)."""
     with tempfile.TemporaryDirectory(dir=path.parent) as folder:
         protos = []
@@ -199,9 +215,14 @@ def export_onnx(
                 "file": path.name,
                 "method": graph.method,
                 "inputs": [_tensor_spec(t, geometry, dtype) | shapes[t.name] for t in graph.inputs],
-                "output": _tensor_spec(graph.output, geometry, dtype, scale if graph == spec.end_to_end and spec.kind == "sr" else None),
-                "verification": (verify_end_to_end(EndToEnd(graph, end_to_end_pieces), graph, path) if graph == spec.end_to_end
-                                 else verify_graph(model, graph, geometry, path)),
+                "output": _tensor_spec(
+                    graph.output, geometry, dtype, scale if graph == spec.end_to_end and spec.kind == "sr" else None
+                ),
+                "verification": (
+                    verify_end_to_end(EndToEnd(graph, end_to_end_pieces), graph, path)
+                    if graph == spec.end_to_end
+                    else verify_graph(model, graph, geometry, path)
+                ),
             }
         document = {
             "format": SPEC_FORMAT,
@@ -252,5 +273,14 @@ def onnx_dir_for(
     if found is not None:
         return found
     folder = onnx_cache_dir(spec.kind, digest, export_name(dtype, end_to_end, scale), opset)
-    export_onnx(model, folder, dtype=dtype, graphs=graphs, opset=opset, scale=scale, weights_sha256=weights_sha256, overwrite=True)
+    export_onnx(
+        model,
+        folder,
+        dtype=dtype,
+        graphs=graphs,
+        opset=opset,
+        scale=scale,
+        weights_sha256=weights_sha256,
+        overwrite=True,
+    )
     return folder

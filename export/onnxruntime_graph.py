@@ -35,7 +35,9 @@ def providers_for(device: torch.device) -> list:
     if device.type != "cuda":
         raise OnnxRuntimeUnavailable(f"the onnxruntime backend runs on cpu or cuda, not {device.type}")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise OnnxRuntimeUnavailable("this onnxruntime has no CUDAExecutionProvider; pip install onnxruntime-gpu, or use --device cpu")
+        raise OnnxRuntimeUnavailable(
+            "this onnxruntime has no CUDAExecutionProvider; pip install onnxruntime-gpu, or use --device cpu"
+        )
     stream = torch.cuda.current_stream(device).cuda_stream
     options = {"device_id": device.index, "has_user_compute_stream": "1", "user_compute_stream": str(stream)}
     return [("CUDAExecutionProvider", options)]
@@ -54,7 +56,9 @@ class OnnxGraph:
             self.session = ort.InferenceSession(str(path), session_options(), providers=providers_for(device))
         except (ort_errors.NotImplemented, ort_errors.InvalidGraph) as err:
             reason = str(err).strip().splitlines()[0]
-            raise OnnxRuntimeUnavailable(f"onnxruntime's {device.type} provider cannot run the {name} {graph.name} graph ({reason})") from None
+            raise OnnxRuntimeUnavailable(
+                f"onnxruntime's {device.type} provider cannot run the {name} {graph.name} graph ({reason})"
+            ) from None
 
     def _bind(self, binding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
         element_type = ONNX_ELEMENT_TYPES[dtype_name(tensor.dtype)]
@@ -62,14 +66,16 @@ class OnnxGraph:
         bind(name, self.device.type, self.device.index or 0, element_type, tuple(tensor.shape), tensor.data_ptr())
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        inputs = [x.to(self.device, dtype).contiguous() for x, dtype in zip(inputs, self.dtypes)]
+        inputs = [x.to(self.device, dtype).contiguous() for x, dtype in zip(inputs, self.dtypes, strict=False)]
         out = torch.empty(self.graph.output_shape(self.geometry, inputs[0].shape), device=self.device, dtype=self.dtype)
         binding = self.session.io_binding()
-        for tensor, x in zip(self.graph.inputs, inputs):
+        for tensor, x in zip(self.graph.inputs, inputs, strict=False):
             self._bind(binding, tensor.name, x)
         self._bind(binding, self.graph.output.name, out, output=True)
         try:
             self.session.run_with_iobinding(binding)
         except (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.RuntimeException) as err:
-            raise BackendError(f"onnxruntime failed on the {self.graph.name} graph: {str(err).strip().splitlines()[0]}") from None
+            raise BackendError(
+                f"onnxruntime failed on the {self.graph.name} graph: {str(err).strip().splitlines()[0]}"
+            ) from None
         return out

@@ -137,11 +137,22 @@ class Profile:
 
     def shapes(self, geometry: Geometry, graph: Graph) -> dict[str, dict[str, list[int]]]:
         def side(value: int) -> int:  # image and latent sides are multiples of the stride; pixels are any size
-            return value if graph.inputs[0].space == "pixels" else max(geometry.stride, value // geometry.stride * geometry.stride)
+            return (
+                value
+                if graph.inputs[0].space == "pixels"
+                else max(geometry.stride, value // geometry.stride * geometry.stride)
+            )
 
-        sizes = {"min": (1, self.min_side), "opt": (self.opt_batch, self.opt_side), "max": (self.max_batch, self.max_side)}
+        sizes = {
+            "min": (1, self.min_side),
+            "opt": (self.opt_batch, self.opt_side),
+            "max": (self.max_batch, self.max_side),
+        }
         return {
-            tensor.name: {key: geometry.shape(tensor.space, batch, side(value), side(value)) for key, (batch, value) in sizes.items()}
+            tensor.name: {
+                key: geometry.shape(tensor.space, batch, side(value), side(value))
+                for key, (batch, value) in sizes.items()
+            }
             for tensor in graph.inputs
         }
 
@@ -172,7 +183,10 @@ class ModelSpec:
         names = tuple(name.strip() for name in text.split(",") if name.strip())
         unknown = [name for name in names if name not in self.graphs]
         if unknown or not names:
-            raise ExportError(f"unknown graph(s) {', '.join(unknown) or text!r:.60} for a {self.kind} model; choose from {', '.join(self.graphs)}")
+            raise ExportError(
+                f"unknown graph(s) {', '.join(unknown) or text!r:.60} for a {self.kind} model; "
+                f"choose from {', '.join(self.graphs)}"
+            )
         return names
 
 
@@ -199,13 +213,17 @@ DEGRADATION = ModelSpec(
     kind="degradation",
     graphs={
         # HR image and target time r = (s - 1) / (s_max - 1) -> the degraded image at HR size, one evaluation.
-        "degrader": Graph("degrader", "forward", (Tensor("hr", "image"), Tensor("r", "time")), Tensor("degraded", "image")),
+        "degrader": Graph(
+            "degrader", "forward", (Tensor("hr", "image"), Tensor("r", "time")), Tensor("degraded", "image")
+        ),
     },
     runtime_graphs=("degrader",),
     # Tiles of the default 512 px, a batch of scales per call.
     profile=Profile(min_side=64, opt_side=512, max_side=2048, opt_batch=1, max_batch=8),
     # `flowsr degrade` untiled: HR pixels and a scale in [1, s_max] per sample -> the degraded pixels at HR size.
-    end_to_end=Graph("end_to_end", "end_to_end", (Tensor("hr", "pixels"), Tensor("scale", "scale")), Tensor("degraded", "pixels")),
+    end_to_end=Graph(
+        "end_to_end", "end_to_end", (Tensor("hr", "pixels"), Tensor("scale", "scale")), Tensor("degraded", "pixels")
+    ),
     end_to_end_profile=Profile(min_side=64, opt_side=512, max_side=2048, opt_batch=1, max_batch=8),
 )
 SPECS = {spec.kind: spec for spec in (SR, DEGRADATION)}
@@ -242,16 +260,30 @@ def onnx_cache_dir(kind: str, content_sha256: str, name: str, opset: int) -> Pat
     return cache_root() / "onnx" / f"{kind}-{content_sha256[:16]}-{name}-opset{opset}"
 
 
-def find_export(kind: str, content_sha256: str, dtype: str, opset: int, graphs, scale: int | None = None,
-                model_dir: str | Path | None = None) -> Path | None:
+def find_export(
+    kind: str,
+    content_sha256: str,
+    dtype: str,
+    opset: int,
+    graphs,
+    scale: int | None = None,
+    model_dir: str | Path | None = None,
+) -> Path | None:
     """A complete export of `graphs` of exactly this content: the model directory's own (`MODEL_DIR/onnx/<name>`)
     or the cache's; None when there is none yet. Reads only spec files, so serving needs no onnx package."""
     name = export_name(dtype, end_to_end=scale is not None or "end_to_end" in graphs, scale=scale)
-    candidates = ([Path(model_dir) / "onnx" / name] if model_dir is not None else []) + [onnx_cache_dir(kind, content_sha256, name, opset)]
+    candidates = ([Path(model_dir) / "onnx" / name] if model_dir is not None else []) + [
+        onnx_cache_dir(kind, content_sha256, name, opset)
+    ]
     for folder in candidates:
         spec = read_spec(folder)
-        if (spec and spec["content_sha256"] == content_sha256 and spec["opset"] == opset and spec.get("scale") == scale
-                and set(graphs) <= set(spec["graphs"])):
+        if (
+            spec
+            and spec["content_sha256"] == content_sha256
+            and spec["opset"] == opset
+            and spec.get("scale") == scale
+            and set(graphs) <= set(spec["graphs"])
+        ):
             return folder
     return None
 

@@ -34,13 +34,17 @@ class EngineBuildError(BackendError):
 def require_tensorrt():
     """The tensorrt module, once a CUDA GPU and TensorRT 10 are known to be present."""
     if not torch.cuda.is_available():
-        raise TensorRTUnavailable("TensorRT needs an NVIDIA GPU and none is visible here (torch.cuda.is_available() is False)")
+        raise TensorRTUnavailable(
+            "TensorRT needs an NVIDIA GPU and none is visible here (torch.cuda.is_available() is False)"
+        )
     try:
         import tensorrt as trt
     except ImportError:
         raise TensorRTUnavailable("TensorRT is not installed; pip install 'flowsr[gpu]' (tensorrt>=10)") from None
     if int(trt.__version__.split(".")[0]) < 10:
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old; flowsr builds engines with TensorRT 10 or newer")
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} is too old; flowsr builds engines with TensorRT 10 or newer"
+        )
     return trt
 
 
@@ -82,8 +86,15 @@ def engine_path(onnx_dir: Path, graph: str) -> Path:
     """Where the engine of `graph` of this export lives for this GPU and TensorRT version (built or not)."""
     trt = require_tensorrt()
     spec = _spec(onnx_dir, graph)
-    files = {name: sha for name, sha in spec["files"].items() if name.startswith(f"{graph}.onnx")}  # graph + external weights
-    identity = [files, profile_shapes(spec["graphs"][graph]), spec["dtype"], trt.__version__, torch.cuda.get_device_name()]
+    # graph + external weights
+    files = {name: sha for name, sha in spec["files"].items() if name.startswith(f"{graph}.onnx")}
+    identity = [
+        files,
+        profile_shapes(spec["graphs"][graph]),
+        spec["dtype"],
+        trt.__version__,
+        torch.cuda.get_device_name(),
+    ]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     return engine_cache_dir() / f"{spec['kind']}-{graph}-{spec['dtype']}-{key}.engine"
 
@@ -106,5 +117,7 @@ def ensure_engine(onnx_dir: Path, graph: str) -> Path:
 def _spec(onnx_dir: Path, graph: str) -> dict:
     spec = read_spec(onnx_dir)
     if spec is None or graph not in spec["graphs"]:
-        raise EngineBuildError(f"{onnx_dir} has no complete ONNX export of the {graph} graph; run `flowsr export onnx` first")
+        raise EngineBuildError(
+            f"{onnx_dir} has no complete ONNX export of the {graph} graph; run `flowsr export onnx` first"
+        )
     return spec

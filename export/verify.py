@@ -44,8 +44,15 @@ def pipeline_inputs(model: nn.Module, graph: Graph, image: torch.Tensor) -> list
     """What `graph` gets in the model's pipeline for `image`: the image itself, target times spread over (0, 1],
     or the latent that the runtime graphs before it make of the image (computed by torch)."""
     spec = SPECS[model.kind]
-    values = {tensor.name: image for name in spec.runtime_graphs for tensor in spec.graphs[name].inputs if tensor.space == "image"}
-    values.update({tensor.name: torch.linspace(0.2, 1.0, image.shape[0]) for tensor in graph.inputs if tensor.space == "time"})
+    values = {
+        tensor.name: image
+        for name in spec.runtime_graphs
+        for tensor in spec.graphs[name].inputs
+        if tensor.space == "image"
+    }
+    values.update(
+        {tensor.name: torch.linspace(0.2, 1.0, image.shape[0]) for tensor in graph.inputs if tensor.space == "time"}
+    )
     for name in spec.runtime_graphs:
         stage = spec.graphs[name]
         if all(tensor.name in values for tensor in graph.inputs):
@@ -88,20 +95,34 @@ def verify_end_to_end(module: nn.Module, graph: Graph, path: Path) -> dict:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for a graph its CPU provider lacks kernels for
-        return {"skipped": f"onnxruntime's CPU provider cannot run the {dtype} {graph.name} graph ({str(err).strip().splitlines()[0]})"}
+        return {
+            "skipped": (
+                f"onnxruntime's CPU provider cannot run the {dtype} {graph.name} graph "
+                f"({str(err).strip().splitlines()[0]})"
+            )
+        }
     worst, shapes = float("inf"), []
     with torch.inference_mode():
         for batch, height, width in VERIFY_SIZES:
-            pixels = ((reference_photo(batch, height, width) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-            inputs = [pixels] + [torch.linspace(1.5, 4.0, batch)] * (len(graph.inputs) - 1)  # scales, for the degradation graph
+            pixels = (
+                ((reference_photo(batch, height, width) + 1) * 127.5)
+                .round()
+                .to(torch.uint8)
+                .permute(0, 2, 3, 1)
+                .contiguous()
+            )
+            # scales, for the degradation graph
+            inputs = [pixels] + [torch.linspace(1.5, 4.0, batch)] * (len(graph.inputs) - 1)
             expected = module(*inputs)
-            got = session.run(None, {tensor.name: x.numpy() for tensor, x in zip(graph.inputs, inputs)})[0]
+            got = session.run(None, {tensor.name: x.numpy() for tensor, x in zip(graph.inputs, inputs, strict=True)})[0]
             worst = min(worst, psnr_pixels(expected.numpy(), got))
             shapes.append("x".join(map(str, pixels.shape)))
     minimum = min(MIN_PSNR_DB[dtype], MIN_PIXELS_PSNR_DB)
     if worst < minimum:
-        raise ExportError(f"{graph.name}: onnxruntime differs from torch ({worst:.1f} dB < {minimum:g} dB on {', '.join(shapes)}); "
-                          "the export is not trustworthy, nothing was written")
+        raise ExportError(
+            f"{graph.name}: onnxruntime differs from torch ({worst:.1f} dB < {minimum:g} dB on {', '.join(shapes)}); "
+            "the export is not trustworthy, nothing was written"
+        )
     return {"psnr_db": round(worst, 2), "min_psnr_db": minimum, "inputs": shapes, "provider": "CPUExecutionProvider"}
 
 

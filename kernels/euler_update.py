@@ -27,8 +27,17 @@ def reference(velocity_tokens, latent_tokens, dt, height, width, shift, scale, o
 
 @triton.jit
 def _euler_unpack_kernel(
-    velocity_ptr, latent_ptr, dt_ptr, out_ptr, shift, scale, height, width, channels,
-    CHANNELS: tl.constexpr, TOKENS: tl.constexpr,
+    velocity_ptr,
+    latent_ptr,
+    dt_ptr,
+    out_ptr,
+    shift,
+    scale,
+    height,
+    width,
+    channels,
+    CHANNELS: tl.constexpr,
+    TOKENS: tl.constexpr,
 ):
     # One program: TOKENS consecutive tokens of one token row of one sample, all 4C channels.
     # Indexing either side from the other would leave the other side 2-element pairs 4C apart.
@@ -87,8 +96,18 @@ def _euler_unpack(
     tokens = min(triton.next_power_of_2(width // 2), max(1, MAX_BLOCK // (4 * padded)))
     grid = (out.shape[0] * (height // 2) * triton.cdiv(width // 2, tokens),)
     wrap_triton(_euler_unpack_kernel)[grid](
-        velocity_tokens, latent_tokens, dt, out, shift, scale, height, width, channels,
-        CHANNELS=padded, TOKENS=tokens, num_warps=warps_for(4 * padded * tokens),
+        velocity_tokens,
+        latent_tokens,
+        dt,
+        out,
+        shift,
+        scale,
+        height,
+        width,
+        channels,
+        CHANNELS=padded,
+        TOKENS=tokens,
+        num_warps=warps_for(4 * padded * tokens),
     )
     return out
 

@@ -36,8 +36,17 @@ def _gaussian(seed, offsets):
 
 @triton.jit
 def _interpolate_kernel(
-    a_ptr, b_ptr, s_ptr, scale_ptr, z_ptr, target_ptr, seed, sample_numel,
-    NOISE: tl.constexpr, TARGET: tl.constexpr, BLOCK: tl.constexpr,
+    a_ptr,
+    b_ptr,
+    s_ptr,
+    scale_ptr,
+    z_ptr,
+    target_ptr,
+    seed,
+    sample_numel,
+    NOISE: tl.constexpr,
+    TARGET: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     sample = tl.program_id(1).to(tl.int64)
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -57,8 +66,16 @@ def _interpolate_kernel(
 
 @triton.jit
 def _interpolate_backward_kernel(
-    grad_z_ptr, grad_target_ptr, s_ptr, scale_ptr, grad_a_ptr, grad_b_ptr, sample_numel,
-    TARGET: tl.constexpr, GRAD_B: tl.constexpr, BLOCK: tl.constexpr,
+    grad_z_ptr,
+    grad_target_ptr,
+    s_ptr,
+    scale_ptr,
+    grad_a_ptr,
+    grad_b_ptr,
+    sample_numel,
+    TARGET: tl.constexpr,
+    GRAD_B: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     sample = tl.program_id(1).to(tl.int64)
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -103,8 +120,18 @@ def _interpolate(
     grid, sample_numel = _launch(a)
     # Unused pointers get a placeholder tensor; the constexpr flags keep the kernel off them.
     wrap_triton(_interpolate_kernel)[grid](
-        a, a if b is None else b, s, s if target_scale is None else target_scale, outputs[0], outputs[-1],
-        seed, sample_numel, NOISE=b is None, TARGET=target_scale is not None, BLOCK=BLOCK, num_warps=warps_for(BLOCK),
+        a,
+        a if b is None else b,
+        s,
+        s if target_scale is None else target_scale,
+        outputs[0],
+        outputs[-1],
+        seed,
+        sample_numel,
+        NOISE=b is None,
+        TARGET=target_scale is not None,
+        BLOCK=BLOCK,
+        num_warps=warps_for(BLOCK),
     )
     return outputs
 
@@ -126,9 +153,17 @@ def _interpolate_backward(
     grads = _allocate_backward(grad_z, grad_target, s, target_scale, grad_b_needed)
     grid, sample_numel = _launch(grad_z)
     wrap_triton(_interpolate_backward_kernel)[grid](
-        grad_z, grad_z if grad_target is None else grad_target, s, s if target_scale is None else target_scale,
-        grads[0], grads[-1], sample_numel,
-        TARGET=grad_target is not None, GRAD_B=grad_b_needed, BLOCK=BLOCK, num_warps=warps_for(BLOCK),
+        grad_z,
+        grad_z if grad_target is None else grad_target,
+        s,
+        s if target_scale is None else target_scale,
+        grads[0],
+        grads[-1],
+        sample_numel,
+        TARGET=grad_target is not None,
+        GRAD_B=grad_b_needed,
+        BLOCK=BLOCK,
+        num_warps=warps_for(BLOCK),
     )
     return grads
 

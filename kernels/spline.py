@@ -25,8 +25,18 @@ BLOCK = 2048  # elements per program
 
 @triton.jit
 def _spline_kernel(
-    times_ptr, knots_ptr, second_ptr, t_ptr, value_ptr, slope_ptr, curvature_ptr, jerk_ptr, sample_numel,
-    KNOTS: tl.constexpr, DERIVATIVES: tl.constexpr, BLOCK: tl.constexpr,
+    times_ptr,
+    knots_ptr,
+    second_ptr,
+    t_ptr,
+    value_ptr,
+    slope_ptr,
+    curvature_ptr,
+    jerk_ptr,
+    sample_numel,
+    KNOTS: tl.constexpr,
+    DERIVATIVES: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     sample = tl.program_id(1).to(tl.int64)
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -73,8 +83,16 @@ def _spline_evaluate(
     sample_numel = outputs[0].numel() // knots.shape[0]
     padded = outputs + [outputs[-1]] * (3 - derivatives)  # placeholders for the derivatives not asked for
     wrap_triton(_spline_kernel)[(triton.cdiv(sample_numel, BLOCK), knots.shape[0])](
-        times, knots, second, t, *padded, sample_numel,
-        KNOTS=times.numel(), DERIVATIVES=derivatives, BLOCK=BLOCK, num_warps=warps_for(BLOCK),
+        times,
+        knots,
+        second,
+        t,
+        *padded,
+        sample_numel,
+        KNOTS=times.numel(),
+        DERIVATIVES=derivatives,
+        BLOCK=BLOCK,
+        num_warps=warps_for(BLOCK),
     )
     return outputs
 

@@ -18,13 +18,22 @@ from flowsr.export.spec import SPECS, geometry_of
 from .backends import Backend, export_folder
 
 
-def onnxruntime_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, *,
-                        weights_sha256: str | None = None, model_dir: str | Path | None = None) -> Backend:
+def onnxruntime_backend(
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    weights_sha256: str | None = None,
+    model_dir: str | Path | None = None,
+) -> Backend:
     providers_for(device)  # refuse before exporting anything
     spec, geometry = SPECS[model.kind], geometry_of(model)
     folder = export_folder(model, dtype, weights_sha256, model_dir)
     try:
-        graphs = {name: OnnxGraph(folder / f"{name}.onnx", spec.graphs[name], geometry, device, dtype) for name in spec.runtime_graphs}
+        graphs = {
+            name: OnnxGraph(folder / f"{name}.onnx", spec.graphs[name], geometry, device, dtype)
+            for name in spec.runtime_graphs
+        }
     except OnnxRuntimeUnavailable as err:
         raise OnnxRuntimeUnavailable(f"{err}; use another --dtype or backend") from None
     return Backend("onnxruntime", graphs, folder)

@@ -33,7 +33,9 @@ class EngineRunner:
         self.runtime = trt.Runtime(self.logger)  # must outlive the engine
         self.engine = self.runtime.deserialize_cuda_engine(engine_file.read_bytes())
         if self.engine is None:
-            raise TensorRTUnavailable(f"TensorRT could not load {engine_file} (built by another version?); delete it to rebuild")
+            raise TensorRTUnavailable(
+                f"TensorRT could not load {engine_file} (built by another version?); delete it to rebuild"
+            )
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream(device)
         self.graphs: dict[tuple, tuple[list[torch.Tensor], torch.Tensor, torch.cuda.CUDAGraph]] = {}
@@ -42,11 +44,12 @@ class EngineRunner:
     def _bind(self, shapes: tuple, inputs: list[torch.Tensor], output: torch.Tensor | None) -> None:
         """Put the context in the state a shape's graph was captured in: its input shapes and buffer addresses."""
         self.bound = None
-        for tensor, shape, buffer in zip(self.graph.inputs, shapes, inputs):
+        for tensor, shape, buffer in zip(self.graph.inputs, shapes, inputs, strict=False):
             if not self.context.set_input_shape(tensor.name, shape):
                 low, _, high = self.engine.get_tensor_profile_shape(tensor.name, 0)
                 raise SettingsError(
-                    f"{self.graph.name} input {tensor.name} {list(shape)} is outside the engine's profile {list(low)}..{list(high)}; "
+                    f"{self.graph.name} input {tensor.name} {list(shape)} is outside the engine's profile "
+                    f"{list(low)}..{list(high)}; "
                     "keep the tiles and the batch within it"
                 )
             self.context.set_tensor_address(tensor.name, buffer.data_ptr())
@@ -55,9 +58,14 @@ class EngineRunner:
         self.bound = shapes
 
     def _capture(self, shapes: tuple) -> tuple[list[torch.Tensor], torch.Tensor, torch.cuda.CUDAGraph]:
-        inputs = [torch.zeros(shape, device=self.device, dtype=dtype) for shape, dtype in zip(shapes, self.dtypes)]
+        inputs = [
+            torch.zeros(shape, device=self.device, dtype=dtype)
+            for shape, dtype in zip(shapes, self.dtypes, strict=False)
+        ]
         self._bind(shapes, inputs, None)
-        output = torch.empty(tuple(self.context.get_tensor_shape(self.graph.output.name)), device=self.device, dtype=self.output_dtype)
+        output = torch.empty(
+            tuple(self.context.get_tensor_shape(self.graph.output.name)), device=self.device, dtype=self.output_dtype
+        )
         self._bind(shapes, inputs, output)
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -76,14 +84,20 @@ class EngineRunner:
             buffers, output, cuda_graph = self.graphs[shapes]
             if self.bound != shapes:
                 self._bind(shapes, buffers, output)
-            for buffer, x in zip(buffers, inputs):
+            for buffer, x in zip(buffers, inputs, strict=False):
                 buffer.copy_(x)
             cuda_graph.replay()
             return output.clone()  # the next replay overwrites the buffer
 
 
-def tensorrt_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, *,
-                     weights_sha256: str | None = None, model_dir: str | Path | None = None) -> Backend:
+def tensorrt_backend(
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    weights_sha256: str | None = None,
+    model_dir: str | Path | None = None,
+) -> Backend:
     require_tensorrt()
     if device.type != "cuda":
         raise TensorRTUnavailable(f"the tensorrt backend runs on a CUDA device, not {device}; pass --device cuda")
@@ -92,5 +106,8 @@ def tensorrt_backend(model: nn.Module, device: torch.device, dtype: torch.dtype,
     spec = SPECS[model.kind]
     folder = export_folder(model, dtype, weights_sha256, model_dir)
     with torch.cuda.device(device):
-        graphs = {name: EngineRunner(ensure_engine(folder, name), spec.graphs[name], device, dtype) for name in spec.runtime_graphs}
+        graphs = {
+            name: EngineRunner(ensure_engine(folder, name), spec.graphs[name], device, dtype)
+            for name in spec.runtime_graphs
+        }
     return Backend("tensorrt", graphs, folder)

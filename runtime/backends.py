@@ -36,7 +36,7 @@ def _typed(method: Callable, graph: Graph, dtype: torch.dtype, contiguous: bool 
     dtypes = [torch.float32 if tensor.space == "time" else dtype for tensor in graph.inputs]
 
     def call(*inputs: torch.Tensor) -> torch.Tensor:
-        inputs = [x.to(dtype) for x, dtype in zip(inputs, dtypes)]
+        inputs = [x.to(dtype) for x, dtype in zip(inputs, dtypes, strict=False)]
         return method(*(x.contiguous() for x in inputs) if contiguous else inputs)
 
     return call
@@ -66,7 +66,11 @@ def torch_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, **
     graphs = {}
     for name in spec.runtime_graphs:
         graph = spec.graphs[name]
-        method = _fused_restore(model) if (device.type, graph.method) == ("cuda", "restore") else getattr(model, graph.method)
+        method = (
+            _fused_restore(model)
+            if (device.type, graph.method) == ("cuda", "restore")
+            else getattr(model, graph.method)
+        )
         graphs[name] = _typed(method, graph, dtype)
     return Backend("torch", graphs)
 
@@ -86,7 +90,9 @@ def compile_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, 
     graphs = {}
     for name in spec.runtime_graphs:
         graph = spec.graphs[name]
-        compiled = torch.compile(getattr(model, graph.method), mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+        compiled = torch.compile(
+            getattr(model, graph.method), mode="reduce-overhead" if cuda_graphs else None, dynamic=False
+        )
         # Tiles are views whose strides depend on the whole image; contiguous inputs make the shape the only key.
         run = _typed(compiled, graph, dtype, contiguous=True)
         # A CUDA graph writes every replay into the same output memory: keep each result before the next call.
@@ -94,15 +100,20 @@ def compile_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, 
     return Backend("compile", graphs)
 
 
-def export_folder(model: nn.Module, dtype: torch.dtype, weights_sha256: str | None = None, model_dir: str | Path | None = None) -> Path:
+def export_folder(
+    model: nn.Module, dtype: torch.dtype, weights_sha256: str | None = None, model_dir: str | Path | None = None
+) -> Path:
     """The ONNX export of the model's runtime graphs that the onnxruntime and tensorrt backends run: found by
     content from the spec files alone, or exported now (into the cache)."""
     spec, name = SPECS[model.kind], dtype_name(dtype)
     opset = checked_opset(name, None)
-    found = find_export(spec.kind, content_sha256(model, weights_sha256), name, opset, spec.runtime_graphs, model_dir=model_dir)
+    found = find_export(
+        spec.kind, content_sha256(model, weights_sha256), name, opset, spec.runtime_graphs, model_dir=model_dir
+    )
     if found is not None:
         return found
-    from flowsr.export.onnx_export import onnx_dir_for  # the exporter needs onnx and onnxscript; serving an export does not
+    # the exporter needs onnx and onnxscript; serving an export does not
+    from flowsr.export.onnx_export import onnx_dir_for
 
     return onnx_dir_for(model, name, weights_sha256=weights_sha256, model_dir=model_dir)
 
@@ -112,12 +123,23 @@ BACKENDS = {
     "torch": ("flowsr.runtime.backends", "torch_backend", None),
     "compile": ("flowsr.runtime.backends", "compile_backend", None),
     "onnxruntime": ("flowsr.runtime.backend_onnxruntime", "onnxruntime_backend", "pip install 'flowsr[onnx]'"),
-    "tensorrt": ("flowsr.runtime.backend_tensorrt", "tensorrt_backend", "pip install 'flowsr[gpu]' on a machine with an NVIDIA GPU"),
+    "tensorrt": (
+        "flowsr.runtime.backend_tensorrt",
+        "tensorrt_backend",
+        "pip install 'flowsr[gpu]' on a machine with an NVIDIA GPU",
+    ),
 }
 
 
-def create_backend(name: str, model: nn.Module, device: torch.device, dtype: torch.dtype, *,
-                   weights_sha256: str | None = None, model_dir: str | Path | None = None) -> Backend:
+def create_backend(
+    name: str,
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    weights_sha256: str | None = None,
+    model_dir: str | Path | None = None,
+) -> Backend:
     """Backend `name` for an SR or degradation model. `weights_sha256` and `model_dir` (from a loaded model
     directory) let the exporting backends find the directory's own export, or the cached one, without hashing
     the weights; the model then belongs to the backend (it may be moved and cast)."""
@@ -127,5 +149,7 @@ def create_backend(name: str, model: nn.Module, device: torch.device, dtype: tor
     try:
         make = getattr(importlib.import_module(module), function)
     except ImportError as err:
-        raise BackendError(f"the {name} backend needs {err.name or 'a missing package'}, which is not installed; {install}") from None
+        raise BackendError(
+            f"the {name} backend needs {err.name or 'a missing package'}, which is not installed; {install}"
+        ) from None
     return make(model, device, dtype, weights_sha256=weights_sha256, model_dir=model_dir)

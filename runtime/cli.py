@@ -21,7 +21,16 @@ from tqdm import tqdm
 
 from flowsr.core.errors import FlowsrError, out_of_memory, printable
 
-from .options import DEFAULT_MAX_MEGAPIXELS, MAX_MEGAPIXELS, MAX_SCALE, MAX_STEPS, MAX_TILE, MIN_MEGAPIXELS, Parser, number_option
+from .options import (
+    DEFAULT_MAX_MEGAPIXELS,
+    MAX_MEGAPIXELS,
+    MAX_SCALE,
+    MAX_STEPS,
+    MAX_TILE,
+    MIN_MEGAPIXELS,
+    Parser,
+    number_option,
+)
 
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
 
@@ -56,7 +65,9 @@ def _collect_inputs(paths: list[str], out_dir: Path, out_format: str) -> tuple[l
             continue
         for source, target in pairs:
             if target in claimed:
-                _error(f"{source}: its output {target} would overwrite the output of {claimed[target]}; rename one of them")
+                _error(
+                    f"{source}: its output {target} would overwrite the output of {claimed[target]}; rename one of them"
+                )
                 failures += 1
                 continue
             claimed[target] = source
@@ -96,7 +107,9 @@ def run_sr(args: argparse.Namespace) -> int:
     skipped = done = 0
     started = time.perf_counter()
     input_limit = int(args.max_megapixels * 1e6)
-    for source, target in tqdm(jobs, desc="flowsr sr", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr):
+    for source, target in tqdm(
+        jobs, desc="flowsr sr", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr
+    ):
         if target.exists() and not args.overwrite:
             skipped += 1
             continue
@@ -136,7 +149,10 @@ def run_model_import(args: argparse.Namespace) -> int:
     from flowsr.core.sr_model import OneStepSR
 
     OneStepSR.from_flux_pipeline(args.pipeline, args.preset).save_pretrained(args.output, overwrite=args.overwrite)
-    print(f"wrote the {args.preset} base model from {args.pipeline} to {args.output} (fine-tune it with `flowsr train allosr2`)")
+    print(
+        f"wrote the {args.preset} base model from {args.pipeline} to {args.output} "
+        "(fine-tune it with `flowsr train allosr2`)"
+    )
     return 0
 
 
@@ -189,7 +205,10 @@ def _graph_selection(args: argparse.Namespace, spec, default: tuple[str, ...]) -
     if spec.kind != "sr":
         return (spec.end_to_end.name,), None
     if args.scale != int(args.scale):
-        raise UsageError(f"--scale {args.scale:g}: the end-to-end SR graph fixes a whole scale (1 to 8); use the stage graphs for others")
+        raise UsageError(
+            f"--scale {args.scale:g}: the end-to-end SR graph fixes a whole scale (1 to 8); "
+            "use the stage graphs for others"
+        )
     return (spec.end_to_end.name,), int(args.scale)
 
 
@@ -204,12 +223,23 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else home / "onnx" / export_name(args.dtype, args.end_to_end, scale)
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
-    document = export_onnx(model, out, dtype=args.dtype, graphs=graphs, opset=args.opset, scale=scale,
-                           weights_sha256=weights_sha256, overwrite=args.overwrite)
+    document = export_onnx(
+        model,
+        out,
+        dtype=args.dtype,
+        graphs=graphs,
+        opset=args.opset,
+        scale=scale,
+        weights_sha256=weights_sha256,
+        overwrite=args.overwrite,
+    )
     for entry in document["graphs"].values():
         check = entry["verification"]
         if "psnr_db" in check:
-            status = f"onnxruntime vs torch {check['psnr_db']:.1f} dB PSNR (>= {check['min_psnr_db']:g}) on {' and '.join(check['inputs'])}"
+            status = (
+                f"onnxruntime vs torch {check['psnr_db']:.1f} dB PSNR (>= {check['min_psnr_db']:g}) "
+                f"on {' and '.join(check['inputs'])}"
+            )
         else:
             status = f"written and checked, not run: {check['skipped']}"
         print(f"{out / entry['file']}: {status}")
@@ -225,7 +255,9 @@ def run_export_trt(args: argparse.Namespace) -> int:
     model, home, weights_sha256 = _export_source(args)
     spec = SPECS[model.kind]
     graphs, scale = _graph_selection(args, spec, spec.runtime_graphs)
-    folder = onnx_dir_for(model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=weights_sha256, model_dir=home)
+    folder = onnx_dir_for(
+        model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=weights_sha256, model_dir=home
+    )
     print(f"ONNX: {folder}")
     for graph in graphs:
         print(f"{graph}: {ensure_engine(folder, graph)}")
@@ -239,45 +271,129 @@ def build_parser() -> argparse.ArgumentParser:
     sr = commands.add_parser("sr", help="upscale images with one network evaluation per tile")
     sr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     sr.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
-    sr.add_argument("--scale", type=number_option(1, MAX_SCALE), default=4.0, help="output size / input size (default 4)")
+    sr.add_argument(
+        "--scale", type=number_option(1, MAX_SCALE), default=4.0, help="output size / input size (default 4)"
+    )
     sr.add_argument("--model", metavar="DIR", help="flowsr model directory (default: the packaged sr-small-x4 model)")
-    sr.add_argument("--tile", type=number_option(0, MAX_TILE, integer=True), default=512, help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)")
-    sr.add_argument("--overlap", type=number_option(0, MAX_TILE, integer=True), default=128, help="tile overlap in output pixels (default 128)")
-    sr.add_argument("--vae-tile", type=number_option(0, MAX_TILE, integer=True), default=2048, help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)")
-    sr.add_argument("--no-color-fix", action="store_true", help="keep the decoder's colours (default: wavelet color fix to the input's)")
+    sr.add_argument(
+        "--tile",
+        type=number_option(0, MAX_TILE, integer=True),
+        default=512,
+        help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)",
+    )
+    sr.add_argument(
+        "--overlap",
+        type=number_option(0, MAX_TILE, integer=True),
+        default=128,
+        help="tile overlap in output pixels (default 128)",
+    )
+    sr.add_argument(
+        "--vae-tile",
+        type=number_option(0, MAX_TILE, integer=True),
+        default=2048,
+        help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)",
+    )
+    sr.add_argument(
+        "--no-color-fix",
+        action="store_true",
+        help="keep the decoder's colours (default: wavelet color fix to the input's)",
+    )
     sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    sr.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on cuda, float32 on cpu")
+    sr.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default: bfloat16 on cuda, float32 on cpu",
+    )
     sr.add_argument(
         "--backend",
         default="torch",
-        help="execution backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), onnxruntime (CPU or CUDA), "
+        help="execution backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), "
+        "onnxruntime (CPU or CUDA), "
         "tensorrt (NVIDIA GPU); ONNX graphs and engines are made on first use and cached (default torch)",
     )
     sr.add_argument("--format", default="png", choices=OUTPUT_FORMATS, help="output file format (default png)")
-    sr.add_argument("--max-megapixels", type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS), default=DEFAULT_MAX_MEGAPIXELS, help="refuse inputs or outputs larger than this (default 100)")
+    sr.add_argument(
+        "--max-megapixels",
+        type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS),
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help="refuse inputs or outputs larger than this (default 100)",
+    )
     sr.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
     sr.set_defaults(run=run_sr)
 
-    degrade = commands.add_parser("degrade", help="synthesize realistic degraded images at any scale in [1, 4], one network evaluation per scale")
+    degrade = commands.add_parser(
+        "degrade", help="synthesize realistic degraded images at any scale in [1, 4], one network evaluation per scale"
+    )
     degrade.add_argument("inputs", nargs="+", metavar="HR", help="HR image files or folders")
-    degrade.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder: OUT/{s}/{name}_HR.png and {name}_LR{s}.png")
-    degrade.add_argument("--scale", default="4", help="one scale (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5); default 4")
-    degrade.add_argument("--model", metavar="DIR", help="degradation model directory (default: the packaged degradation-small model)")
-    degrade.add_argument("--solver", default="one-step", choices=["one-step", "euler", "adaptive"],
-                         help="one-step (1 NFE per scale, default), euler (--steps NFEs) or adaptive (dopri5): the multi-step references")
-    degrade.add_argument("--steps", type=number_option(1, MAX_STEPS, integer=True), default=32, help="Euler steps for --solver euler (default 32)")
-    degrade.add_argument("--tile", type=number_option(0, MAX_TILE, integer=True), default=512,
-                         help="tile size in HR pixels, a multiple of the model stride; 0 = no tiling (default 512)")
-    degrade.add_argument("--overlap", type=number_option(0, MAX_TILE, integer=True), default=64, help="tile overlap in HR pixels (default 64)")
-    degrade.add_argument("--max-megapixels", type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS), default=DEFAULT_MAX_MEGAPIXELS, help="refuse larger HR images (default 100)")
-    degrade.add_argument("--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size")
-    degrade.add_argument("--samples", type=number_option(1, 1000, integer=True), default=1,
-                         help="draws per image and scale, {name}_LR{s}_{k}.png (default 1): one network evaluation, other pixel noise")
-    degrade.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0, help="seed of the pixel noise (default 0)")
-    degrade.add_argument("--no-noise", action="store_true", help="leave out the model's pixel noise: the network's image alone")
-    degrade.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)")
-    degrade.add_argument("--backend", default="torch", choices=["torch", "compile", "onnxruntime", "tensorrt"],
-                         help="torch (eager), compile, onnxruntime or tensorrt (the last three: one-step only); default torch")
+    degrade.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output folder: OUT/{s}/{name}_HR.png and {name}_LR{s}.png"
+    )
+    degrade.add_argument(
+        "--scale",
+        default="4",
+        help="one scale (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5); default 4",
+    )
+    degrade.add_argument(
+        "--model", metavar="DIR", help="degradation model directory (default: the packaged degradation-small model)"
+    )
+    degrade.add_argument(
+        "--solver",
+        default="one-step",
+        choices=["one-step", "euler", "adaptive"],
+        help="one-step (1 NFE per scale, default), euler (--steps NFEs) or adaptive (dopri5): "
+        "the multi-step references",
+    )
+    degrade.add_argument(
+        "--steps",
+        type=number_option(1, MAX_STEPS, integer=True),
+        default=32,
+        help="Euler steps for --solver euler (default 32)",
+    )
+    degrade.add_argument(
+        "--tile",
+        type=number_option(0, MAX_TILE, integer=True),
+        default=512,
+        help="tile size in HR pixels, a multiple of the model stride; 0 = no tiling (default 512)",
+    )
+    degrade.add_argument(
+        "--overlap",
+        type=number_option(0, MAX_TILE, integer=True),
+        default=64,
+        help="tile overlap in HR pixels (default 64)",
+    )
+    degrade.add_argument(
+        "--max-megapixels",
+        type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS),
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help="refuse larger HR images (default 100)",
+    )
+    degrade.add_argument(
+        "--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size"
+    )
+    degrade.add_argument(
+        "--samples",
+        type=number_option(1, 1000, integer=True),
+        default=1,
+        help="draws per image and scale, {name}_LR{s}_{k}.png (default 1): one network evaluation, other pixel noise",
+    )
+    degrade.add_argument(
+        "--seed", type=number_option(0, 2**32 - 1, integer=True), default=0, help="seed of the pixel noise (default 0)"
+    )
+    degrade.add_argument(
+        "--no-noise", action="store_true", help="leave out the model's pixel noise: the network's image alone"
+    )
+    degrade.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)",
+    )
+    degrade.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "compile", "onnxruntime", "tensorrt"],
+        help="torch (eager), compile, onnxruntime or tensorrt (the last three: one-step only); default torch",
+    )
     degrade.set_defaults(run=run_degrade)
 
     model = commands.add_parser("model", help="model directories").add_subparsers(dest="model_command", required=True)
@@ -285,43 +401,93 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("output", metavar="OUT")
     # flux-dev is not offered: 12B random parameters help no one; its weights come from a FLUX.1-dev folder.
     init.add_argument("--preset", default="small", choices=["tiny", "tiny-kl", "small"], help="default small")
-    init.add_argument("--kind", default="sr", choices=["sr", "degradation"], help="super-resolution (default) or DegFlow degradation model")
+    init.add_argument(
+        "--kind",
+        default="sr",
+        choices=["sr", "degradation"],
+        help="super-resolution (default) or DegFlow degradation model",
+    )
     init.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
     init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     init.set_defaults(run=run_model_init)
-    imported = model.add_parser("import", help="a base model directory from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev)")
-    imported.add_argument("pipeline", metavar="PIPELINE_DIR", help="diffusers folder: vae/, transformer/, text_encoder(_2)/, tokenizer(_2)/")
+    imported = model.add_parser(
+        "import", help="a base model directory from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev)"
+    )
+    imported.add_argument(
+        "pipeline",
+        metavar="PIPELINE_DIR",
+        help="diffusers folder: vae/, transformer/, text_encoder(_2)/, tokenizer(_2)/",
+    )
     imported.add_argument("output", metavar="OUT")
-    imported.add_argument("--preset", default="flux-dev", choices=["tiny-kl", "flux-dev"],
-                          help="the architecture to check against (default flux-dev; tiny-kl for tests)")
+    imported.add_argument(
+        "--preset",
+        default="flux-dev",
+        choices=["tiny-kl", "flux-dev"],
+        help="the architecture to check against (default flux-dev; tiny-kl for tests)",
+    )
     imported.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     imported.set_defaults(run=run_model_import)
     convert = model.add_parser("convert", help="copy a model directory with its weights stored in another precision")
     convert.add_argument("model", metavar="MODEL_DIR")
     convert.add_argument("output", metavar="OUT")
-    convert.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="default float16 (half the size)")
+    convert.add_argument(
+        "--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="default float16 (half the size)"
+    )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     convert.set_defaults(run=run_model_convert)
 
-    export = commands.add_parser("export", help="ONNX graphs and TensorRT engines").add_subparsers(dest="export_command", required=True)
-    onnx = export.add_parser("onnx", help="export a model's ONNX graphs with dynamic batch and size, verified against torch")
+    export = commands.add_parser("export", help="ONNX graphs and TensorRT engines").add_subparsers(
+        dest="export_command", required=True
+    )
+    onnx = export.add_parser(
+        "onnx", help="export a model's ONNX graphs with dynamic batch and size, verified against torch"
+    )
     onnx.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
     onnx.add_argument("output", metavar="OUT", nargs="?", help="output folder (default MODEL_DIR/onnx/<dtype>)")
     onnx.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="default float32")
-    onnx.add_argument("--graphs", help="comma-separated graphs (default all: sr,encoder,transformer,decoder for SR; degrader)")
-    onnx.add_argument("--end-to-end", action="store_true",
-                      help="one graph of the whole command instead: uint8 pixels in and out, the CLI's pixels (untiled)")
-    onnx.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
-    onnx.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset (default 20; 22 for bfloat16)")
+    onnx.add_argument(
+        "--graphs", help="comma-separated graphs (default all: sr,encoder,transformer,decoder for SR; degrader)"
+    )
+    onnx.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="one graph of the whole command instead: uint8 pixels in and out, the CLI's pixels (untiled)",
+    )
+    onnx.add_argument(
+        "--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)"
+    )
+    onnx.add_argument(
+        "--opset",
+        type=number_option(1, 99, integer=True),
+        default=None,
+        help="ONNX opset (default 20; 22 for bfloat16)",
+    )
     onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     onnx.set_defaults(run=run_export_onnx)
     trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
     trt.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
-    trt.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="graph and engine precision (default float16)")
-    trt.add_argument("--graphs", help="comma-separated graphs (default what the runtime runs: encoder,transformer,decoder for SR; degrader)")
-    trt.add_argument("--end-to-end", action="store_true", help="an engine of the end-to-end graph (uint8 pixels in and out) instead")
-    trt.add_argument("--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)")
-    trt.add_argument("--opset", type=number_option(1, 99, integer=True), default=None, help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)")
+    trt.add_argument(
+        "--dtype",
+        default="float16",
+        choices=["float32", "float16", "bfloat16"],
+        help="graph and engine precision (default float16)",
+    )
+    trt.add_argument(
+        "--graphs",
+        help="comma-separated graphs (default what the runtime runs: encoder,transformer,decoder for SR; degrader)",
+    )
+    trt.add_argument(
+        "--end-to-end", action="store_true", help="an engine of the end-to-end graph (uint8 pixels in and out) instead"
+    )
+    trt.add_argument(
+        "--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)"
+    )
+    trt.add_argument(
+        "--opset",
+        type=number_option(1, 99, integer=True),
+        default=None,
+        help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)",
+    )
     trt.set_defaults(run=run_export_trt)
 
     # Other packages add their commands (flowsr.training: `train` and `eval`) through this entry-point group, so
@@ -351,8 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:  # noqa: BLE001 - anything else is a bug: its traceback, and a line saying so
         traceback.print_exc()
-        print("flowsr: internal error: this is a bug in flowsr, not a problem with your input; please report it with the "
-              "traceback above", file=sys.stderr)
+        print(
+            "flowsr: internal error: this is a bug in flowsr, not a problem with your input; please report it with the "
+            "traceback above",
+            file=sys.stderr,
+        )
         return 3
 
 

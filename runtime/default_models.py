@@ -22,9 +22,15 @@ def _packaged(folder: Path, missing: str) -> Path:
 
 
 def default_sr_model() -> Path:
-    return _packaged(DEFAULT_SR_MODEL, f"the packaged SR model is missing from {DEFAULT_SR_MODEL}; reinstall flowsr or pass --model DIR")
+    return _packaged(
+        DEFAULT_SR_MODEL,
+        f"the packaged SR model is missing from {DEFAULT_SR_MODEL}; reinstall flowsr or pass --model DIR",
+    )
 
 
 def default_degradation_model() -> Path:
-    return _packaged(DEFAULT_DEGRADATION_MODEL, f"the packaged degradation model is missing from {DEFAULT_DEGRADATION_MODEL}; "
-                                                "reinstall flowsr or pass --model DIR")
+    return _packaged(
+        DEFAULT_DEGRADATION_MODEL,
+        f"the packaged degradation model is missing from {DEFAULT_DEGRADATION_MODEL}; "
+        "reinstall flowsr or pass --model DIR",
+    )

@@ -37,8 +37,9 @@ class Degrader:
 
     `solver`: "one-step" (the average velocity, 1 NFE per scale), "euler" (`steps` Euler steps of the
     instantaneous velocity) or "adaptive" (torchdiffeq's dopri5; the reference). `backend`: "torch", "compile",
-    "onnxruntime" or "tensorrt" (the last three one-step only: the single-NFE graph, compiled or exported). `tile` and `overlap` are in HR
-    pixels, multiples of the model stride (0: the whole image at once); `max_megapixels` refuses larger images.
+    "onnxruntime" or "tensorrt" (the last three one-step only: the single-NFE graph, compiled or exported). `tile`
+    and `overlap` are in HR pixels, multiples of the model stride (0: the whole image at once); `max_megapixels`
+    refuses larger images.
     """
 
     def __init__(
@@ -75,14 +76,19 @@ class Degrader:
         if solver != "one-step" and backend != "torch":
             raise SettingsError(f"the {solver} reference solver runs on the torch backend only; pass --backend torch")
         if tile and (tile % model.stride or overlap % model.stride or overlap >= tile):
-            raise SettingsError(f"tile {tile} and overlap {overlap} must be multiples of the model stride {model.stride} with overlap < tile")
+            raise SettingsError(
+                f"tile {tile} and overlap {overlap} must be multiples of the model stride {model.stride} "
+                "with overlap < tile"
+            )
         self.model, self.manifest = model, model.manifest
         self.solver, self.steps, self.batch_size = solver, steps, batch_size
         self.tile, self.overlap, self.max_pixels = tile, overlap, int(max_megapixels * 1e6)
         self.s_max, self.stride = model.s_max, model.stride
         self.noise = model.noise_model if noise else None
         self.evaluations = 0  # velocity evaluations so far: one per scale for the one-step solver
-        self.run = create_backend(backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir).graphs["degrader"]
+        self.run = create_backend(
+            backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir
+        ).graphs["degrader"]
 
     def times(self, scales: Sequence[float]) -> list[float]:
         return [scale_to_time(float(scale), self.s_max) for scale in scales]
@@ -91,7 +97,8 @@ class Degrader:
         """Refuse an image over the pixel budget, before any work is done."""
         if height * width > self.max_pixels:
             raise images.ImageError(
-                f"image is {width}x{height} ({height * width / 1e6:.1f} MP), over the {self.max_pixels / 1e6:g} MP limit; "
+                f"image is {width}x{height} ({height * width / 1e6:.1f} MP), "
+                f"over the {self.max_pixels / 1e6:g} MP limit; "
                 "raise --max-megapixels or downscale it"
             )
 
@@ -109,7 +116,9 @@ class Degrader:
         if self.solver == "one-step":
             for start in range(0, len(times), self.batch_size):
                 r = torch.tensor(times[start : start + self.batch_size], device=self.device, dtype=torch.float32)
-                images_r = tiled_map(x.expand(len(r), -1, -1, -1), lambda tile, r=r: self.run(tile, r), self.tile, self.overlap)
+                images_r = tiled_map(
+                    x.expand(len(r), -1, -1, -1), lambda tile, r=r: self.run(tile, r), self.tile, self.overlap
+                )
                 out[start : start + len(r)] = images_r[:, :, :height, :width]
                 self.evaluations += len(r)
         else:
@@ -132,9 +141,13 @@ class Degrader:
         if self.noise is None:
             return image
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{float(scale)!r}".encode()))
-        return self.noise.add_to(image, scale_to_time(float(scale), self.s_max), lr_size(image.shape[2], image.shape[3], scale), generator)
+        return self.noise.add_to(
+            image, scale_to_time(float(scale), self.s_max), lr_size(image.shape[2], image.shape[3], scale), generator
+        )
 
-    def draws(self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False) -> Iterator[list[np.ndarray]]:
+    def draws(
+        self, image, scales: Sequence[float], seeds: Sequence[int], lr_grid: bool = False
+    ) -> Iterator[list[np.ndarray]]:
         """A PIL image or HWC uint8/uint16 array -> for each seed in turn, one array per scale, same dtype; at HR
         size, or at the LR size round(H/s) x round(W/s) when `lr_grid` (bicubic, antialiased). The network runs
         once per scale; the seeds differ only in their pixel noise, and only one seed's images are held at a time."""
@@ -145,7 +158,7 @@ class Degrader:
         out = self.degrade_tensor(images.to_tensor(rgb), scales)
         for seed in seeds:
             arrays = []
-            for scale, network_image in zip(scales, out):
+            for scale, network_image in zip(scales, out, strict=True):
                 degraded = self.add_noise(network_image[None], scale, seed)[0]
                 if lr_grid:
                     degraded = resize_to(degraded[None], *lr_size(rgb.shape[0], rgb.shape[1], scale))[0]

@@ -30,9 +30,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise DeviceError(f"device {str(device)!r}: this machine has no CUDA device torch can use; use --device cpu")
+            raise DeviceError(
+                f"device {str(device)!r}: this machine has no CUDA device torch can use; use --device cpu"
+            )
         if resolved.index is not None and resolved.index >= count:
-            raise DeviceError(f"device {str(device)!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+            raise DeviceError(
+                f"device {str(device)!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
     elif resolved.type != "cpu":
         raise DeviceError(f"device {str(device)!r}: flowsr runs on cpu or cuda")
     return resolved

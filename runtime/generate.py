@@ -31,7 +31,7 @@ MAX_SCALES = 64  # scales per run: each is one network evaluation and one file p
 
 
 def parse_scales(text: str, s_max: float | None = None) -> list[float]:
-    """"2.7" | "2,2.7,4" | "1.5:4:0.5" (start:stop:step, stop included) -> sorted unique scales, at most MAX_SCALES."""
+    """ "2.7" | "2,2.7,4" | "1.5:4:0.5" (start:stop:step, stop included) -> sorted unique scales, at most MAX_SCALES."""
     usage = f"cannot read scales {text!r}; give one (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5)"
     try:
         numbers = [float(part) for part in text.split(":" if ":" in text else ",")]
@@ -43,7 +43,10 @@ def parse_scales(text: str, s_max: float | None = None) -> list[float]:
         start, stop, step = numbers
         count = (stop - start) / step + 1 if step > 0 else 0
         if not 1 <= count <= MAX_SCALES + 1e-6:
-            raise SettingsError(f"scales {text!r} is a range of {max(count, 0):.3g} scales; give 1 to {MAX_SCALES} (start <= stop, step > 0)")
+            raise SettingsError(
+                f"scales {text!r} is a range of {max(count, 0):.3g} scales; "
+                f"give 1 to {MAX_SCALES} (start <= stop, step > 0)"
+            )
         numbers = [start + i * step for i in range(int(count + 1e-9))]
     scales = sorted({round(scale, 4) for scale in numbers})
     if len(scales) > MAX_SCALES:
@@ -74,8 +77,10 @@ def draw_seed(seed: int, name: str, sample: int) -> int:
 def check_samples(degrader, samples: int, option: str = "--samples") -> None:
     """Several draws of one image differ only in the pixel noise: refuse them without it, before any image is made."""
     if samples > 1 and degrader.noise is None:
-        raise SettingsError(f"{option} {samples} needs a model with fitted pixel noise (`flowsr train noise`) and no --no-noise: "
-                            "without it every draw is the same image")
+        raise SettingsError(
+            f"{option} {samples} needs a model with fitted pixel noise (`flowsr train noise`) and no --no-noise: "
+            "without it every draw is the same image"
+        )
 
 
 def shard(items: list, rank: int, world: int) -> list:
@@ -97,12 +102,22 @@ def _copy_hr(source: Path, target: Path, picture: images.Picture) -> None:
         _write_png(target, picture.rgb)
 
 
-def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list[float], lr_grid: bool, error, samples: int = 1,
-             seed: int = 0) -> tuple[int, int, int]:
+def generate(
+    degrader,
+    jobs: list[tuple[Path, str]],
+    out_dir: Path,
+    scales: list[float],
+    lr_grid: bool,
+    error,
+    samples: int = 1,
+    seed: int = 0,
+) -> tuple[int, int, int]:
     """Degrade every (source, name) at every scale, `samples` draws each; returns (images done, skipped, failed)."""
     done = skipped = failed = 0
     draws = [None] if samples == 1 else list(range(samples))
-    for source, name in tqdm(jobs, desc="flowsr degrade", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr):
+    for source, name in tqdm(
+        jobs, desc="flowsr degrade", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr
+    ):
         todo = [s for s in scales if not all(p.exists() for k in draws for p in output_paths(out_dir, name, s, k))]
         if not todo:
             skipped += 1
@@ -110,8 +125,8 @@ def generate(degrader, jobs: list[tuple[Path, str]], out_dir: Path, scales: list
         try:
             picture = images.read_image(source, max_pixels=degrader.max_pixels)
             seeds = [draw_seed(seed, name, k or 0) for k in draws]
-            for k, arrays in zip(draws, degrader.draws(picture.rgb, todo, seeds, lr_grid=lr_grid)):
-                for scale, pixels in zip(todo, arrays):
+            for k, arrays in zip(draws, degrader.draws(picture.rgb, todo, seeds, lr_grid=lr_grid), strict=True):
+                for scale, pixels in zip(todo, arrays, strict=True):
                     hr_path, lr_path = output_paths(out_dir, name, scale, k)
                     _write_png(lr_path, pixels)
                     if not hr_path.exists():
@@ -136,9 +151,17 @@ def run_degrade(args, collect_inputs, error) -> int:
     if device is None and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     parse_scales(args.scale)  # the form and count, before any model loads; the model's s_max bounds them below
-    degrader = Degrader(args.model or default_degradation_model(), device=device, backend=args.backend,
-                        solver=args.solver, steps=args.steps, tile=args.tile, overlap=args.overlap,
-                        max_megapixels=args.max_megapixels, noise=not args.no_noise)
+    degrader = Degrader(
+        args.model or default_degradation_model(),
+        device=device,
+        backend=args.backend,
+        solver=args.solver,
+        steps=args.steps,
+        tile=args.tile,
+        overlap=args.overlap,
+        max_megapixels=args.max_megapixels,
+        noise=not args.no_noise,
+    )
     scales = parse_scales(args.scale, degrader.s_max)
     check_samples(degrader, args.samples)
     if not degrader.manifest.trained:
@@ -149,25 +172,38 @@ def run_degrade(args, collect_inputs, error) -> int:
     for source, target in found:
         name = target.relative_to(out_dir).with_suffix("").as_posix().replace("/", "_")
         last = None if args.samples == 1 else args.samples - 1
-        longest = max((output_paths(out_dir, name, scale, last)[1].name for scale in scales), key=lambda n: len(os.fsencode(n)))
+        longest = max(
+            (output_paths(out_dir, name, scale, last)[1].name for scale in scales), key=lambda n: len(os.fsencode(n))
+        )
         if len(os.fsencode(longest)) > NAME_MAX:
             error(f"{source}: its output name {longest} is over the file-name limit of {NAME_MAX} bytes; rename it")
             failures += 1
             continue
         if name in names:
-            error(f"{source}: its outputs would overwrite those of {names[name]} (both are named {name}); rename one of them")
+            error(
+                f"{source}: its outputs would overwrite those of {names[name]} (both are named {name}); "
+                "rename one of them"
+            )
             failures += 1
             continue
         names[name] = source
         jobs.append((source, name))
     started = time.perf_counter()
-    done, skipped, failed = generate(degrader, shard(jobs, rank, world), out_dir, scales, args.lr_grid, error, args.samples, args.seed)
+    done, skipped, failed = generate(
+        degrader, shard(jobs, rank, world), out_dir, scales, args.lr_grid, error, args.samples, args.seed
+    )
     failures += failed
-    summary = f"{done} images x {len(scales)} scales" + (f" x {args.samples} draws" if args.samples > 1 else "") + f" written to {out_dir}"
+    summary = (
+        f"{done} images x {len(scales)} scales"
+        + (f" x {args.samples} draws" if args.samples > 1 else "")
+        + f" written to {out_dir}"
+    )
     if world > 1:
         summary = f"rank {rank}/{world}: " + summary
     if done:
-        summary += f" ({(time.perf_counter() - started) / done:.2f} s per image, {degrader.evaluations} network evaluations)"
+        summary += (
+            f" ({(time.perf_counter() - started) / done:.2f} s per image, {degrader.evaluations} network evaluations)"
+        )
     if skipped:
         summary += f", {skipped} skipped (already complete)"
     if failures:

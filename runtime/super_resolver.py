@@ -1,8 +1,8 @@
 """`SuperResolver`: any image in, the image upscaled by any factor out, with one velocity evaluation per tile.
 
-LR image -> bicubic resize to the target size -> pad to the model stride -> encode (tiled) -> restore, one NFE per latent tile, blended -> decode (tiled)
--> colour fix -> crop -> same type as the input (`core.sr_model.super_resolve`, the same code as the end-to-end
-ONNX graph).
+LR image -> bicubic resize to the target size -> pad to the model stride -> encode (tiled) -> restore, one NFE per
+latent tile, blended -> decode (tiled) -> colour fix -> crop -> same type as the input
+(`core.sr_model.super_resolve`, the same code as the end-to-end ONNX graph).
 """
 
 from __future__ import annotations
@@ -75,13 +75,16 @@ class SuperResolver:
         for size in (tile, vae_tile):
             if size and (size % self.stride or overlap % self.stride or not 0 <= overlap < size):
                 raise SettingsError(
-                    f"tile {size} and overlap {overlap} must be multiples of the model stride {self.stride} with overlap < tile"
+                    f"tile {size} and overlap {overlap} must be multiples of the model stride {self.stride} "
+                    "with overlap < tile"
                 )
         self.scale = float(scale)
         self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
         self.batch_size, self.color_fix = batch_size, color_fix
         self.max_pixels = int(max_megapixels * 1e6)
-        self.backend = create_backend(backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir)
+        self.backend = create_backend(
+            backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir
+        )
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> SuperResolver:
@@ -146,7 +149,7 @@ class SuperResolver:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = torch.cat([images.to_tensor(pictures[i].rgb) for i in chunk])
-                for i, sr in zip(chunk, self.upscale_tensor(batch)):
+                for i, sr in zip(chunk, self.upscale_tensor(batch), strict=True):
                     outputs[i] = _from_picture(self._finish(pictures[i], sr), like=inputs[i])
         return outputs
 
@@ -164,7 +167,9 @@ class SuperResolver:
     def _upscale_float(self, image: torch.Tensor) -> torch.Tensor:
         """Float (3, H, W) or (B, 3, H, W) in [0, 1]: upscaled in float, no 8-bit rounding on the way."""
         if image.ndim not in (3, 4) or image.shape[-3] != 3:
-            raise ValueError(f"float tensors must be (3, H, W) or (B, 3, H, W) in [0, 1], got shape {tuple(image.shape)}")
+            raise ValueError(
+                f"float tensors must be (3, H, W) or (B, 3, H, W) in [0, 1], got shape {tuple(image.shape)}"
+            )
         batch = image if image.ndim == 4 else image[None]
         chunks = [self.upscale_tensor(part.float() * 2 - 1) for part in batch.split(self.batch_size)]
         result = ((torch.cat(chunks) + 1) / 2).to(image.device, image.dtype)
@@ -177,14 +182,20 @@ def _to_picture(item) -> images.Picture:
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu().numpy()
     if isinstance(item, np.ndarray):
-        if item.dtype not in (np.uint8, np.uint16) or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
+        if (
+            item.dtype not in (np.uint8, np.uint16)
+            or item.ndim not in (2, 3)
+            or (item.ndim == 3 and item.shape[2] not in (1, 3, 4))
+        ):
             raise ValueError(
                 f"numpy/tensor images must be uint8 or uint16 with shape (H, W), (H, W, 3) or (H, W, 4); "
                 f"got {item.dtype} {item.shape}"
             )
         if item.ndim == 2 or item.shape[2] == 1:
             return images.Picture(rgb=images.gray_to_rgb(item.reshape(item.shape[:2])))
-        return images.Picture(rgb=np.ascontiguousarray(item[..., :3]), alpha=item[..., 3] if item.shape[2] == 4 else None)
+        return images.Picture(
+            rgb=np.ascontiguousarray(item[..., :3]), alpha=item[..., 3] if item.shape[2] == 4 else None
+        )
     raise TypeError(f"cannot upscale a {type(item).__name__}; pass a PIL image, a numpy array or a torch tensor")
 
 

@@ -66,7 +66,9 @@ def tiled_map(
     def scaled(value: int) -> int:
         result = value * scale
         if result != int(result):
-            raise SettingsError(f"tile geometry {value} is not divisible by 1/{scale}; use multiples of the model stride")
+            raise SettingsError(
+                f"tile geometry {value} is not divisible by 1/{scale}; use multiples of the model stride"
+            )
         return int(result)
 
     out_height, out_width, out_overlap = scaled(height), scaled(width), scaled(overlap)
@@ -82,8 +84,11 @@ def tiled_map(
                 out = torch.zeros(batch, result.shape[1], out_height, out_width, device=x.device)
                 total = torch.zeros(1, 1, out_height, out_width, device=x.device)
             weight = row_weight[:, None] * ramp(out_col, out_width, out_overlap, x.device)[None, :]
-            window = (..., slice(out_row.start, out_row.start + out_row.size), slice(out_col.start, out_col.start + out_col.size))
+            window = (
+                ...,
+                slice(out_row.start, out_row.start + out_row.size),
+                slice(out_col.start, out_col.start + out_col.size),
+            )
             out[window] += result * weight
             total[window] += weight
     return (out / total).to(dtype)
-

@@ -19,11 +19,15 @@ from flowsr.export.merge import merge_adapters  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
-devices = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))])
+devices = pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device"))]
+)
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fuzz-full", action="store_true", help="run every hostile-input case (a sample of each class runs by default)")
+    parser.addoption(
+        "--fuzz-full", action="store_true", help="run every hostile-input case (a sample of each class runs by default)"
+    )
 
 
 TRAINED_T_STAR = 0.37
@@ -44,8 +48,10 @@ def write_adapters(model, folder, preset="tiny"):
 # tunes in tiny and small), and FLUX's attention and MLP projections with a VAE's encoder convolutions (tiny-kl).
 LORA_TARGETS = {
     "tiny": {"transformer": r"^(conv_in|convs\.\d+|conv_out)$", "vae": r"^encoder$"},
-    "tiny-kl": {"transformer": ["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out"],
-                "vae": r"^encoder\..*(conv1|conv2|to_q|to_v)$"},
+    "tiny-kl": {
+        "transformer": ["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out"],
+        "vae": r"^encoder\..*(conv1|conv2|to_q|to_v)$",
+    },
 }
 
 
@@ -60,7 +66,9 @@ def tuned(request, tmp_path_factory):
     torch.manual_seed(1)
     # init_lora_weights=False draws both LoRA matrices at random, so the adapters really change the output.
     targets = LORA_TARGETS[preset]
-    model.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets["transformer"], init_lora_weights=False))
+    model.transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=8, target_modules=targets["transformer"], init_lora_weights=False)
+    )
     model.vae.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=targets["vae"], init_lora_weights=False))
     model.t_star = TRAINED_T_STAR
     write_adapters(model, root / "adapters", preset)

@@ -80,10 +80,12 @@ def test_atm_gradient_is_direction_times_jacobian_by_hand(preset):
         z_sr = (1 - s) * z_h + s * z_l
         z_gen = (1 - t.view(-1, 1, 1, 1)) * z_h + t.view(-1, 1, 1, 1) * noise
         w = 1 / (z_hat - z_h).abs().mean(dim=(1, 2, 3))
-        g = w.view(-1, 1, 1, 1) * ((z_sr - z_gen) - t.view(-1, 1, 1, 1) * (velocity(model, z_sr, t) - velocity(model, z_gen, t)))
+        g = w.view(-1, 1, 1, 1) * (
+            (z_sr - z_gen) - t.view(-1, 1, 1, 1) * (velocity(model, z_sr, t) - velocity(model, z_gen, t))
+        )
     by_hand = torch.autograd.grad(z_hat, params, grad_outputs=g / z_hat.numel())
     assert sum(g.abs().sum() for g in by_hand) > 0
-    for a, b in zip(surrogate_grads, by_hand):
+    for a, b in zip(surrogate_grads, by_hand, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
@@ -133,7 +135,9 @@ def test_targets_come_from_the_target_encoder_when_one_is_given():
     torch.testing.assert_close(objective.target_latent(hr), expected)
     assert not torch.allclose(expected, own, atol=1e-3)
     z_hr_hat = velocity_step(model, lr)
-    torch.testing.assert_close(objective((lr, hr), torch.Generator())["latent_mse"], (z_hr_hat - expected).pow(2).mean())
+    torch.testing.assert_close(
+        objective((lr, hr), torch.Generator())["latent_mse"], (z_hr_hat - expected).pow(2).mean()
+    )
     other = OneStepSR.from_preset("tiny", seed=7)
     with pytest.raises(SettingsError, match="another decoder"):
         AlloSR2Objective(model, target_vae=other.vae)
@@ -180,7 +184,7 @@ def test_resume_reproduces_the_loss_curve(photos, tmp_path):
     config.steps = 4
     second = run(AlloSR2Objective(lora_model()[0]), dataset, config, tmp_path / "resumed", resume=True)
     assert [row["step"] for row in first + second] == [1, 2, 3, 4]
-    for a, b in zip(straight, first + second):
+    for a, b in zip(straight, first + second, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     logged = [json.loads(line) for line in (tmp_path / "resumed" / "losses.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [1, 2, 3, 4] and {"latent_mse", "fatc", "atm", "loss"} <= set(logged[0])
@@ -196,7 +200,9 @@ DDP_SCRIPT = textwrap.dedent(
     from flowsr.training.loop import LoopConfig, run
     model, _ = lora_model()
     dataset = DegradedFolder(sys.argv[1], crop=32, scale=4, repeats=4)
-    rows = run(AlloSR2Objective(model), dataset, LoopConfig(steps=3, batch_size=2, lr=1e-2), sys.argv[2] + "/run", resume=False)
+    rows = run(
+        AlloSR2Objective(model), dataset, LoopConfig(steps=3, batch_size=2, lr=1e-2), sys.argv[2] + "/run", resume=False
+    )
     state = {k: v.contiguous() for k, v in model.state_dict().items() if "lora_" in k}
     safetensors.torch.save_file(state, f"{sys.argv[2]}/rank{dist.get_rank()}.safetensors")
     with open(f"{sys.argv[2]}/losses{dist.get_rank()}.json", "w") as f:
@@ -208,9 +214,22 @@ DDP_SCRIPT = textwrap.dedent(
 def test_ddp_ranks_hold_identical_weights(photos, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               str(script), str(photos), str(tmp_path), os.path.dirname(__file__)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(script),
+        str(photos),
+        str(tmp_path),
+        os.path.dirname(__file__),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rank0 = safetensors.torch.load_file(tmp_path / "rank0.safetensors")
     rank1 = safetensors.torch.load_file(tmp_path / "rank1.safetensors")
@@ -225,7 +244,9 @@ def test_ddp_ranks_hold_identical_weights(photos, tmp_path):
 def test_relative_reconstruction_is_each_samples_share_of_its_input_error():
     model, _ = lora_model()
     lr, hr = batch(size=3)
-    losses = AlloSR2Objective(model, LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=0.0, atm=0.0))((lr, hr), torch.Generator().manual_seed(0))
+    losses = AlloSR2Objective(model, LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=0.0, atm=0.0))(
+        (lr, hr), torch.Generator().manual_seed(0)
+    )
     with torch.no_grad(), base_encoder(model):
         z_hr = model.encode(hr)
     z_lr = model.encode(lr)
@@ -235,4 +256,6 @@ def test_relative_reconstruction_is_each_samples_share_of_its_input_error():
     input_error = (z_lr - z_hr).pow(2).mean(dim=(1, 2, 3)).clamp_min(RELATIVE_FLOOR)
     torch.testing.assert_close(losses["latent_relative"], (error / input_error).mean(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(losses["loss"], losses["latent_relative"])
-    torch.testing.assert_close(losses["gain_db"], 10 * torch.log10((z_lr - z_hr).pow(2).mean() / error.mean()), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        losses["gain_db"], 10 * torch.log10((z_lr - z_hr).pow(2).mean() / error.mean()), rtol=1e-4, atol=1e-5
+    )

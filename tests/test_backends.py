@@ -1,5 +1,5 @@
-"""Backends behind one interface: compile and onnxruntime give the torch backend's image; tensorrt says when it cannot run.
-(The degradation model's backends: tests/test_degrade_cli.py.)"""
+"""Backends behind one interface: compile and onnxruntime give the torch backend's image; tensorrt says when it
+cannot run. (The degradation model's backends: tests/test_degrade_cli.py.)"""
 
 import contextlib
 import importlib.util
@@ -57,13 +57,15 @@ def test_export_command_prints_its_verification(exported):
     path, lines = exported
     spec = read_spec(path / "onnx" / "float32")
     assert set(spec["graphs"]) == set(SR.runtime_graphs) and len(lines) == len(SR.runtime_graphs)
-    for name, line in zip(SR.runtime_graphs, lines):
+    for name, line in zip(SR.runtime_graphs, lines, strict=True):
         assert line.startswith(f"{path / 'onnx' / 'float32' / name}.onnx: onnxruntime vs torch ")
         recorded = spec["graphs"][name]["verification"]["psnr_db"]
         assert recorded >= 50 and f" vs torch {recorded:.1f} dB PSNR (>= 50)" in line
 
 
-@pytest.mark.parametrize("settings", [{"tile": 0, "vae_tile": 0}, {"tile": 128, "overlap": 32, "vae_tile": 256}], ids=["whole", "tiled"])
+@pytest.mark.parametrize(
+    "settings", [{"tile": 0, "vae_tile": 0}, {"tile": 128, "overlap": 32, "vae_tile": 256}], ids=["whole", "tiled"]
+)
 def test_onnxruntime_matches_torch(model_dir, settings):
     lr = reference_photo(2, 48, 72)  # x4: 192x288 output, several tiles in the tiled run
     resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32", **settings)
@@ -75,9 +77,22 @@ def test_sr_command_with_onnxruntime_backend(model_dir, tmp_path, capsys):
     photo = (reference_photo(1, 40, 56)[0].permute(1, 2, 0).numpy() + 1) * 127.5
     Image.fromarray(photo.round().astype(np.uint8)).save(tmp_path / "photo.png")
     for backend in ("torch", "onnxruntime"):
-        argv = ["sr", str(tmp_path / "photo.png"), "-o", str(tmp_path / backend), "--model", str(model_dir), "--backend", backend, "--device", "cpu"]
+        argv = [
+            "sr",
+            str(tmp_path / "photo.png"),
+            "-o",
+            str(tmp_path / backend),
+            "--model",
+            str(model_dir),
+            "--backend",
+            backend,
+            "--device",
+            "cpu",
+        ]
         assert main(argv) == 0
-    eager, onnx = (np.asarray(Image.open(tmp_path / backend / "photo.png")).astype(int) for backend in ("torch", "onnxruntime"))
+    eager, onnx = (
+        np.asarray(Image.open(tmp_path / backend / "photo.png")).astype(int) for backend in ("torch", "onnxruntime")
+    )
     assert eager.shape == onnx.shape == (160, 224, 3)
     assert np.abs(eager - onnx).max() <= 1  # 8-bit rounding is the only difference
     assert not (tmp_path / "cache").exists()
@@ -86,7 +101,8 @@ def test_sr_command_with_onnxruntime_backend(model_dir, tmp_path, capsys):
 def test_first_use_export_goes_to_the_cache_keyed_by_content(model_dir, tmp_path):
     model = OneStepSR.from_pretrained(model_dir)
     with torch.no_grad():
-        model.vae.encoder.bias.add_(0.1)  # other weights (the PatchAutoencoder's 1x1 encoder): the directory's export does not apply
+        # other weights (the PatchAutoencoder's 1x1 encoder): the directory's export does not apply
+        model.vae.encoder.bias.add_(0.1)
     digest = content_sha256(model)
     folder = onnx_dir_for(model, torch.float32, graphs=("encoder",), model_dir=model_dir)
     assert folder == tmp_path / "cache" / "onnx" / f"sr-{digest[:16]}-float32-opset20"
@@ -125,15 +141,20 @@ def test_serving_an_existing_export_needs_no_onnx_package(model_dir):
         "import torch\n"
         "from flowsr.runtime.super_resolver import SuperResolver\n"
         f"sr = SuperResolver({str(model_dir)!r}, backend='onnxruntime', device='cpu', dtype='float32')\n"
-        "print(tuple(sr.upscale_tensor(torch.zeros(1, 3, 16, 16)).shape), 'onnx' in sys.modules and sys.modules['onnx'] is not None)\n"
+        "print(tuple(sr.upscale_tensor(torch.zeros(1, 3, 16, 16)).shape), "
+        "'onnx' in sys.modules and sys.modules['onnx'] is not None)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["(1,", "3,", "64,", "64)", "False"]
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="the error path is for a CPU-only onnxruntime")
-@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has the CUDA provider")
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="the error path is for a CPU-only onnxruntime"
+)
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has the CUDA provider"
+)
 def test_onnxruntime_on_cuda_needs_the_cuda_provider():
     with pytest.raises(OnnxRuntimeUnavailable, match="no CUDAExecutionProvider"):
         providers_for(torch.device("cuda"))
@@ -150,7 +171,9 @@ def test_onnxruntime_on_a_missing_cuda_device_is_refused_before_export(model_dir
 def test_tensorrt_without_gpu_is_one_clear_line(model_dir, tmp_path, capsys):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
-    assert main(["sr", str(photo), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "tensorrt"]) == 2
+    assert (
+        main(["sr", str(photo), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "tensorrt"]) == 2
+    )
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowsr: error")]
     assert len(lines) == 1 and ("GPU" in lines[0] or "not installed" in lines[0])
 

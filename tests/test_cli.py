@@ -104,7 +104,9 @@ def test_every_bad_file_gets_one_line_and_the_rest_still_run(model_dir, photos, 
     Image.fromarray(np.zeros((600, 600, 3), np.uint8)).save(bad / "large.png")
     os.mkfifo(bad / "pipe.png")
     (bad / "link.png").symlink_to(bad / "gone.png")
-    inputs = [str(bad / name) for name in ("empty.png", "text.png", "truncated.png", "large.png", "pipe.png", "link.png")]
+    inputs = [
+        str(bad / name) for name in ("empty.png", "text.png", "truncated.png", "large.png", "pipe.png", "link.png")
+    ]
     inputs += [str(tmp_path / "missing.png"), str(photos / "astronaut.png")]
     out = tmp_path / "out"
     code = main(["sr", *inputs, "-o", str(out), "--model", str(model_dir), "--scale", "2", "--max-megapixels", "0.5"])
@@ -178,14 +180,23 @@ def test_duplicate_output_names_are_refused(model_dir, photos, tmp_path, capsys)
     twin = tmp_path / "astronaut.jpg"
     Image.open(photos / "astronaut.png").save(twin)
     out = tmp_path / "out"
-    assert main(["sr", str(photos / "astronaut.png"), str(twin), "-o", str(out), "--model", str(model_dir), "--scale", "2"]) == 1
+    assert (
+        main(
+            ["sr", str(photos / "astronaut.png"), str(twin), "-o", str(out), "--model", str(model_dir), "--scale", "2"]
+        )
+        == 1
+    )
     assert "would overwrite the output" in error_lines(capsys)[-1]
     assert [p.name for p in out.iterdir()] == ["astronaut.png"]
 
 
 def test_console_script_is_installed(model_dir, photos, tmp_path):
     flowsr = os.path.join(os.path.dirname(sys.executable), "flowsr")
-    result = subprocess.run([flowsr, "sr", str(photos / "astronaut.png"), "-o", str(tmp_path / "out"), "--model", str(model_dir)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [flowsr, "sr", str(photos / "astronaut.png"), "-o", str(tmp_path / "out"), "--model", str(model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / "out" / "astronaut.png").size == (256, 256)

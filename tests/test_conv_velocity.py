@@ -21,7 +21,13 @@ def randomized(model: ConvVelocityModel, seed: int = 0) -> ConvVelocityModel:
 def test_untrained_model_returns_the_bicubic_image():
     """Zero velocity: one Euler step leaves the latent as it is, and the lossless autoencoder gives the input back."""
     model = OneStepSR.from_preset("tiny")
-    photo = torch.from_numpy(transform.resize(data.astronaut(), (64, 64), anti_aliasing=True)).permute(2, 0, 1)[None].float() * 2 - 1
+    photo = (
+        torch.from_numpy(transform.resize(data.astronaut(), (64, 64), anti_aliasing=True))
+        .permute(2, 0, 1)[None]
+        .float()
+        * 2
+        - 1
+    )
     model.vae.fit_pca(photo)
     x = resize_to(photo[:, :, ::4, ::4], 64, 64)
     with torch.no_grad():
@@ -38,7 +44,9 @@ def test_tokens_are_read_as_the_image_grid():
         v = latents.unpack(net(latents.pack(z), t, 24, 24), 24, 24)
         shifted = latents.unpack(net(latents.pack(torch.roll(z, (2, 4), dims=(2, 3))), t, 24, 24), 24, 24)
     margin = 2 * 4  # four 3x3 convolutions, in latent pixels
-    torch.testing.assert_close(shifted[..., 2 + margin : -margin, 4 + margin : -margin], v[..., margin : -2 - margin, margin : -4 - margin])
+    torch.testing.assert_close(
+        shifted[..., 2 + margin : -margin, 4 + margin : -margin], v[..., margin : -2 - margin, margin : -4 - margin]
+    )
 
 
 def test_a_tile_matches_the_whole_latent_inside_the_receptive_field():
@@ -49,7 +57,9 @@ def test_a_tile_matches_the_whole_latent_inside_the_receptive_field():
         whole = latents.unpack(net(latents.pack(z), t, 32, 40), 32, 40)
         tile = latents.unpack(net(latents.pack(z[..., 8:24, 12:36]), t, 16, 24), 16, 24)
     margin = 2 * 5
-    torch.testing.assert_close(tile[..., margin:-margin, margin:-margin], whole[..., 8 + margin : 24 - margin, 12 + margin : 36 - margin])
+    torch.testing.assert_close(
+        tile[..., margin:-margin, margin:-margin], whole[..., 8 + margin : 24 - margin, 12 + margin : 36 - margin]
+    )
 
 
 def test_the_velocity_depends_on_t():

@@ -22,7 +22,8 @@ from flowsr.training.evaluate import gradient_energy
 # (`flowsr eval --degradation`). The shipped model measured +1.76 (clean), +0.61 (mild) and +0.37 dB (heavy, the
 # mean of four draws); the bars keep about a third of that as a margin for other CPUs' arithmetic and kernels.
 MIN_GAIN_DB = {"clean": 1.2, "mild": 0.4, "heavy": 0.2}
-SEEDS = {"clean": [0], "mild": [0, 1], "heavy": [0, 1, 2, 3]}  # one draw of the random pipeline is too noisy to judge by
+# one draw of the random pipeline is too noisy to judge by
+SEEDS = {"clean": [0], "mild": [0, 1], "heavy": [0, 1, 2, 3]}
 
 
 def held_out_photo(size: int = 256) -> np.ndarray:
@@ -30,7 +31,9 @@ def held_out_photo(size: int = 256) -> np.ndarray:
     photo = data.coffee()
     side = min(photo.shape[:2])
     top, left = (photo.shape[0] - side) // 2, (photo.shape[1] - side) // 2
-    return transform.resize(photo[top : top + side, left : left + side], (size, size), anti_aliasing=True).astype(np.float32)
+    return transform.resize(photo[top : top + side, left : left + side], (size, size), anti_aliasing=True).astype(
+        np.float32
+    )
 
 
 def test_packaged_model_is_trained_and_small():
@@ -39,8 +42,11 @@ def test_packaged_model_is_trained_and_small():
     assert size < 20 * 2**20, f"{size / 2**20:.1f} MB"
 
 
-@pytest.mark.parametrize("model_class,directory", [(OneStepSR, DEFAULT_SR_MODEL), (DegradationModel, DEFAULT_DEGRADATION_MODEL)],
-                         ids=["sr", "degradation"])
+@pytest.mark.parametrize(
+    "model_class,directory",
+    [(OneStepSR, DEFAULT_SR_MODEL), (DegradationModel, DEFAULT_DEGRADATION_MODEL)],
+    ids=["sr", "degradation"],
+)
 def test_packaged_models_carry_the_digest_of_their_weights(model_class, directory):
     """The key of their exports: it must be the hash of the weights stored (float16), or exports go stale."""
     model = model_class.from_pretrained(directory, dtype=torch.float16)

@@ -73,7 +73,10 @@ def test_degrade_is_worse_than_clean_downscaling(photo):
     assert min(scores) > 12  # ... and the content survived
 
 
-@pytest.mark.parametrize("bad,scale,message", [(np.zeros((8, 8, 3), np.uint8), 2, "float32"), (np.zeros((8, 8, 3), np.float32), 0.5, "at least 1")])
+@pytest.mark.parametrize(
+    "bad,scale,message",
+    [(np.zeros((8, 8, 3), np.uint8), 2, "float32"), (np.zeros((8, 8, 3), np.float32), 0.5, "at least 1")],
+)
 def test_bad_input(bad, scale, message):
     with pytest.raises(ValueError, match=message):
         deg.degrade(bad, scale, seed=0)
@@ -99,7 +102,8 @@ def test_continuum_is_reproducible_from_its_seed(photo):
 def test_continuum_at_strength_zero_is_the_clean_downscale(photo):
     clean = deg.bicubic_downscale(photo, 4)
     assert all(np.array_equal(deg.degrade_continuum(photo, 4, seed, strength=0.0), clean) for seed in range(4))
-    # clean_share 1: every draw is clean; 0: none of 20 is (each step may be skipped, but not every one of them every time)
+    # clean_share 1: every draw is clean; 0: none of 20 is (each step may be skipped, but not every one of them every
+    # time)
     always, never = deg.ContinuumConfig(clean_share=1.0), deg.ContinuumConfig(clean_share=0.0)
     assert all(np.array_equal(deg.degrade_continuum(photo, 4, seed, config=always), clean) for seed in range(8))
     assert not any(np.array_equal(deg.degrade_continuum(photo, 4, seed, config=never), clean) for seed in range(20))
@@ -108,8 +112,15 @@ def test_continuum_at_strength_zero_is_the_clean_downscale(photo):
 def test_continuum_degrades_more_as_the_strength_rises(photo):
     """Mean PSNR against the clean downscale over 16 seeds, at the sweep's strengths: each level lower than the last."""
     clean = deg.bicubic_downscale(photo, 4)
-    means = [np.mean([peak_signal_noise_ratio(clean, deg.degrade_continuum(photo, 4, seed, strength=s), data_range=1.0)
-                      for seed in range(16)]) for s in NUMERIC_SWEEP[1:]]
+    means = [
+        np.mean(
+            [
+                peak_signal_noise_ratio(clean, deg.degrade_continuum(photo, 4, seed, strength=s), data_range=1.0)
+                for seed in range(16)
+            ]
+        )
+        for s in NUMERIC_SWEEP[1:]
+    ]
     assert all(a > b for a, b in itertools.pairwise(means)), np.round(means, 2)
     assert means[0] > 30 and means[-1] < 28  # from barely touched to clearly degraded
 
@@ -123,7 +134,9 @@ def mild_chain(hr: np.ndarray, seed: int, blur: float = 1.2, noise: float = 3.0,
     channels = [np.asarray(Image.fromarray(image[..., c], mode="F").resize(size, Image.BICUBIC)) for c in range(3)]
     image = np.clip(np.stack(channels, -1), 0, 1)
     image = np.clip(image + np.random.default_rng(seed).normal(0, noise / 255, image.shape).astype(np.float32), 0, 1)
-    ok, encoded = cv2.imencode(".jpg", (image[..., ::-1] * 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, encoded = cv2.imencode(
+        ".jpg", (image[..., ::-1] * 255).round().astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
     assert ok
     return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255
 
@@ -133,7 +146,15 @@ def test_mild_input_is_blur_downscale_noise_and_jpeg_as_described(photo):
     assert np.array_equal(mild, deg.degrade_for_eval(photo, 4, "mild", seed=3))
     assert np.mean((mild_chain(photo, 3) - mild) ** 2) < 1e-5  # the same pixels up to rounding: above 50 dB
     # ... and not a neighbouring description: another blur, noise level, JPEG quality or noise draw is far off.
-    for other in ({"blur": 1.0}, {"blur": 1.4}, {"noise": 2.0}, {"noise": 4.0}, {"quality": 70}, {"quality": 80}, {"seed": 4}):
+    for other in (
+        {"blur": 1.0},
+        {"blur": 1.4},
+        {"noise": 2.0},
+        {"noise": 4.0},
+        {"quality": 70},
+        {"quality": 80},
+        {"seed": 4},
+    ):
         reference = mild_chain(photo, **{"seed": 3, **other})
         assert peak_signal_noise_ratio(reference, mild, data_range=1.0) < 42, other
 
@@ -145,8 +166,16 @@ def test_eval_kinds_clean_and_heavy_are_the_plain_downscale_and_the_pipeline(pho
 
 
 def test_eval_sweep_levels_degrade_in_order_from_clean_to_heavy(photo):
-    """The sweep's levels (every step at strength s), mean over 4 seeds: PSNR against the clean downscale falls level by level."""
+    """The sweep's levels (every step at strength s), mean over 4 seeds: PSNR against the clean downscale falls level
+    by level."""
     clean = deg.bicubic_downscale(photo, 4)
-    means = [np.mean([peak_signal_noise_ratio(clean, deg.degrade_for_eval(photo, 4, s, seed), data_range=1.0) for seed in range(4)])
-             for s in NUMERIC_SWEEP[1:] + ["heavy"]]
+    means = [
+        np.mean(
+            [
+                peak_signal_noise_ratio(clean, deg.degrade_for_eval(photo, 4, s, seed), data_range=1.0)
+                for seed in range(4)
+            ]
+        )
+        for s in NUMERIC_SWEEP[1:] + ["heavy"]
+    ]
     assert all(a > b for a, b in itertools.pairwise(means)), np.round(means, 2)

@@ -75,7 +75,22 @@ def test_layout_and_resume(model_dir, photos, tmp_path, capsys):
 
 def test_lr_grid_and_bad_scale(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["degrade", str(photos / "coffee.png"), "-o", str(out), "--model", str(model_dir), "--scale", "3", "--lr-grid"]) == 0
+    assert (
+        main(
+            [
+                "degrade",
+                str(photos / "coffee.png"),
+                "-o",
+                str(out),
+                "--model",
+                str(model_dir),
+                "--scale",
+                "3",
+                "--lr-grid",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out / "3" / "coffee_LR3.png").size == (29, 24)  # round(88 / 3) x round(72 / 3)
     capsys.readouterr()
     assert main(["degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "6"]) == 2
@@ -85,9 +100,28 @@ def test_lr_grid_and_bad_scale(model_dir, photos, tmp_path, capsys):
 
 def test_torchrun_shards_without_gaps_or_duplicates(model_dir, photos, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", "-m",
-               "flowsr.runtime.cli", "degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "flowsr.runtime.cli",
+        "degrade",
+        str(photos),
+        "-o",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--scale",
+        "2",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     reports = sorted(line for line in result.stderr.splitlines() if line.startswith("rank "))
     assert reports[0].startswith("rank 0/2: 2 images") and reports[1].startswith("rank 1/2: 2 images")
@@ -102,21 +136,27 @@ def test_onnx_graph_matches_torch_with_dynamic_shapes(model_dir, tmp_path):
             parameter.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
     spec = export_onnx(model, tmp_path / "onnx")
     assert spec["graphs"]["degrader"]["verification"]["psnr_db"] >= 50
-    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["graphs"]["degrader"]["inputs"][0]["shape"][0] == "batch"
+    assert (
+        json.loads((tmp_path / "onnx" / "export.json").read_text())["graphs"]["degrader"]["inputs"][0]["shape"][0]
+        == "batch"
+    )
     os.environ["FLOWSR_CACHE"] = str(tmp_path / "cache")
     try:
         eager = Degrader(model, device="cpu", backend="torch")(data.astronaut()[:40, :56], [1.5, 3.3])
         onnx = Degrader(model, device="cpu", backend="onnxruntime")(data.astronaut()[:40, :56], [1.5, 3.3])
     finally:
         del os.environ["FLOWSR_CACHE"]
-    for a, b in zip(eager, onnx):
+    for a, b in zip(eager, onnx, strict=True):
         assert a.shape == (40, 56, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")
 def test_tensorrt_backend_without_a_gpu_is_one_line(model_dir, photos, tmp_path, capsys):
     """The degrader shares the SR backends' registry: TensorRT too, refused here in one line before any output."""
-    assert main(["degrade", str(photos), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "tensorrt"]) == 2
+    assert (
+        main(["degrade", str(photos), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "tensorrt"])
+        == 2
+    )
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowsr:")]
     assert len(lines) == 1 and ("GPU" in lines[0] or "not installed" in lines[0])
     assert not any((tmp_path / "out").rglob("*.png"))
@@ -125,15 +165,44 @@ def test_tensorrt_backend_without_a_gpu_is_one_line(model_dir, photos, tmp_path,
 def test_train_rae_then_degflow_end_to_end(photos, tmp_path, capsys):
     common = ["--data", str(photos), "--crop", "32", "--repeats", "2", "--batch-size", "2", "--steps", "3"]
     assert main(["train", "rae", "--preset", "tiny", "-o", str(tmp_path / "rae"), *common]) == 0
-    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "flow"), "--lookahead", "l1", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "degflow",
+                str(tmp_path / "rae" / "model"),
+                "-o",
+                str(tmp_path / "flow"),
+                "--lookahead",
+                "l1",
+                *common,
+            ]
+        )
+        == 0
+    )
     manifest = DegradationManifest.read(tmp_path / "flow" / "model")
     assert manifest.trained and manifest.knot_scales == [1.0, 2.0, 4.0]
     losses = [json.loads(line) for line in (tmp_path / "flow" / "losses.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and {"flow", "lookahead"} <= set(losses[0])
     capsys.readouterr()
-    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "x"), *common, "--scales", "2,3,4"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "degflow",
+                str(tmp_path / "rae" / "model"),
+                "-o",
+                str(tmp_path / "x"),
+                *common,
+                "--scales",
+                "2,3,4",
+            ]
+        )
+        == 2
+    )
     assert "--scales to match" in capsys.readouterr().err
-    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "y"), *common]) == 2  # LPIPS absent
+    # LPIPS absent
+    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "y"), *common]) == 2
     assert "LPIPS" in capsys.readouterr().err
 
 
@@ -141,8 +210,25 @@ def test_degradation_model_feeds_allosr2_in_one_command(model_dir, photos, tmp_p
     sr_model = tmp_path / "sr"
     assert main(["model", "init", "--preset", "tiny", str(sr_model)]) == 0
     run = tmp_path / "run"
-    command = ["train", "allosr2", str(sr_model), "--data", str(photos), "--synthesize-with", str(model_dir), "--synth-scales", "1.5:3:0.75",
-               "--crop", "32", "--batch-size", "2", "--steps", "2", "-o", str(run)]
+    command = [
+        "train",
+        "allosr2",
+        str(sr_model),
+        "--data",
+        str(photos),
+        "--synthesize-with",
+        str(model_dir),
+        "--synth-scales",
+        "1.5:3:0.75",
+        "--crop",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "-o",
+        str(run),
+    ]
     assert main(command) == 0
     for scale in ("1.5", "2.25", "3"):
         assert len(list((run / "pairs" / scale).glob("*_LR*.png"))) == 4
@@ -154,8 +240,23 @@ def test_degradation_model_feeds_allosr2_in_one_command(model_dir, photos, tmp_p
 def test_allosr2_trains_on_several_noise_draws_per_image(model_dir, noisy_model_dir, photos, tmp_path, capsys):
     sr_model = tmp_path / "sr"
     assert main(["model", "init", "--preset", "tiny", str(sr_model)]) == 0
-    command = ["train", "allosr2", str(sr_model), "--data", str(photos), "--synth-scales", "2", "--synth-samples", "2",
-               "--crop", "32", "--batch-size", "2", "--steps", "1"]
+    command = [
+        "train",
+        "allosr2",
+        str(sr_model),
+        "--data",
+        str(photos),
+        "--synth-scales",
+        "2",
+        "--synth-samples",
+        "2",
+        "--crop",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+    ]
     assert main([*command, "--synthesize-with", str(noisy_model_dir), "-o", str(tmp_path / "run")]) == 0
     names = sorted(p.name for p in (tmp_path / "run" / "pairs" / "2").glob("*_LR*.png"))
     assert len(names) == 2 * 4 and all(name.endswith(("_LR2_0.png", "_LR2_1.png")) for name in names)
@@ -168,7 +269,10 @@ def test_allosr2_trains_on_several_noise_draws_per_image(model_dir, noisy_model_
 
 def test_eval_degradation_reports_every_pair(model_dir, photos, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
-    assert main(["eval-degradation", str(photos), "--model", str(model_dir), "--scales", "2,3", "--csv", str(csv_path)]) == 0
+    assert (
+        main(["eval-degradation", str(photos), "--model", str(model_dir), "--scales", "2,3", "--csv", str(csv_path)])
+        == 0
+    )
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "image,scale,pair,psnr,latent_mse,first_noise,second_noise,first_spread,second_spread"
     assert len(rows) == 1 + 4 * 2 * 4  # images x scales x pairs
@@ -182,17 +286,35 @@ def noisy_model_dir(model_dir, tmp_path_factory):
     """The tiny model with a pixel-noise table in its manifest."""
     path = tmp_path_factory.mktemp("models") / "noisy"
     shutil.copytree(model_dir, path)
-    update_manifest(path, noise={"times": [0.0, 1.0], "base": [0.0, 4e-3], "slope": [0.0, 0.0], "gray": [0.0, 0.5], "spread": [0.0, 0.2]})
+    update_manifest(
+        path,
+        noise={"times": [0.0, 1.0], "base": [0.0, 4e-3], "slope": [0.0, 0.0], "gray": [0.0, 0.5], "spread": [0.0, 0.2]},
+    )
     return path
 
 
 def test_samples_are_draws_of_one_network_output_reproducible_from_the_seed(noisy_model_dir, photos, tmp_path):
     out = tmp_path / "out"
-    command = ["degrade", str(photos / "coffee.png"), "-o", str(out), "--model", str(noisy_model_dir), "--scale", "2,4", "--samples", "3"]
+    command = [
+        "degrade",
+        str(photos / "coffee.png"),
+        "-o",
+        str(out),
+        "--model",
+        str(noisy_model_dir),
+        "--scale",
+        "2,4",
+        "--samples",
+        "3",
+    ]
     assert main(command) == 0
-    assert sorted(p.name for p in (out / "4").iterdir()) == ["coffee_HR.png"] + [f"coffee_LR4_{k}.png" for k in range(3)]
+    assert sorted(p.name for p in (out / "4").iterdir()) == ["coffee_HR.png"] + [
+        f"coffee_LR4_{k}.png" for k in range(3)
+    ]
     draws = [np.asarray(Image.open(out / "4" / f"coffee_LR4_{k}.png")).astype(float) for k in range(3)]
-    clean = Degrader(noisy_model_dir, noise=False)(np.asarray(Image.open(photos / "coffee.png")), [4.0])[0].astype(float)
+    clean = Degrader(noisy_model_dir, noise=False)(np.asarray(Image.open(photos / "coffee.png")), [4.0])[0].astype(
+        float
+    )
     assert all(np.abs(a - b).mean() > 1 for a, b in ((draws[0], draws[1]), (draws[1], draws[2])))  # other noise
     assert np.abs(np.mean(draws, axis=0) - clean).mean() < np.abs(draws[0] - clean).mean()  # around one image
     again = tmp_path / "again"
@@ -215,7 +337,12 @@ def test_samples_without_a_noise_model_is_refused_in_one_line(model_dir, noisy_m
 
 def test_eval_degradation_scores_the_noise_draws_of_a_model_with_noise(noisy_model_dir, photos, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
-    assert main(["eval-degradation", str(photos), "--model", str(noisy_model_dir), "--scales", "4", "--csv", str(csv_path)]) == 0
+    assert (
+        main(
+            ["eval-degradation", str(photos), "--model", str(noisy_model_dir), "--scales", "4", "--csv", str(csv_path)]
+        )
+        == 0
+    )
     rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
     noisy = [row for row in rows if row[2] == "noisy-vs-true"]
     assert len(noisy) == 4 and all(float(row[7]) > 0 and float(row[8]) > 0 for row in noisy)  # both spread across draws
@@ -229,11 +356,29 @@ def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy
     model = tmp_path / "model"
     shutil.copytree(noisy_model_dir, model)
     table = {"times": [0.0, 1.0], "base": [0.0, 4e-2], "slope": [0.0, 0.0], "gray": [0.0, 0.5], "spread": [0.0, 0.2]}
-    calibrated = calibrate_noise(DegradationModel.from_pretrained(model), NoiseModel.from_dict(table), photos, max_side=88)
+    calibrated = calibrate_noise(
+        DegradationModel.from_pretrained(model), NoiseModel.from_dict(table), photos, max_side=88
+    )
     assert 0 < calibrated.base[1] < table["base"][1] / 4 and calibrated.times == table["times"]
     update_manifest(model, noise=calibrated.to_dict())
     csv_path = tmp_path / "scores.csv"
-    assert main(["eval-degradation", str(photos), "--model", str(model), "--scales", "4", "--max-side", "88", "--csv", str(csv_path)]) == 0
+    assert (
+        main(
+            [
+                "eval-degradation",
+                str(photos),
+                "--model",
+                str(model),
+                "--scales",
+                "4",
+                "--max-side",
+                "88",
+                "--csv",
+                str(csv_path),
+            ]
+        )
+        == 0
+    )
     noisy = [line.split(",") for line in csv_path.read_text().splitlines()[1:] if ",noisy-vs-true," in line]
     ratio = np.mean([float(row[5]) for row in noisy]) / np.mean([float(row[6]) for row in noisy])
     assert ratio == pytest.approx(1.0, abs=0.03)
@@ -242,8 +387,10 @@ def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy
 def test_calibration_on_a_folder_without_images_fails_before_the_fit(noisy_model_dir, photos, tmp_path, capsys):
     before = (noisy_model_dir / "flowsr.json").read_bytes()
     (tmp_path / "empty").mkdir()
-    assert main(["train", "noise", str(noisy_model_dir), "--data", str(photos), "--calibrate-on", str(tmp_path / "empty")]) == 2
+    assert (
+        main(["train", "noise", str(noisy_model_dir), "--data", str(photos), "--calibrate-on", str(tmp_path / "empty")])
+        == 2
+    )
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "empty" in error and "no images" in error
     assert (noisy_model_dir / "flowsr.json").read_bytes() == before
-

@@ -16,8 +16,16 @@ def test_default_and_valid_devices():
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
-@pytest.mark.parametrize(("device", "message"), [("foo", "unknown device 'foo'"), ("", "unknown device ''"), ("mps", "cpu or cuda"),
-                                                 ("meta", "cpu or cuda"), ("cuda:99", "cuda:99")])
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("foo", "unknown device 'foo'"),
+        ("", "unknown device ''"),
+        ("mps", "cpu or cuda"),
+        ("meta", "cpu or cuda"),
+        ("cuda:99", "cuda:99"),
+    ],
+)
 def test_devices_this_machine_lacks_are_refused(device, message):
     with pytest.raises(DeviceError, match=message):
         resolve_device(device)

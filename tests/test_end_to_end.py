@@ -43,7 +43,8 @@ def export_end_to_end(model_dir, out, *extra) -> dict:
 
 @pytest.mark.slow
 def test_sr_graph_gives_the_pixels_of_flowsr_sr(tmp_path):
-    """The default model (one plain model directory, no parts to pick), exported end to end, gives what `flowsr sr` writes."""
+    """The default model (one plain model directory, no parts to pick), exported end to end, gives what `flowsr sr`
+    writes."""
     spec = export_end_to_end(DEFAULT_SR_MODEL, tmp_path / "onnx", "--scale", "4")
     graph = spec["graphs"]["end_to_end"]
     assert spec["scale"] == 4 and graph["inputs"][0]["shape"] == ["batch", "height", "width", 3]
@@ -51,7 +52,23 @@ def test_sr_graph_gives_the_pixels_of_flowsr_sr(tmp_path):
     assert graph["verification"]["psnr_db"] >= MIN_PSNR_DB
     assert profile_shapes(graph) == {"lr": {"min": [1, 16, 16, 3], "opt": [1, 256, 256, 3], "max": [4, 512, 512, 3]}}
     photos = write_photos(tmp_path / "photos", 61, 87)
-    assert main(["sr", str(tmp_path / "photos"), "-o", str(tmp_path / "sr"), "--tile", "0", "--vae-tile", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sr",
+                str(tmp_path / "photos"),
+                "-o",
+                str(tmp_path / "sr"),
+                "--tile",
+                "0",
+                "--vae-tile",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     session = ort.InferenceSession(str(tmp_path / "onnx" / graph["file"]), providers=["CPUExecutionProvider"])
     for name, photo in photos.items():
         (got,) = session.run(None, {"lr": photo[None]})[0]
@@ -68,11 +85,28 @@ def test_degradation_graph_gives_the_pixels_of_flowsr_degrade(tmp_path):
     assert graph["verification"]["psnr_db"] >= MIN_PSNR_DB
     photos = write_photos(tmp_path / "photos", 100, 141)
     scales = [2.0, 3.3]
-    assert main(["degrade", str(tmp_path / "photos"), "-o", str(tmp_path / "lr"), "--scale", "2,3.3", "--tile", "0", "--device", "cpu", "--no-noise"]) == 0
+    assert (
+        main(
+            [
+                "degrade",
+                str(tmp_path / "photos"),
+                "-o",
+                str(tmp_path / "lr"),
+                "--scale",
+                "2,3.3",
+                "--tile",
+                "0",
+                "--device",
+                "cpu",
+                "--no-noise",
+            ]
+        )
+        == 0
+    )
     session = ort.InferenceSession(str(tmp_path / "onnx" / graph["file"]), providers=["CPUExecutionProvider"])
     for name, photo in photos.items():
         got = session.run(None, {"hr": np.stack([photo] * len(scales)), "scale": np.array(scales, np.float32)})[0]
-        for scale, degraded in zip(scales, got):
+        for scale, degraded in zip(scales, got, strict=True):
             expected = np.asarray(Image.open(output_paths(tmp_path / "lr", name, scale)[1]))
             assert degraded.shape == expected.shape == photo.shape
             assert psnr(expected, degraded) >= MIN_PSNR_DB, (name, scale)

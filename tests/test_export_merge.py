@@ -38,8 +38,10 @@ def test_merged_weights_hold_no_peft_keys(tuned):
 # The weights each preset's adapters in conftest target (LoRA changes weights, never biases).
 TARGETED_WEIGHTS = {
     "tiny": {"vae": r"encoder\.weight", "transformer": r"(conv_in|convs\.\d+|conv_out)\.weight"},
-    "tiny-kl": {"vae": r"encoder\..*(conv1|conv2|to_q|to_v)\.weight",
-                "transformer": r".*(to_q|to_k|to_v|to_out\.0|proj_mlp|proj_out)\.weight"},
+    "tiny-kl": {
+        "vae": r"encoder\..*(conv1|conv2|to_q|to_v)\.weight",
+        "transformer": r".*(to_q|to_k|to_v|to_out\.0|proj_mlp|proj_out)\.weight",
+    },
 }
 
 

@@ -58,7 +58,7 @@ def test_pipeline_inputs_are_what_each_stage_gets(name):
     with torch.inference_mode():
         expected = stage_input(model, PARTS[name], 2, 64, 96)
         got = pipeline_inputs(model, PARTS[name], image)
-    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,9 @@ def test_inputs_and_outputs_are_dynamic(tiny):
     model, _, folder, _ = tiny
     for name, part in PARTS.items():
         graph = onnx.load(folder / f"{name}.onnx", load_external_data=False).graph
-        assert [i.name for i in graph.input] == [t.name for t in part.inputs] and [o.name for o in graph.output] == [part.output.name]
+        assert [i.name for i in graph.input] == [t.name for t in part.inputs] and [o.name for o in graph.output] == [
+            part.output.name
+        ]
         for tensor in (graph.input[0], graph.output[0]):
             dims = tensor.type.tensor_type.shape.dim
             assert all(dims[axis].dim_param for axis in (0, 2, 3)), (name, tensor.name)
@@ -95,7 +97,9 @@ def test_spec_records_files_manifest_and_profiles(tiny):
     model, manifest, folder, spec = tiny
     assert json.loads((folder / SPEC_FILE).read_text()) == spec
     assert spec["content_sha256"] == content_sha256(OneStepSR.from_preset("tiny"))
-    assert spec["kind"] == "sr" and spec["manifest"]["preset"] == "tiny" and spec["manifest"]["t_star"] == manifest.t_star
+    assert (
+        spec["kind"] == "sr" and spec["manifest"]["preset"] == "tiny" and spec["manifest"]["t_star"] == manifest.t_star
+    )
     assert spec["opset"] == 20 and spec["dtype"] == "float32"
     assert set(spec["files"]) == {p.name for p in folder.iterdir()} - {SPEC_FILE}
     for name, sha in spec["files"].items():

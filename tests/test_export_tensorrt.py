@@ -1,4 +1,5 @@
-"""TensorRT engines and backend: built from the ONNX export, cached, CUDA graphs per shape; a clear line without a GPU."""
+"""TensorRT engines and backend: built from the ONNX export, cached, CUDA graphs per shape; a clear line without a
+GPU."""
 
 import importlib.util
 
@@ -14,7 +15,8 @@ from flowsr.runtime.cli import main
 HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
 needs_tensorrt = pytest.mark.skipif(
     not HAVE_TENSORRT,
-    reason="TensorRT engines need an NVIDIA GPU and the tensorrt package (pip install 'flowsr[gpu]'); neither is required elsewhere",
+    reason="TensorRT engines need an NVIDIA GPU and the tensorrt package (pip install 'flowsr[gpu]'); "
+    "neither is required elsewhere",
 )
 
 
@@ -34,7 +36,11 @@ def private_cache(tmp_path_factory, monkeypatch):
 def test_export_trt_without_tensorrt_is_one_clear_line(model_dir, capsys):
     assert main(["export", "trt", str(model_dir)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("flowsr: error: TensorRT") and ("GPU" in lines[0] or "not installed" in lines[0])
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("flowsr: error: TensorRT")
+        and ("GPU" in lines[0] or "not installed" in lines[0])
+    )
 
 
 @needs_tensorrt
@@ -89,5 +95,5 @@ def test_degrader_on_tensorrt_matches_torch(tmp_path):
     photo = data.astronaut()[:64, :96]
     eager = Degrader(model, device="cuda", backend="torch")(photo, [1.5, 3.3])
     engine = Degrader(model, device="cuda", backend="tensorrt")(photo, [1.5, 3.3])
-    for a, b in zip(eager, engine):
+    for a, b in zip(eager, engine, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

@@ -26,7 +26,12 @@ def test_tstar_minimizes_mean_abs_snr_gap_over_samples():
     t_star = flow.snr_start_time(signal, degradation, grid_size=999)
 
     def cost(t):
-        return sum(abs((1 - t) ** 2 / t**2 * s - s / d) for s, d in zip(signal.tolist(), degradation.tolist())) / 3
+        return (
+            sum(
+                abs((1 - t) ** 2 / t**2 * s - s / d) for s, d in zip(signal.tolist(), degradation.tolist(), strict=True)
+            )
+            / 3
+        )
 
     brute = min((k / 10000 for k in range(1, 10000)), key=cost)
     assert cost(t_star) <= cost(brute) + 1e-3 * cost(brute) + 1e-6

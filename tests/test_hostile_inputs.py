@@ -59,8 +59,15 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
 
 
-def _png(width: int, height: int, depth: int = 8, colour: int = 2, rows: int | None = None, palette: bool = False,
-         idat_length: int | None = None) -> bytes:
+def _png(
+    width: int,
+    height: int,
+    depth: int = 8,
+    colour: int = 2,
+    rows: int | None = None,
+    palette: bool = False,
+    idat_length: int | None = None,
+) -> bytes:
     samples = {0: 1, 2: 3, 3: 1}[colour]
     rows = height if rows is None else rows
     raw = b"".join(b"\0" + bytes([(7 * y) % 256]) * (width * samples * depth // 8) for y in range(rows))
@@ -157,7 +164,11 @@ def file_cases() -> list[FileCase]:
         FileCase("mode-P.png", _mode("P"), "ok"),
         FileCase("mode-RGBA.png", _mode("RGBA"), "ok"),
         FileCase("mode-I16.png", _encode((RGB[..., 0].astype(np.uint16) * 257), "PNG"), "ok"),
-        FileCase("mode-RGBA16.png", cv2.imencode(".png", np.dstack([RGB, RGB[..., :1]]).astype(np.uint16) * 257)[1].tobytes(), "ok"),
+        FileCase(
+            "mode-RGBA16.png",
+            cv2.imencode(".png", np.dstack([RGB, RGB[..., :1]]).astype(np.uint16) * 257)[1].tobytes(),
+            "ok",
+        ),
         FileCase("mode-cmyk.jpg", _cmyk_jpeg(), "ok"),
         FileCase("exif-rotated.jpg", _exif_rotated(), "ok"),
         FileCase("one-pixel.png", _encode(RGB[:1, :1], "PNG"), "ok"),
@@ -216,7 +227,9 @@ def decodes(path: Path) -> bool:
 
 
 @pytest.mark.parametrize("command", ["sr", "degrade"])
-def test_malformed_files_one_line_each_and_the_good_ones_written(command, sr_model, degradation_model, full, tmp_path, capsys):
+def test_malformed_files_one_line_each_and_the_good_ones_written(
+    command, sr_model, degradation_model, full, tmp_path, capsys
+):
     cases = sample(FILE_CASES, 4, full)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -260,12 +273,21 @@ def test_header_bombs_stay_small(sr_model, tmp_path):
     for case in FILE_CASES:
         if case.name.startswith(("bomb-", "half-rows")):
             (folder / case.name).write_bytes(case.payload)
-    probe = ("import resource, sys; from flowsr.runtime.cli import main; code = main(sys.argv[1:]); "
-             "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
-    result = subprocess.run([sys.executable, "-c", probe, "sr", str(folder), "-o", str(tmp_path / "out"), "--model", str(sr_model)],
-                            capture_output=True, text=True, timeout=300, check=False)
+    probe = (
+        "import resource, sys; from flowsr.runtime.cli import main; code = main(sys.argv[1:]); "
+        "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, "sr", str(folder), "-o", str(tmp_path / "out"), "--model", str(sr_model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    noise = [line for line in result.stderr.splitlines() if not line.startswith(("flowsr:", "peak_rss_kib", "0 written"))]
+    noise = [
+        line for line in result.stderr.splitlines() if not line.startswith(("flowsr:", "peak_rss_kib", "0 written"))
+    ]
     assert not noise, noise  # no library warnings or log lines around flowsr's own
     assert len(flowsr_lines(result.stderr)) == len(list(folder.iterdir())) + 1  # one per bomb, and the summary
     peak_mib = int(result.stderr.split("peak_rss_kib")[1].split()[0]) / 1024
@@ -287,11 +309,29 @@ def _manifest_cases(fields: dict[str, list]) -> list[tuple[str, object, bool]]:
 
 
 SR_FIELDS = {
-    "kind": ["sr"], "preset": ["tiny"], "t_star": [], "guidance": [None], "trained": [True], "versions": [{}],
-    "created": ["x", "1", "NaN"], "format": [], "t_star_source": [], "weights_sha256": [None],
+    "kind": ["sr"],
+    "preset": ["tiny"],
+    "t_star": [],
+    "guidance": [None],
+    "trained": [True],
+    "versions": [{}],
+    "created": ["x", "1", "NaN"],
+    "format": [],
+    "t_star_source": [],
+    "weights_sha256": [None],
 }
-DEGRADATION_FIELDS = {"kind": ["degradation"], "preset": ["tiny"], "s_max": [], "knot_scales": [], "trained": [True],
-                      "versions": [{}], "created": ["x", "1", "NaN"], "format": [], "weights_sha256": [None], "noise": [None]}
+DEGRADATION_FIELDS = {
+    "kind": ["degradation"],
+    "preset": ["tiny"],
+    "s_max": [],
+    "knot_scales": [],
+    "trained": [True],
+    "versions": [{}],
+    "created": ["x", "1", "NaN"],
+    "format": [],
+    "weights_sha256": [None],
+    "noise": [None],
+}
 NOISE_TABLE = {"times": [0.0, 1.0], "base": [0.0, 1e-3], "slope": [0.0, 1e-3], "gray": [0.0, 0.5], "spread": [0.0, 1.0]}
 
 
@@ -317,7 +357,9 @@ def _safetensors_header_bomb(path: Path) -> None:
 
 FILE_EDITS = {
     "manifest-random-bytes": lambda d: (d / "flowsr.json").write_bytes(bytes(range(256)) * 4),
-    "manifest-latin1": lambda d: (d / "flowsr.json").write_bytes('{"kind": "sr", "preset": "t\xefny"}'.encode("latin-1")),
+    "manifest-latin1": lambda d: (d / "flowsr.json").write_bytes(
+        '{"kind": "sr", "preset": "t\xefny"}'.encode("latin-1")
+    ),
     "manifest-list": lambda d: (d / "flowsr.json").write_text("[1, 2, 3]"),
     "manifest-empty": lambda d: (d / "flowsr.json").write_text(""),
     "manifest-huge": lambda d: (d / "flowsr.json").write_text(" " * (2 << 20) + "{}"),
@@ -328,11 +370,15 @@ FILE_EDITS = {
 SR_FILE_EDITS = {
     **FILE_EDITS,
     "transformer-weights-random": lambda d: _weights(d / "transformer").write_bytes(random.Random(2).randbytes(4096)),
-    "transformer-weights-truncated": lambda d: _weights(d / "transformer").write_bytes(_weights(d / "transformer").read_bytes()[:1000]),
+    "transformer-weights-truncated": lambda d: _weights(d / "transformer").write_bytes(
+        _weights(d / "transformer").read_bytes()[:1000]
+    ),
     "transformer-weights-header-bomb": lambda d: _safetensors_header_bomb(_weights(d / "transformer")),
     "transformer-config-missing": lambda d: (d / "transformer" / "config.json").unlink(),
     # The other velocity network: its class is the preset's, not the file's to choose.
-    "transformer-config-class": lambda d: _set_json(d / "transformer" / "config.json", "_class_name", "FluxTransformer2DModel"),
+    "transformer-config-class": lambda d: _set_json(
+        d / "transformer" / "config.json", "_class_name", "FluxTransformer2DModel"
+    ),
     "vae-weights-missing": lambda d: _weights(d / "vae").unlink(),
     "vae-config-missing": lambda d: (d / "vae" / "config.json").unlink(),
     "vae-config-binary": lambda d: (d / "vae" / "config.json").write_bytes(b"\xff\xfe\x00" * 100),
@@ -342,12 +388,16 @@ SR_FILE_EDITS = {
 # Only a text-conditioned velocity network (FLUX: the tiny-kl and flux-dev presets) stores the empty-prompt embeddings.
 KL_FILE_EDITS = {
     "embeddings-random": lambda d: (d / "text_embeddings.safetensors").write_bytes(random.Random(1).randbytes(4096)),
-    "embeddings-pickle": lambda d: (d / "text_embeddings.safetensors").write_bytes(pickle.dumps({"prompt_embeds": [1.0]})),
+    "embeddings-pickle": lambda d: (d / "text_embeddings.safetensors").write_bytes(
+        pickle.dumps({"prompt_embeds": [1.0]})
+    ),
     "embeddings-empty": lambda d: (d / "text_embeddings.safetensors").write_bytes(b""),
     "embeddings-missing": lambda d: (d / "text_embeddings.safetensors").unlink(),
     "embeddings-header-bomb": lambda d: _safetensors_header_bomb(d / "text_embeddings.safetensors"),
     "transformer-weights-random": lambda d: _weights(d / "transformer").write_bytes(random.Random(2).randbytes(4096)),
-    "transformer-config-class": lambda d: _set_json(d / "transformer" / "config.json", "_class_name", "ConvVelocityModel"),
+    "transformer-config-class": lambda d: _set_json(
+        d / "transformer" / "config.json", "_class_name", "ConvVelocityModel"
+    ),
     "vae-config-class": lambda d: _set_json(d / "vae" / "config.json", "_class_name", "PatchAutoencoder"),
 }
 DEGRADATION_FILE_EDITS = {
@@ -357,12 +407,25 @@ DEGRADATION_FILE_EDITS = {
     "rae-config-missing": lambda d: (d / "rae" / "config.json").unlink(),
 }
 ARCHITECTURE_KEYS = {
-    "sr": {"vae": ["in_channels", "patch_size", "latent_channels"],
-           "transformer": ["in_channels", "channels", "num_layers", "time_embedding_dim"]},
-    "sr-kl": {"vae": ["block_out_channels", "layers_per_block", "latent_channels"],
-              "transformer": ["num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "in_channels",
-                              "joint_attention_dim"]},
-    "degradation": {"rae": ["block_out_channels", "norm_num_groups"], "unet": ["block_out_channels", "layers_per_block", "in_channels"]},
+    "sr": {
+        "vae": ["in_channels", "patch_size", "latent_channels"],
+        "transformer": ["in_channels", "channels", "num_layers", "time_embedding_dim"],
+    },
+    "sr-kl": {
+        "vae": ["block_out_channels", "layers_per_block", "latent_channels"],
+        "transformer": [
+            "num_layers",
+            "num_single_layers",
+            "num_attention_heads",
+            "attention_head_dim",
+            "in_channels",
+            "joint_attention_dim",
+        ],
+    },
+    "degradation": {
+        "rae": ["block_out_channels", "norm_num_groups"],
+        "unet": ["block_out_channels", "layers_per_block", "in_channels"],
+    },
 }
 CONFIG_VALUES = [100_000, [], [100_000] * 4, -1, "x", None]
 
@@ -371,26 +434,50 @@ def model_cases(kind: str) -> list[tuple[str, object, bool]]:
     """(label, edit of a model directory copy, valid). "sr": the tiny preset (PatchAutoencoder, ConvVelocityModel, no
     text); "sr-kl": what only the FLUX path (tiny-kl) holds, its parts' configs and its text embeddings."""
     if kind == "sr-kl":
-        cases = [("unchanged", lambda d: None, True),
-                 ("manifest-preset=tiny", lambda d: _set_json(d / "flowsr.json", "preset", "tiny"), False)]
+        cases = [
+            ("unchanged", lambda d: None, True),
+            ("manifest-preset=tiny", lambda d: _set_json(d / "flowsr.json", "preset", "tiny"), False),
+        ]
     else:
         fields = SR_FIELDS if kind == "sr" else DEGRADATION_FIELDS
-        cases = [(f"manifest-{field}={value!r}", lambda d, f=field, v=value: _set_json(d / "flowsr.json", f, v), valid)
-                 for field, value, valid in _manifest_cases(fields)]
+        cases = [
+            (f"manifest-{field}={value!r}", lambda d, f=field, v=value: _set_json(d / "flowsr.json", f, v), valid)
+            for field, value, valid in _manifest_cases(fields)
+        ]
     if kind == "sr":
         cases += [("manifest-preset=tiny-kl", lambda d: _set_json(d / "flowsr.json", "preset", "tiny-kl"), False)]
     if kind == "degradation":
-        cases += [(f"manifest-knot_scales={knots}", lambda d, k=knots: _set_json(d / "flowsr.json", "knot_scales", k), False)
-                  for knots in ([1.0], [2.0, 4.0], [1.0, 4.0, 2.0], [1.0, 2.0, 9.0], [1.0, 1.0, 4.0])]
+        cases += [
+            (f"manifest-knot_scales={knots}", lambda d, k=knots: _set_json(d / "flowsr.json", "knot_scales", k), False)
+            for knots in ([1.0], [2.0, 4.0], [1.0, 4.0, 2.0], [1.0, 2.0, 9.0], [1.0, 1.0, 4.0])
+        ]
         cases += [("manifest-s_max=1", lambda d: _set_json(d / "flowsr.json", "s_max", 1.0), False)]
         cases += [("manifest-noise=table", lambda d: _set_json(d / "flowsr.json", "noise", NOISE_TABLE), True)]
-        cases += [(f"manifest-noise.{key}={value!r}", lambda d, k=key, v=value: _set_json(d / "flowsr.json", "noise", {**NOISE_TABLE, k: v}), False)
-                  for key, value in (("base", [0.0, float("nan")]), ("base", [0.0, -1.0]), ("gray", [0.0, 2.0]), ("times", [0.0, 0.5]),
-                                     ("spread", "1"), ("slope", [0.0]))]
+        cases += [
+            (
+                f"manifest-noise.{key}={value!r}",
+                lambda d, k=key, v=value: _set_json(d / "flowsr.json", "noise", {**NOISE_TABLE, k: v}),
+                False,
+            )
+            for key, value in (
+                ("base", [0.0, float("nan")]),
+                ("base", [0.0, -1.0]),
+                ("gray", [0.0, 2.0]),
+                ("times", [0.0, 0.5]),
+                ("spread", "1"),
+                ("slope", [0.0]),
+            )
+        ]
     for part, keys in ARCHITECTURE_KEYS[kind].items():
         for key in keys:
-            cases += [(f"{part}-config-{key}={value!r:.20}", lambda d, p=part, k=key, v=value: _set_json(d / p / "config.json", k, v), False)
-                      for value in CONFIG_VALUES]
+            cases += [
+                (
+                    f"{part}-config-{key}={value!r:.20}",
+                    lambda d, p=part, k=key, v=value: _set_json(d / p / "config.json", k, v),
+                    False,
+                )
+                for value in CONFIG_VALUES
+            ]
     edits = {"sr": SR_FILE_EDITS, "sr-kl": KL_FILE_EDITS, "degradation": DEGRADATION_FILE_EDITS}[kind]
     cases += [(label, edit, False) for label, edit in edits.items()]
     if kind == "sr-kl":
@@ -402,14 +489,34 @@ def model_cases(kind: str) -> list[tuple[str, object, bool]]:
 
         cases += [
             ("embeddings-wrong-key", lambda d: embeddings(d, other=torch.zeros(1)), False),
-            ("embeddings-wrong-shape", lambda d: embeddings(d, prompt_embeds=torch.zeros(1, 2, 3), pooled_prompt_embeds=torch.zeros(1, 3)), False),
-            ("embeddings-nan", lambda d: embeddings(d, prompt_embeds=torch.full((1, 4, 32), float("nan")), pooled_prompt_embeds=torch.zeros(1, 32)), False),
-            ("embeddings-int", lambda d: embeddings(d, prompt_embeds=torch.zeros(1, 4, 32, dtype=torch.int64), pooled_prompt_embeds=torch.zeros(1, 32)), False),
+            (
+                "embeddings-wrong-shape",
+                lambda d: embeddings(d, prompt_embeds=torch.zeros(1, 2, 3), pooled_prompt_embeds=torch.zeros(1, 3)),
+                False,
+            ),
+            (
+                "embeddings-nan",
+                lambda d: embeddings(
+                    d, prompt_embeds=torch.full((1, 4, 32), float("nan")), pooled_prompt_embeds=torch.zeros(1, 32)
+                ),
+                False,
+            ),
+            (
+                "embeddings-int",
+                lambda d: embeddings(
+                    d, prompt_embeds=torch.zeros(1, 4, 32, dtype=torch.int64), pooled_prompt_embeds=torch.zeros(1, 32)
+                ),
+                False,
+            ),
         ]
     return cases
 
 
-SR_MODEL_CASES, KL_MODEL_CASES, DEGRADATION_MODEL_CASES = model_cases("sr"), model_cases("sr-kl"), model_cases("degradation")
+SR_MODEL_CASES, KL_MODEL_CASES, DEGRADATION_MODEL_CASES = (
+    model_cases("sr"),
+    model_cases("sr-kl"),
+    model_cases("degradation"),
+)
 
 
 def _run_model_case(command: list[str], model: Path, out: Path, capsys, valid: bool, label: str) -> None:
@@ -437,12 +544,17 @@ def test_model_directories_broken_field_by_field(kind, sr_model, kl_model, degra
     for index, (label, edit, valid) in enumerate(sample(cases, 4, full)):
         model = _broken_copy(source, tmp_path / f"m{index}", edit)
         out = tmp_path / f"out{index}"
-        _run_model_case([command, str(image), "-o", str(out), "--model", str(model), *options], model, out, capsys, valid, label)
+        _run_model_case(
+            [command, str(image), "-o", str(out), "--model", str(model), *options], model, out, capsys, valid, label
+        )
 
 
 def test_a_model_without_text_conditioning_holds_no_embeddings(sr_model, kl_model):
-    """tiny (ConvVelocityModel) stores no text embeddings, so none of the embedding cases above apply to it; tiny-kl does."""
-    assert not (sr_model / "text_embeddings.safetensors").exists() and (kl_model / "text_embeddings.safetensors").is_file()
+    """tiny (ConvVelocityModel) stores no text embeddings, so none of the embedding cases above apply to it; tiny-kl
+    does."""
+    assert (
+        not (sr_model / "text_embeddings.safetensors").exists() and (kl_model / "text_embeddings.safetensors").is_file()
+    )
 
 
 def test_export_and_eval_refuse_broken_models_in_one_line(sr_model, full, tmp_path, capsys):
@@ -450,10 +562,15 @@ def test_export_and_eval_refuse_broken_models_in_one_line(sr_model, full, tmp_pa
     photos.mkdir()
     Image.fromarray(data.astronaut()[::4, ::4]).save(photos / "astronaut.png")
     bad = [case for case in SR_MODEL_CASES if not case[2]]
-    for index, (label, edit, _) in enumerate(sample(bad, 3, full)[:None if full else 12]):
+    for index, (label, edit, _) in enumerate(sample(bad, 3, full)[: None if full else 12]):
         model = _broken_copy(sr_model, tmp_path / f"m{index}", edit)
-        for command, out in ((["export", "onnx", str(model), str(tmp_path / f"onnx{index}")], tmp_path / f"onnx{index}"),
-                             (["eval", str(photos), "--model", str(model), "--csv", str(tmp_path / f"e{index}.csv")], tmp_path / f"e{index}.csv")):
+        for command, out in (
+            (["export", "onnx", str(model), str(tmp_path / f"onnx{index}")], tmp_path / f"onnx{index}"),
+            (
+                ["eval", str(photos), "--model", str(model), "--csv", str(tmp_path / f"e{index}.csv")],
+                tmp_path / f"e{index}.csv",
+            ),
+        ):
             _run_model_case(command, model, out, capsys, False, f"{command[0]} {label}")
             assert not out.exists()
 
@@ -466,14 +583,41 @@ BAD_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e308", "-1", "0x10", "", "abc", "1
 def option_cases() -> list[list[str]]:
     cases = []
     for option in ("--scale", "--max-megapixels", "--tile", "--overlap", "--vae-tile"):
-        cases += [["sr", "IMAGE", "-o", "OUT", option, value] for value in BAD_NUMBERS + ["0.5" if option == "--scale" else "-5", "1e9"]]
+        cases += [
+            ["sr", "IMAGE", "-o", "OUT", option, value]
+            for value in BAD_NUMBERS + ["0.5" if option == "--scale" else "-5", "1e9"]
+        ]
     for option in ("--steps", "--tile", "--overlap", "--max-megapixels"):
         cases += [["degrade", "IMAGE", "-o", "OUT", option, value] for value in BAD_NUMBERS]
-    cases += [["degrade", "IMAGE", "-o", "OUT", "--scale", value]
-              for value in ("1:inf:1", "1:4:1e-12", "nan", "inf", "0.5", "5", "4:1:1", "1:4:0", "1:4:-1", "1:4", "1,,2", "", "1:2:3:4", "1e308")]
-    cases += [["eval", "PHOTOS", "--model", "MODEL", "--scale", value] for value in ("0", "-1", "1", "100", "nan", "2.5", "abc")]
+    cases += [
+        ["degrade", "IMAGE", "-o", "OUT", "--scale", value]
+        for value in (
+            "1:inf:1",
+            "1:4:1e-12",
+            "nan",
+            "inf",
+            "0.5",
+            "5",
+            "4:1:1",
+            "1:4:0",
+            "1:4:-1",
+            "1:4",
+            "1,,2",
+            "",
+            "1:2:3:4",
+            "1e308",
+        )
+    ]
+    cases += [
+        ["eval", "PHOTOS", "--model", "MODEL", "--scale", value]
+        for value in ("0", "-1", "1", "100", "nan", "2.5", "abc")
+    ]
     cases += [["export", "onnx", "MODEL", "OUT", "--opset", value] for value in ("0", "-1", "nan", "1e9", "abc")]
-    cases += [[command, "IMAGE", "-o", "OUT", "--device", device] for command in ("sr", "degrade") for device in ("cuda", "cuda:7", "foo", "")]
+    cases += [
+        [command, "IMAGE", "-o", "OUT", "--device", device]
+        for command in ("sr", "degrade")
+        for device in ("cuda", "cuda:7", "foo", "")
+    ]
     return cases
 
 
@@ -517,11 +661,13 @@ def test_any_scale_text_is_a_bounded_number_or_one_line(text):
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)
-@given(st.one_of(
-    st.tuples(st.floats(), st.floats(), st.floats()).map(lambda t: ":".join(map(repr, t))),
-    st.lists(st.floats(), min_size=1, max_size=80).map(lambda v: ",".join(map(repr, v))),
-    st.text(alphabet="0123456789.:,-einf", max_size=16),
-))
+@given(
+    st.one_of(
+        st.tuples(st.floats(), st.floats(), st.floats()).map(lambda t: ":".join(map(repr, t))),
+        st.lists(st.floats(), min_size=1, max_size=80).map(lambda v: ",".join(map(repr, v))),
+        st.text(alphabet="0123456789.:,-einf", max_size=16),
+    )
+)
 def test_any_degrade_scales_text_is_a_short_bounded_list_or_settings_error(text):
     try:
         scales = parse_scales(text, 4.0)
@@ -540,7 +686,9 @@ def _temporaries(folder: Path) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["sr", "degrade"])
-def test_kill_9_then_rerun_completes_every_output_and_leaves_no_temporary(command, sr_model, degradation_model, tmp_path):
+def test_kill_9_then_rerun_completes_every_output_and_leaves_no_temporary(
+    command, sr_model, degradation_model, tmp_path
+):
     """Killed once at the moment a temporary file exists and once at a random time; the rerun finishes the job."""
     import os
     import signal
@@ -589,7 +737,8 @@ def test_kill_9_then_rerun_completes_every_output_and_leaves_no_temporary(comman
 def test_eval_names_a_corrupt_image(sr_model, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
-    Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")  # 256 px: every metric's minimum size (NIQE's 194)
+    # 256 px: every metric's minimum size (NIQE's 194)
+    Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")
     (photos / "b.png").write_bytes(BASES["png"]()[:300])
     assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
     lines = flowsr_lines(capsys.readouterr().err)

@@ -196,7 +196,9 @@ def test_16bit_to_webp_rounds_to_nearest_8bit_level(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".tif", ".tiff"])
 @pytest.mark.parametrize(
-    ("rgb", "alpha"), [(RGB16, None), (RGB16, ALPHA16), (RGB8, None), (RGB8, ALPHA8)], ids=["16", "16+alpha", "8", "8+alpha"]
+    ("rgb", "alpha"),
+    [(RGB16, None), (RGB16, ALPHA16), (RGB8, None), (RGB8, ALPHA8)],
+    ids=["16", "16+alpha", "8", "8+alpha"],
 )
 def test_tiff_round_trip_is_exact(tmp_path, suffix, rgb, alpha):
     # read_image is pinned to tifffile's encoder below, so an exact round trip pins write_image too.

@@ -89,7 +89,7 @@ def test_backward_matches_reference_autograd(device):
     kernel_grads = torch.autograd.grad((out * upstream).sum(), (velocity, latent))
     expected = reference(velocity, latent, dt, 6, 10, *FLUX, torch.float32)
     reference_grads = torch.autograd.grad((expected * upstream).sum(), (velocity, latent))
-    for kernel_grad, reference_grad in zip(kernel_grads, reference_grads):
+    for kernel_grad, reference_grad in zip(kernel_grads, reference_grads, strict=True):
         torch.testing.assert_close(kernel_grad, reference_grad)
 
 
@@ -103,7 +103,10 @@ def test_gradcheck(device):
     with use_backend("triton"):
         assert torch.autograd.gradcheck(
             lambda v, z: fused_euler_unpack(v, z, dt, 2, 4, *FLUX, torch.float32),
-            (velocity, latent), eps=1e-2, atol=1e-3, rtol=1e-3,
+            (velocity, latent),
+            eps=1e-2,
+            atol=1e-3,
+            rtol=1e-3,
         )
 
 

@@ -71,10 +71,10 @@ def test_covers_fatc_and_generative_paths(device):
     with use_backend("triton"):
         fatc = interpolate(z_hr, z_lr, t / t_star, target_scale=1 / t_star)
         generative = interpolate_noise(z_hr, t, seed=11, target_scale=1.0)
-    for output, expected in zip(fatc, fatc_point(z_hr, z_lr, t, t_star)):
+    for output, expected in zip(fatc, fatc_point(z_hr, z_lr, t, t_star), strict=True):
         torch.testing.assert_close(output, expected)
     noise = materialize_noise(z_hr.shape, 11, device)
-    for output, expected in zip(generative, linear_path(z_hr, noise, t)):
+    for output, expected in zip(generative, linear_path(z_hr, noise, t), strict=True):
         torch.testing.assert_close(output, expected)
 
 
@@ -103,12 +103,12 @@ def test_backward_matches_reference_autograd(device, with_target):
     def gradients(fn):
         outputs = fn(a, b, s, scale)
         outputs = outputs if with_target else (outputs,)
-        loss = sum((output * grad).sum() for output, grad in zip(outputs, upstream))
+        loss = sum((output * grad).sum() for output, grad in zip(outputs, upstream, strict=False))
         return torch.autograd.grad(loss, (a, b))
 
     with use_backend("triton"):
         kernel_grads = gradients(interpolate)
-    for kernel_grad, expected in zip(kernel_grads, gradients(reference)):
+    for kernel_grad, expected in zip(kernel_grads, gradients(reference), strict=True):
         torch.testing.assert_close(kernel_grad, expected)
 
 
@@ -221,5 +221,5 @@ def test_export_keeps_the_registered_op(device):
         program = torch.export.export(Point(), (a, b, s))
         outputs = program.module()(a, b, s)
     assert torch.ops.flowsr.interpolate.default in [node.target for node in program.graph.nodes]
-    for output, expected in zip(outputs, reference(a, b, s, s)):
+    for output, expected in zip(outputs, reference(a, b, s, s), strict=True):
         torch.testing.assert_close(output, expected)

@@ -29,7 +29,7 @@ def knot_latents(shape, times, dtype, device):
 
 def assert_matches(outputs, expected, dtype):
     assert len(outputs) == len(expected)
-    for output, target in zip(outputs, expected):
+    for output, target in zip(outputs, expected, strict=True):
         assert output.dtype == dtype and output.shape == target.shape
         scale = TOLERANCE[dtype] * target.abs().max().item()
         torch.testing.assert_close(output.double(), target, rtol=TOLERANCE[dtype], atol=scale)

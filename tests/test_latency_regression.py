@@ -57,8 +57,12 @@ def foreign_baseline(baselines: Path, device: str, versions: dict[str, str]) -> 
     """A recorded baseline of another machine, laid out as `regress.py --save` leaves one."""
     directory = baselines / device_key.baseline_key(device, versions)
     (directory / "Linux-CPython-3.11-64bit").mkdir(parents=True)
-    run = {"machine_info": {"device": device}, "benchmarks": [{"name": "test_sleep", "fullname": "test_sleep_bench.py::test_sleep",
-                                                               "stats": {"median": 0.05}}]}
+    run = {
+        "machine_info": {"device": device},
+        "benchmarks": [
+            {"name": "test_sleep", "fullname": "test_sleep_bench.py::test_sleep", "stats": {"median": 0.05}}
+        ],
+    }
     (directory / "Linux-CPython-3.11-64bit" / "0001_baseline.json").write_text(json.dumps(run))
     (directory / "device.json").write_text(json.dumps({"device": device, "versions": versions}))
     return directory
@@ -70,12 +74,22 @@ def test_record_then_compare_unchanged_and_slowed(tmp_path, sleep_benchmark, mon
     monkeypatch.setenv("FLOWSR_TEST_SLEEP_MS", "50")
     assert regress.main(["--save", "--baselines", str(baselines), str(sleep_benchmark), "-p", "no:cacheprovider"]) == 0
     device = json.loads((baselines / machine["key"] / "device.json").read_text())
-    assert (device["key"], device["device"], device["versions"]) == (machine["key"], machine["device"], machine["versions"])
+    assert (device["key"], device["device"], device["versions"]) == (
+        machine["key"],
+        machine["device"],
+        machine["versions"],
+    )
     assert regress.baseline_file(baselines / machine["key"]) is not None
     capsys.readouterr()
 
-    # Unchanged: within the threshold (a generous one, the CI machine is shared; 50 ms sleeps drift by well under 10 ms).
-    assert regress.main(["--threshold", "20", "--baselines", str(baselines), str(sleep_benchmark), "-p", "no:cacheprovider"]) == 0
+    # Unchanged: within the threshold (a generous one, the CI machine is shared; 50 ms sleeps drift by well under
+    # 10 ms).
+    assert (
+        regress.main(
+            ["--threshold", "20", "--baselines", str(baselines), str(sleep_benchmark), "-p", "no:cacheprovider"]
+        )
+        == 0
+    )
     assert "regress: ok: 1 of 1 baseline medians compared" in capsys.readouterr().out
 
     # Slowed 2.5x: pytest-benchmark's --benchmark-compare-fail fails the run, at the default threshold.
@@ -88,7 +102,11 @@ def test_record_then_compare_unchanged_and_slowed(tmp_path, sleep_benchmark, mon
 def test_baseline_of_another_device_is_refused_in_one_line(tmp_path, sleep_benchmark):
     baselines = tmp_path / "baselines"
     # Versions no machine running this test has, so that it is foreign on a GPU machine too.
-    foreign_baseline(baselines, "NVIDIA H200", {"torch": "2.0.0+cu118", "onnxruntime": "1.16.0", "cuda": "11.8", "tensorrt": "absent"})
+    foreign_baseline(
+        baselines,
+        "NVIDIA H200",
+        {"torch": "2.0.0+cu118", "onnxruntime": "1.16.0", "cuda": "11.8", "tensorrt": "absent"},
+    )
     command = [sys.executable, str(COMMAND), "--baselines", str(baselines), str(sleep_benchmark)]
     env = os.environ | {"FLOWSR_TEST_SLEEP_MS": "50"}
     result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
@@ -144,9 +162,16 @@ def test_ratio_check(tmp_path, capsys, device, medians, code):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the suite would run")
 def test_gpu_suite_stops_at_once_without_a_gpu():
-    """benchmarks/gpu_suite.sh (which ends with this workflow on a GPU) says in one line that it needs a GPU, exit code 2."""
-    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh")], check=False, capture_output=True, text=True, timeout=120,
-                            env=os.environ | {"PYTHON": sys.executable})
+    """benchmarks/gpu_suite.sh (which ends with this workflow on a GPU) says in one line that it needs a GPU, exit
+    code 2."""
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"PYTHON": sys.executable},
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     [line] = result.stderr.splitlines()

@@ -38,7 +38,9 @@ def test_vif_matches_float64_and_its_closed_forms():
 
 def test_ms_ssim_uses_the_five_standard_scales_when_they_fit():
     hr, bicubic, _ = pair()
-    reference = float(multiscale_structural_similarity_index_measure(float64(bicubic), float64(hr), data_range=255.0, normalize=None))
+    reference = float(
+        multiscale_structural_similarity_index_measure(float64(bicubic), float64(hr), data_range=255.0, normalize=None)
+    )
     assert ms_ssim(bicubic, hr) == pytest.approx(reference, abs=1e-4)
     assert ms_ssim(hr, hr) == pytest.approx(1.0, abs=1e-6)
 
@@ -46,8 +48,9 @@ def test_ms_ssim_uses_the_five_standard_scales_when_they_fit():
 def test_ms_ssim_of_small_images_renormalizes_the_finest_scales():
     hr, bicubic, _ = pair(96)  # 96 // 2**2 > 10 but 96 // 3**2 is not: three scales
     betas = np.array([0.0448, 0.2856, 0.3001])
-    reference = multiscale_structural_similarity_index_measure(float64(bicubic), float64(hr), data_range=255.0,
-                                                               betas=tuple(betas / betas.sum()), normalize=None)
+    reference = multiscale_structural_similarity_index_measure(
+        float64(bicubic), float64(hr), data_range=255.0, betas=tuple(betas / betas.sum()), normalize=None
+    )
     assert ms_ssim(bicubic, hr) == pytest.approx(float(reference), abs=1e-4)
 
 
@@ -70,7 +73,7 @@ def test_comparison_sheet_lays_out_crops_of_the_most_detailed_window(tmp_path):
 def half_flat_half_texture(size: int = 128) -> torch.Tensor:
     """A photo whose left half is flat grey and whose right half is a strong random texture, in [-1, 1]."""
     hr = torch.zeros(1, 3, size, size)
-    hr[..., size // 2:] = torch.rand(1, 1, size, size // 2, generator=torch.Generator().manual_seed(0)) - 0.5
+    hr[..., size // 2 :] = torch.rand(1, 1, size, size // 2, generator=torch.Generator().manual_seed(0)) - 0.5
     return hr
 
 
@@ -89,7 +92,9 @@ def test_flat_noise_of_white_noise_matches_its_closed_form_and_ignores_texture()
 def test_flat_noise_scales_with_noise_made_on_the_lr_grid():
     hr = half_flat_half_texture()
     generator = torch.Generator().manual_seed(2)
-    noise = torch.nn.functional.interpolate(torch.randn(1, 1, 32, 32, generator=generator), size=(128, 128), mode="bicubic")
+    noise = torch.nn.functional.interpolate(
+        torch.randn(1, 1, 32, 32, generator=generator), size=(128, 128), mode="bicubic"
+    )
     levels = [flat_noise(hr + noise * sigma / 127.5, hr, scale=4) for sigma in (4.0, 8.0)]
     assert levels[1] / levels[0] == pytest.approx(2.0, rel=0.05)
 
@@ -98,18 +103,30 @@ def test_csv_tables_hold_per_image_rows_or_sweep_rows(tmp_path):
     """Columns are the rows' keys, numbers to 5 decimals; no rows still give `flowsr eval`'s header."""
     write_csv([{"image": "a.png", "method": "bicubic", **dict.fromkeys(METRICS, 1 / 3)}], tmp_path / "eval.csv")
     assert (tmp_path / "eval.csv").read_text().splitlines() == [
-        "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness", "a.png,bicubic," + ",".join(["0.33333"] * 6)]
-    row = {"strength": "heavy", "method": "m", "psnr_gain": -0.5, "worst_gain": -1.25, "ssim_diff": 0.0, "vif_diff": 0.125,
-           "niqe_diff": 2.0}
+        "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness",
+        "a.png,bicubic," + ",".join(["0.33333"] * 6),
+    ]
+    row = {
+        "strength": "heavy",
+        "method": "m",
+        "psnr_gain": -0.5,
+        "worst_gain": -1.25,
+        "ssim_diff": 0.0,
+        "vif_diff": 0.125,
+        "niqe_diff": 2.0,
+    }
     write_csv([row], tmp_path / "sweep.csv")
     assert (tmp_path / "sweep.csv").read_text().splitlines() == [
-        "strength,method,psnr_gain,worst_gain,ssim_diff,vif_diff,niqe_diff", "heavy,m,-0.50000,-1.25000,0.00000,0.12500,2.00000"]
+        "strength,method,psnr_gain,worst_gain,ssim_diff,vif_diff,niqe_diff",
+        "heavy,m,-0.50000,-1.25000,0.00000,0.12500,2.00000",
+    ]
     write_csv([], tmp_path / "empty.csv")
     assert (tmp_path / "empty.csv").read_text().splitlines() == ["image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness"]
 
 
 @pytest.mark.parametrize("kind", ["bicubic", "realesrgan", 1.5, -0.1, "0.5"])
 def test_evaluation_refuses_inputs_it_does_not_know(tmp_path, kind):
-    """The kinds are clean, mild, heavy or a strength in [0, 1] (a float); the old names are refused before any image is read."""
+    """The kinds are clean, mild, heavy or a strength in [0, 1] (a float); the old names are refused before any image
+    is read."""
     with pytest.raises(ValueError, match="clean, mild, heavy, or a strength in"):
         evaluate(tmp_path / "no-such-folder", {}, degradation=kind)

@@ -32,7 +32,6 @@ def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):
     assert "diffusion_pytorch_model.safetensors" in files
 
 
-
 def test_only_a_text_conditioned_model_stores_prompt_embeddings(tiny, tmp_path):
     """tiny's ConvVelocityModel takes no text: no embeddings in memory or on disk. tiny-kl's FLUX transformer does:
     its empty-prompt embeddings come back bit for bit."""
@@ -43,7 +42,9 @@ def test_only_a_text_conditioned_model_stores_prompt_embeddings(tiny, tmp_path):
     flux.save_pretrained(tmp_path / "kl")
     loaded = OneStepSR.from_pretrained(tmp_path / "kl")
     assert (tmp_path / "kl" / TEXT_EMBEDDINGS).is_file()
-    assert torch.equal(loaded.prompt_embeds, flux.prompt_embeds) and torch.equal(loaded.pooled_prompt_embeds, flux.pooled_prompt_embeds)
+    assert torch.equal(loaded.prompt_embeds, flux.prompt_embeds) and torch.equal(
+        loaded.pooled_prompt_embeds, flux.pooled_prompt_embeds
+    )
     mine, theirs = flux.state_dict(), loaded.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
 
@@ -129,4 +130,3 @@ def test_manifests_of_older_versions_still_load(tiny, tmp_path):
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     loaded = OneStepSR.from_pretrained(tmp_path / "m")
     assert loaded.normalization.shift == model.normalization.shift  # the VAE config's, not the stale copy
-

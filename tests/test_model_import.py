@@ -21,15 +21,36 @@ def pipeline_dir(tmp_path_factory):
     (root / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "photo</w>": 3}))
     (root / "merges.txt").write_text("#version: 0.2\n")
     clip_tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77)
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                        max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=4,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
     unigram = Tokenizer(models.Unigram([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581a", -1.0)], unk_id=2))
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    t5_tokenizer = T5TokenizerFast(tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
+    t5_tokenizer = T5TokenizerFast(
+        tokenizer_object=unigram, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
     t5 = T5EncoderModel(T5Config(vocab_size=4, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2))
     preset = get_preset("tiny-kl")
-    pipeline = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=build_vae(preset), text_encoder=clip, tokenizer=clip_tokenizer,
-                            text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=build_transformer(preset))
+    pipeline = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=build_vae(preset),
+        text_encoder=clip,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=build_transformer(preset),
+    )
     pipeline.save_pretrained(root / "pipeline")
     return root / "pipeline"
 
@@ -41,14 +62,20 @@ def test_import_computes_the_empty_prompt_with_the_folders_encoders(pipeline_dir
     assert manifest.preset == "tiny-kl" and not manifest.trained
     # The reference: the two encoders run directly on the empty prompt, padded as FLUX pads it.
     clip = CLIPTextModel.from_pretrained(pipeline_dir / "text_encoder")
-    clip_ids = CLIPTokenizer.from_pretrained(pipeline_dir / "tokenizer")([""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    clip_ids = CLIPTokenizer.from_pretrained(pipeline_dir / "tokenizer")(
+        [""], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     t5 = T5EncoderModel.from_pretrained(pipeline_dir / "text_encoder_2")
-    t5_ids = T5TokenizerFast.from_pretrained(pipeline_dir / "tokenizer_2")([""], padding="max_length", max_length=4, truncation=True, return_tensors="pt").input_ids
+    t5_ids = T5TokenizerFast.from_pretrained(pipeline_dir / "tokenizer_2")(
+        [""], padding="max_length", max_length=4, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         torch.testing.assert_close(model.pooled_prompt_embeds, clip(clip_ids).pooler_output)
         torch.testing.assert_close(model.prompt_embeds, t5(t5_ids).last_hidden_state)
     vae = build_vae(get_preset("tiny-kl")).from_pretrained(pipeline_dir / "vae")
-    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), model.vae.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(vae.state_dict().values(), model.vae.state_dict().values(), strict=True)
+    )
 
 
 def test_import_refuses_a_mismatched_or_incomplete_folder(pipeline_dir, tmp_path, capsys):

@@ -14,7 +14,13 @@ from flowsr.core.model_dir import update_manifest
 from flowsr.core.noise_model import NoiseModel
 from flowsr.training.noise_fit import fit_scale, grain_share, residual_statistics
 
-TABLE = {"times": [0.0, 0.5, 1.0], "base": [0.0, 1e-3, 4e-3], "slope": [0.0, 2e-3, 2e-3], "gray": [0.0, 0.5, 0.25], "spread": [0.0, 0.0, 0.4]}
+TABLE = {
+    "times": [0.0, 0.5, 1.0],
+    "base": [0.0, 1e-3, 4e-3],
+    "slope": [0.0, 2e-3, 2e-3],
+    "gray": [0.0, 0.5, 0.25],
+    "spread": [0.0, 0.0, 0.4],
+}
 
 
 def test_the_table_interpolates_linearly_in_time():
@@ -23,18 +29,21 @@ def test_the_table_interpolates_linearly_in_time():
     assert noise.at(0.0) == (0.0, 0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"gray": None}, "exactly the fields"),
-    ({"extra": [1]}, "exactly the fields"),
-    ({"base": [0, "1", 2]}, "list of finite numbers"),
-    ({"times": [0.0, 0.5, 0.9]}, "increase from 0 to 1"),
-    ({"times": [0.0, 0.6, 0.5, 1.0]}, "increase from 0 to 1"),
-    ({"slope": [0.0, 1e-3]}, "as long as noise.times"),
-    ({"base": [0.0, -1e-3, 0.0]}, "variances must be >= 0"),
-    ({"slope": [0.0, -2e-3, 0.0]}, "variances must be >= 0"),
-    ({"gray": [0.0, 1.5, 0.0]}, "gray shares in"),
-    ({"spread": [0.0, 0.0, 9.0]}, "spreads in"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"gray": None}, "exactly the fields"),
+        ({"extra": [1]}, "exactly the fields"),
+        ({"base": [0, "1", 2]}, "list of finite numbers"),
+        ({"times": [0.0, 0.5, 0.9]}, "increase from 0 to 1"),
+        ({"times": [0.0, 0.6, 0.5, 1.0]}, "increase from 0 to 1"),
+        ({"slope": [0.0, 1e-3]}, "as long as noise.times"),
+        ({"base": [0.0, -1e-3, 0.0]}, "variances must be >= 0"),
+        ({"slope": [0.0, -2e-3, 0.0]}, "variances must be >= 0"),
+        ({"gray": [0.0, 1.5, 0.0]}, "gray shares in"),
+        ({"spread": [0.0, 0.0, 9.0]}, "spreads in"),
+    ],
+)
 def test_an_unusable_table_is_one_line_naming_it(change, message):
     table = {**TABLE, **change}
     table = {k: v for k, v in table.items() if v is not None}
@@ -46,7 +55,10 @@ def test_an_unusable_table_is_one_line_naming_it(change, message):
 def test_draws_are_reproducible_and_have_the_tabulated_variance_and_gray_share():
     noise = NoiseModel.from_dict(TABLE)
     image = torch.full((1, 3, 256, 256), 0.2)  # brightness 0.6
-    draw = lambda seed: noise.sample(image, 0.5, (128, 128), torch.Generator().manual_seed(seed))
+
+    def draw(seed):
+        return noise.sample(image, 0.5, (128, 128), torch.Generator().manual_seed(seed))
+
     first = draw(0)
     assert torch.equal(first, draw(0)) and not torch.equal(first, draw(1))
     expected = 1e-3 + 2e-3 * 0.6  # base + slope * brightness at r = 0.5, spread 0
@@ -66,7 +78,11 @@ def test_residual_statistics_of_a_known_residual():
     mask = np.zeros((64, 64), dtype=bool)
     mask[:, :32] = True
     variance, gray, mean_brightness = residual_statistics(grain, brightness, mask)
-    assert variance == pytest.approx(0.05**2, rel=0.05) and gray == pytest.approx(0.3, abs=0.04) and mean_brightness == pytest.approx(0.25)
+    assert (
+        variance == pytest.approx(0.05**2, rel=0.05)
+        and gray == pytest.approx(0.3, abs=0.04)
+        and mean_brightness == pytest.approx(0.25)
+    )
 
 
 def test_the_grain_share_of_white_noise_is_its_closed_form_at_scale_one():

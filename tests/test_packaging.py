@@ -15,7 +15,9 @@ FOLDERS = ("core", "kernels", "export", "runtime", "training")
 
 
 def run_in_root(code, **env):
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ | env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=os.environ | env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -72,7 +74,9 @@ def test_serving_runs_without_peft_and_transformers(tmp_path):
 
     photo = data.astronaut()[::8, ::8]  # 64 x 64
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    code = BLOCK_TRAINING_PACKAGES + f"""
+    code = (
+        BLOCK_TRAINING_PACKAGES
+        + f"""
 import importlib.util
 assert importlib.util.find_spec("peft") is None and importlib.util.find_spec("transformers") is None
 import numpy as np
@@ -88,6 +92,7 @@ np.save(root + "/resolver.npy", SuperResolver(tile=0)(photo))
 np.save(root + "/degrader.npy", Degrader()(photo, [2.5], seed=0)[0])
 assert "peft" not in sys.modules and "transformers" not in sys.modules
 """
+    )
     run_in_root("import sys\n" + code)
     here_sr = SuperResolver(tile=0)(photo)
     assert np.array_equal(np.load(tmp_path / "resolver.npy"), here_sr)

@@ -1,4 +1,5 @@
-"""The small preset's PatchAutoencoder: PCA against numpy's SVD, lossless at full rank, tiling, persistence, bad input."""
+"""The small preset's PatchAutoencoder: PCA against numpy's SVD, lossless at full rank, tiling, persistence, bad
+input."""
 
 import numpy as np
 import pytest
@@ -43,7 +44,8 @@ def test_fitted_code_is_the_principal_subspace():
 
 
 def test_full_rank_code_is_lossless_and_tiles_exactly():
-    """2x2x3 patches to 12 channels (the small preset): decode(encode(x)) == x, and a tile encodes as the whole image."""
+    """2x2x3 patches to 12 channels (the small preset): decode(encode(x)) == x, and a tile encodes as the whole
+    image."""
     model = PatchAutoencoder(patch_size=2, latent_channels=12)
     assert model.fit_pca(photo("coffee")) == pytest.approx(1.0)
     image = photo(size=(128, 160))
@@ -60,7 +62,7 @@ def test_saves_and_loads_by_class_name(tmp_path):
     assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     loaded = load_autoencoder(tmp_path / "vae")
     assert isinstance(loaded, PatchAutoencoder) and loaded.config.scaling_factor == 0.5
-    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -34,7 +34,11 @@ def test_small_presets_build_and_run(name):
     autoencoder, velocity, downsample = SMALL_PRESETS[name]
     preset = get_preset(name)
     vae, transformer = build_vae(preset), build_transformer(preset)
-    assert (type(vae).__name__, type(transformer).__name__) == (autoencoder, velocity) == (preset.vae_class, preset.velocity_class)
+    assert (
+        (type(vae).__name__, type(transformer).__name__)
+        == (autoencoder, velocity)
+        == (preset.vae_class, preset.velocity_class)
+    )
     assert preset.vae_downsample == downsample and preset.stride == 2 * downsample
     assert preset.transformer["in_channels"] == 4 * preset.latent_channels
     assert (preset.text_tokens > 0) == (velocity == "FluxTransformer2DModel")  # only FLUX is text-conditioned
@@ -57,7 +61,7 @@ def test_base_components_load_from_diffusers_folder(tmp_path):
     transformer.save_pretrained(tmp_path / "transformer")
     loaded_vae, loaded_transformer = load_base_components(str(tmp_path), preset)
     for original, loaded in ((vae, loaded_vae), (transformer, loaded_transformer)):
-        for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
+        for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items(), strict=True):
             assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="preset 'small' needs"):
         load_base_components(str(tmp_path), get_preset("small"))

@@ -35,7 +35,9 @@ def test_patch_autoencoder_loss_is_plain_reconstruction():
     error = model.vae.decode(model.vae.encode(hr).latent).sample - hr
     assert "kl" not in losses
     torch.testing.assert_close(losses["loss"], error.abs().mean() + error.pow(2).mean())
-    assert [name for name, p in model.named_parameters() if p.requires_grad] == [name for name, _ in model.vae.named_parameters(prefix="vae")]
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == [
+        name for name, _ in model.vae.named_parameters(prefix="vae")
+    ]
 
 
 def test_encoder_only_trains_the_encoder_side():

@@ -64,8 +64,21 @@ def test_recipe_end_to_end(corpus, tmp_path, capsys):
     again = capsys.readouterr().out
     assert all(f"recipe: {stage} done" in again for stage in STAGES) and "train " not in again
     ablation = tmp_path / "no-atm"
-    argv = ["train", "recipe", str(corpus), "-o", str(ablation), "--preset", "tiny", "--atm-weight", "0", "--allosr2-steps", "3",
-            "--clean-share", "0.9"]
+    argv = [
+        "train",
+        "recipe",
+        str(corpus),
+        "-o",
+        str(ablation),
+        "--preset",
+        "tiny",
+        "--atm-weight",
+        "0",
+        "--allosr2-steps",
+        "3",
+        "--clean-share",
+        "0.9",
+    ]
     assert main([*argv, "--base", str(out / "flow" / "model")]) == 0
     assert not (ablation / "autoencoder").exists() and not (ablation / "flow").exists()
     losses = [json.loads(line) for line in (ablation / "allosr2" / "losses.jsonl").read_text().splitlines()]
@@ -146,7 +159,8 @@ def test_each_stage_resumes_where_it_was_interrupted(corpus, tmp_path, monkeypat
 
     straight = _weights(train(tmp_path / "straight"))
     with monkeypatch.context() as patch:
-        pca_crops = len(crops.dataset()) if stage == "autoencoder" else 0  # a fresh autoencoder first fits its PCA on every crop
+        # a fresh autoencoder first fits its PCA on every crop
+        pca_crops = len(crops.dataset()) if stage == "autoencoder" else 0
         interrupt_after(patch, samples=STAGE_CONFIG.batch_size + pca_crops)
         with pytest.raises(Interrupt):
             train(tmp_path / "resumed")
@@ -171,8 +185,30 @@ def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
     knocked = OneStepSR.from_pretrained(base.save_pretrained(tmp_path / "knocked"))
     before = reconstruction_psnr(knocked, corpus / "train")
 
-    assert main(["train", "vae", "--model", str(tmp_path / "knocked"), "--encoder-only", "--data", str(corpus / "train"), "--crop", "32",
-                 "--steps", "30", "--batch-size", "2", "--lr", "1e-3", "-o", str(tmp_path / "refit")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "vae",
+                "--model",
+                str(tmp_path / "knocked"),
+                "--encoder-only",
+                "--data",
+                str(corpus / "train"),
+                "--crop",
+                "32",
+                "--steps",
+                "30",
+                "--batch-size",
+                "2",
+                "--lr",
+                "1e-3",
+                "-o",
+                str(tmp_path / "refit"),
+            ]
+        )
+        == 0
+    )
     assert "encoder refit to the decoder" in capsys.readouterr().out
     refit = OneStepSR.from_pretrained(tmp_path / "refit" / "model")
     assert reconstruction_psnr(refit, corpus / "train") > before + 1.0
@@ -181,7 +217,10 @@ def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
     for name in mine:
         if not name.startswith("vae.encoder."):
             assert torch.equal(mine[name], theirs[name]), name
-    assert (refit.normalization.shift, refit.normalization.scale) == (base.normalization.shift, base.normalization.scale)
+    assert (refit.normalization.shift, refit.normalization.scale) == (
+        base.normalization.shift,
+        base.normalization.scale,
+    )
 
     assert main(["train", "vae", "--encoder-only", "--data", str(corpus / "train"), "-o", str(tmp_path / "none")]) != 0
     assert "pass --model" in capsys.readouterr().err
@@ -189,13 +228,21 @@ def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
 
 def test_recipes_weigh_the_allosr2_terms_and_tune_their_presets_layers():
     small, tiny = RECIPES["small"], RECIPES["tiny"]
-    assert small.preset == "small" and all(config.schedule == "cosine" for config in (small.autoencoder, small.flow, small.allosr2))
-    assert (small.fatc_weight, small.atm_weight) == (0.0, 0.0)  # off by default (module docstring); the paper's 1 on request
-    assert tiny.loss_weights() == LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=1.0, atm=1.0)  # the tests run every term
-    # LoRA goes where the preset's network has its layers (tiny and small: convolutions; FLUX: attention and MLPs), at the recipe's rank.
+    assert small.preset == "small" and all(
+        config.schedule == "cosine" for config in (small.autoencoder, small.flow, small.allosr2)
+    )
+    # off by default (module docstring); the paper's 1 on request
+    assert (small.fatc_weight, small.atm_weight) == (0.0, 0.0)
+    # the tests run every term
+    assert tiny.loss_weights() == LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=1.0, atm=1.0)
+    # LoRA goes where the preset's network has its layers (tiny and small: convolutions; FLUX: attention and MLPs), at
+    # the recipe's rank.
     for name, settings in RECIPES.items():
         lora, preset = settings.lora(), LORA_PRESETS[settings.preset]
-        assert (lora.transformer_targets, lora.encoder_targets) == (preset.transformer_targets, preset.encoder_targets), name
+        assert (lora.transformer_targets, lora.encoder_targets) == (
+            preset.transformer_targets,
+            preset.encoder_targets,
+        ), name
         assert lora.rank == settings.lora_rank and lora.alpha == settings.lora_rank, name
 
 
@@ -215,7 +262,11 @@ def test_autocast_follows_native_bfloat16(monkeypatch):
 def test_cosine_schedule_closed_form():
     config = LoopConfig(steps=10, lr=1.0, schedule="cosine", warmup=2)
     assert [config.lr_at(s) for s in (0, 1)] == [0.5, 1.0]
-    assert config.lr_at(2) == pytest.approx(1.0) and config.lr_at(6) == pytest.approx(0.5) and config.lr_at(10) == pytest.approx(0.0)
+    assert (
+        config.lr_at(2) == pytest.approx(1.0)
+        and config.lr_at(6) == pytest.approx(0.5)
+        and config.lr_at(10) == pytest.approx(0.0)
+    )
     assert LoopConfig(lr=0.3).lr_at(500) == 0.3
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         LoopConfig(schedule="linear")

@@ -50,7 +50,7 @@ def test_float32_follows_float64():
     t = torch.tensor([0.1, 0.5, 0.9])
     single = evaluate(times, knots, second_derivatives(times, knots), t, derivatives=3)
     double = evaluate(times, knots.double(), second_derivatives(times, knots.double()), t.double(), 3)
-    for low, high in zip(single, double):
+    for low, high in zip(single, double, strict=True):
         assert low.dtype == torch.float32
         torch.testing.assert_close(low.double(), high, rtol=1e-5, atol=1e-5 * high.abs().max().item())
 

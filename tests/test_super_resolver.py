@@ -32,7 +32,8 @@ def count_velocity_samples(resolver):
     first: ConvVelocityModel's positional `tokens`, FLUX's `hidden_states`)."""
     seen = []
     resolver.model.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True
+        lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
+        with_kwargs=True,
     )
     return seen
 
@@ -50,7 +51,8 @@ def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_f
     to that padded image, cropped."""
     r = SuperResolver.from_preset("tiny", scale=1.5, tile=0, vae_tile=0, color_fix=color_fix)
     model = r.model
-    torch.nn.init.zeros_(model.transformer.conv_out.weight)  # ConvVelocityModel starts at zero velocity; made explicit here
+    # ConvVelocityModel starts at zero velocity; made explicit here
+    torch.nn.init.zeros_(model.transformer.conv_out.weight)
     torch.nn.init.zeros_(model.transformer.conv_out.bias)
     lr = images.to_tensor(photo[:50, :70])
     out = r.upscale_tensor(lr)
@@ -66,7 +68,8 @@ def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_f
 def test_one_velocity_evaluation_per_tile(photo):
     r = SuperResolver.from_preset("tiny", scale=4, tile=256, overlap=64, vae_tile=0, batch_size=2)
     seen = count_velocity_samples(r)
-    r([photo[:100, :150]] * 3)  # 400x600 output (a multiple of the stride, 4) -> a 200x300 latent, in 128-latent-pixel tiles
+    # 400x600 output (a multiple of the stride, 4) -> a 200x300 latent, in 128-latent-pixel tiles
+    r([photo[:100, :150]] * 3)
     f = r.latent_factor
     assert f == 2
     tiles = len(spans(400 // f, 256 // f, 64 // f)) * len(spans(600 // f, 256 // f, 64 // f))
@@ -81,7 +84,9 @@ def test_one_velocity_evaluation_per_tile(photo):
 def test_tiled_matches_whole_image_without_seams(photo):
     """1024x1024 output, 512 px latent tiles with 128 px overlap vs the whole image in one tile."""
     whole = SuperResolver.from_preset("tiny", scale=4, tile=0, vae_tile=0).upscale_tensor(images.to_tensor(photo))
-    tiled = SuperResolver.from_preset("tiny", scale=4, tile=512, overlap=128, vae_tile=0).upscale_tensor(images.to_tensor(photo))
+    tiled = SuperResolver.from_preset("tiny", scale=4, tile=512, overlap=128, vae_tile=0).upscale_tensor(
+        images.to_tensor(photo)
+    )
     error = (whole - tiled).abs()[0].mean(0)  # per pixel, in [-1, 1] units (2.0 = full range)
     assert error.mean() < 0.01 and error.flatten().quantile(0.99) < 0.06
     border = torch.zeros_like(error, dtype=torch.bool)
@@ -123,7 +128,7 @@ def test_batched_list_keeps_order_and_matches_single_images(photo):
     batched = r(inputs)
     r.batch_size = 1
     single = [r(x) for x in inputs]
-    for a, b in zip(batched, single):
+    for a, b in zip(batched, single, strict=True):
         assert a.shape == b.shape
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 

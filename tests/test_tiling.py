@@ -15,7 +15,7 @@ def test_spans_cover_with_required_overlap(length, tile, overlap):
         assert 0 <= span.start and span.start + span.size <= length and span.size == min(tile, length)
         covered[span.start : span.start + span.size] = True
     assert covered.all()
-    for left, right in zip(result, result[1:]):
+    for left, right in zip(result, result[1:], strict=False):
         assert left.start + left.size - right.start >= overlap
 
 
@@ -35,10 +35,16 @@ def test_pointwise_map_is_reproduced_exactly():
 def test_scaled_maps_are_reproduced_exactly(scale):
     x = torch.randn(1, 2, 64, 96) if scale == 8 else torch.randn(1, 2, 512, 768)
     if scale == 8:
-        fn = lambda t: F.interpolate(t, scale_factor=8, mode="nearest")  # noqa: E731
+
+        def fn(t):
+            return F.interpolate(t, scale_factor=8, mode="nearest")
+
         out = tiled_map(x, fn, tile=32, overlap=8, scale=8)
     else:
-        fn = lambda t: F.avg_pool2d(t, 8)  # noqa: E731
+
+        def fn(t):
+            return F.avg_pool2d(t, 8)
+
         out = tiled_map(x, fn, tile=256, overlap=64, scale=1 / 8)
     torch.testing.assert_close(out, fn(x))
 

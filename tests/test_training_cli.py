@@ -1,4 +1,5 @@
-"""The training commands end to end on the tiny preset: VAE -> flow -> t* -> AlloSR² -> eval (clean, mild, heavy, sweep)."""
+"""The training commands end to end on the tiny preset: VAE -> flow -> t* -> AlloSR² -> eval (clean, mild, heavy,
+sweep)."""
 
 import csv
 import json
@@ -71,7 +72,8 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert main(["train", "vae", "--preset", "tiny", "--data", str(photos), "-o", str(tmp_path / "vae"), *FAST]) == 0
     vae_model = tmp_path / "vae" / "model"
     manifest = Manifest.read(vae_model)
-    assert manifest.trained is False and OneStepSR.from_pretrained(vae_model).normalization.scale != 1.0  # calibrated from the data
+    # calibrated from the data
+    assert manifest.trained is False and OneStepSR.from_pretrained(vae_model).normalization.scale != 1.0
     rows = [json.loads(line) for line in (tmp_path / "vae" / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and {"l1", "mse"} <= set(rows[0])  # a PatchAutoencoder: no KL
 
@@ -79,11 +81,21 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     flow_model = tmp_path / "flow" / "model"
     vae_before = OneStepSR.from_pretrained(vae_model)
     after = OneStepSR.from_pretrained(flow_model)
-    assert all(torch.equal(a, b) for a, b in zip(vae_before.vae.state_dict().values(), after.vae.state_dict().values()))
-    assert not all(torch.equal(a, b) for a, b in zip(vae_before.transformer.state_dict().values(), after.transformer.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(vae_before.vae.state_dict().values(), after.vae.state_dict().values(), strict=True)
+    )
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(
+            vae_before.transformer.state_dict().values(), after.transformer.state_dict().values(), strict=True
+        )
+    )
 
     assert Manifest.read(flow_model).t_star_source == "preset"
-    assert main(["train", "estimate-tstar", str(flow_model), "--data", str(photos), "--crop", "32", "--samples", "4"]) == 0
+    assert (
+        main(["train", "estimate-tstar", str(flow_model), "--data", str(photos), "--crop", "32", "--samples", "4"]) == 0
+    )
     assert Manifest.read(flow_model).t_star_source == "estimated"
     t_star = Manifest.read(flow_model).t_star
     pairs = DegradedFolder(photos, crop=32, scale=4, repeats=64, max_side=1600)
@@ -93,8 +105,12 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert main(["train", "allosr2", str(flow_model), "--data", str(photos), "-o", str(tmp_path / "sr"), *FAST]) == 0
     adapters = tmp_path / "sr" / "adapters"
     # The tiny preset's LoRA: every convolution of the velocity network, and the PatchAutoencoder's 1x1 encoder.
-    layers = {part: {key.split(".lora_")[0] for key in safetensors.torch.load_file(adapters / part / "adapter_model.safetensors")}
-              for part in ("transformer", "vae")}
+    layers = {
+        part: {
+            key.split(".lora_")[0] for key in safetensors.torch.load_file(adapters / part / "adapter_model.safetensors")
+        }
+        for part in ("transformer", "vae")
+    }
     assert layers == {"transformer": {"conv_in", "convs.0", "convs.1", "conv_out"}, "vae": {"encoder"}}
     assert json.loads((adapters / "adapters.json").read_text())["t_star"] == pytest.approx(t_star)
     merged = OneStepSR.from_pretrained(tmp_path / "sr" / "model")
@@ -117,13 +133,17 @@ def test_eval_scores_bicubic_and_models_on_heavy_inputs_by_default(eval_photos, 
     assert main(["eval", str(eval_photos), "--model", f"untrained={untrained}", "--csv", str(csv_path)]) == 0
     assert csv_path.read_text().splitlines()[0] == "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness"
     rows = list(csv.DictReader(csv_path.open()))
-    assert {(r["image"], r["method"]) for r in rows} == {(i, m) for i in ("astronaut.png", "rocket.png") for m in ("bicubic", "untrained")}
+    assert {(r["image"], r["method"]) for r in rows} == {
+        (i, m) for i in ("astronaut.png", "rocket.png") for m in ("bicubic", "untrained")
+    }
     assert all(float(r["niqe"]) > 0 for r in rows)
     # The default input is the heavy pipeline, seeded per image in listing order from --seed (0).
     for seed, name in enumerate(("astronaut.png", "rocket.png")):
         hr = hr_of(eval_photos, name)
         expected = bicubic_psnr(hr, degrade(hr.astype(np.float32) / 255, 4, seed=seed))
-        assert float(next(r["psnr"] for r in rows if r["image"] == name and r["method"] == "bicubic")) == pytest.approx(expected, abs=1e-4)
+        assert float(next(r["psnr"] for r in rows if r["image"] == name and r["method"] == "bicubic")) == pytest.approx(
+            expected, abs=1e-4
+        )
     bicubic = [float(r["psnr"]) for r in rows if r["method"] == "bicubic"]
     model = [float(r["psnr"]) for r in rows if r["method"] == "untrained"]
     assert all(10 < p < 40 for p in bicubic) and np.mean(model) < np.mean(bicubic)  # random weights lose
@@ -137,7 +157,18 @@ def test_eval_on_clean_and_mild_inputs(eval_photos, untrained, tmp_path):
     scores = {}
     for kind in ("clean", "mild"):
         csv_path = tmp_path / f"{kind}.csv"
-        argv = ["eval", str(eval_photos), "--model", str(untrained), "--degradation", kind, "--seed", "5", "--csv", str(csv_path)]
+        argv = [
+            "eval",
+            str(eval_photos),
+            "--model",
+            str(untrained),
+            "--degradation",
+            kind,
+            "--seed",
+            "5",
+            "--csv",
+            str(csv_path),
+        ]
         assert main(argv) == 0
         scores[kind] = {(r["image"], r["method"]): float(r["psnr"]) for r in csv.DictReader(csv_path.open())}
         for index, name in enumerate(("astronaut.png", "rocket.png")):
@@ -145,12 +176,18 @@ def test_eval_on_clean_and_mild_inputs(eval_photos, untrained, tmp_path):
             unit = hr.astype(np.float32) / 255
             lr = bicubic_downscale(unit, 4) if kind == "clean" else degrade_for_eval(unit, 4, "mild", seed=5 + index)
             assert scores[kind][(name, "bicubic")] == pytest.approx(bicubic_psnr(hr, lr), abs=1e-4)
-    assert all(scores["mild"][(name, "bicubic")] < scores["clean"][(name, "bicubic")] for name in ("astronaut.png", "rocket.png"))
+    assert all(
+        scores["mild"][(name, "bicubic")] < scores["clean"][(name, "bicubic")]
+        for name in ("astronaut.png", "rocket.png")
+    )
 
 
 def test_eval_sweep_reports_the_gain_over_bicubic_at_every_strength(eval_photos, untrained, tmp_path, capsys):
     csv_path = tmp_path / "sweep.csv"
-    assert main(["eval", str(eval_photos), "--model", f"m={untrained}", "--degradation", "sweep", "--csv", str(csv_path)]) == 0
+    assert (
+        main(["eval", str(eval_photos), "--model", f"m={untrained}", "--degradation", "sweep", "--csv", str(csv_path)])
+        == 0
+    )
     assert csv_path.read_text().splitlines()[0] == "strength,method,psnr_gain,worst_gain,ssim_diff,vif_diff,niqe_diff"
     rows = list(csv.DictReader(csv_path.open()))
     assert [(r["strength"], r["method"]) for r in rows] == [(str(s), "m") for s in SWEEP]
@@ -160,7 +197,10 @@ def test_eval_sweep_reports_the_gain_over_bicubic_at_every_strength(eval_photos,
     for name in ("astronaut.png", "rocket.png"):
         hr = hr_of(eval_photos, name)
         lr = torch.from_numpy(bicubic_downscale(hr.astype(np.float32) / 255, 4)).permute(2, 0, 1)[None] * 2 - 1
-        restored, bicubic = images.from_tensor(resolver.upscale_tensor(lr)[0]), images.from_tensor(resize_to(lr, *hr.shape[:2])[0])
+        restored, bicubic = (
+            images.from_tensor(resolver.upscale_tensor(lr)[0]),
+            images.from_tensor(resize_to(lr, *hr.shape[:2])[0]),
+        )
         gains.append(peak_signal_noise_ratio(hr, restored) - peak_signal_noise_ratio(hr, bicubic))
     assert float(rows[0]["psnr_gain"]) == pytest.approx(np.mean(gains), abs=1e-4)
     assert float(rows[0]["worst_gain"]) == pytest.approx(min(gains), abs=1e-4)
@@ -169,9 +209,34 @@ def test_eval_sweep_reports_the_gain_over_bicubic_at_every_strength(eval_photos,
 
 
 def test_bad_training_input_is_one_line(photos, tmp_path, capsys):
-    assert main(["train", "vae", "--preset", "tiny", "--data", str(tmp_path / "missing"), "-o", str(tmp_path / "run")]) == 2
-    assert main(["train", "allosr2", str(tmp_path / "missing"), "--data", str(photos), "-o", str(tmp_path / "run")]) == 2
-    assert main(["train", "vae", "--preset", "tiny", "--data", str(photos), "-o", str(tmp_path / "run"), "--crop", "32", "--repeats", "1", "--batch-size", "4"]) == 2
+    assert (
+        main(["train", "vae", "--preset", "tiny", "--data", str(tmp_path / "missing"), "-o", str(tmp_path / "run")])
+        == 2
+    )
+    assert (
+        main(["train", "allosr2", str(tmp_path / "missing"), "--data", str(photos), "-o", str(tmp_path / "run")]) == 2
+    )
+    assert (
+        main(
+            [
+                "train",
+                "vae",
+                "--preset",
+                "tiny",
+                "--data",
+                str(photos),
+                "-o",
+                str(tmp_path / "run"),
+                "--crop",
+                "32",
+                "--repeats",
+                "1",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 2
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("flowsr: error: ") for line in lines)
     assert "not a folder" in lines[0] and "does not exist" in lines[1] and "too few" in lines[2]
@@ -180,19 +245,43 @@ def test_bad_training_input_is_one_line(photos, tmp_path, capsys):
 def test_allosr2_relative_rec_trains_the_recipes_reconstruction_term(photos, tmp_path):
     base = tmp_path / "base"
     assert main(["model", "init", "--preset", "tiny", str(base)]) == 0
-    assert main(["train", "allosr2", str(base), "--data", str(photos), "-o", str(tmp_path / "sr"), "--relative-rec", "--no-fatc", "--no-atm", *FAST]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "allosr2",
+                str(base),
+                "--data",
+                str(photos),
+                "-o",
+                str(tmp_path / "sr"),
+                "--relative-rec",
+                "--no-fatc",
+                "--no-atm",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (tmp_path / "sr" / "losses.jsonl").read_text().splitlines()]
-    assert all(row["loss"] == pytest.approx(row["latent_relative"]) for row in rows)  # the relative term is the whole loss
+    # the relative term is the whole loss
+    assert all(row["loss"] == pytest.approx(row["latent_relative"]) for row in rows)
 
 
-def test_allosr2_pairs_follow_the_clean_share_and_the_rank_keeps_the_presets_targets(photos, untrained, tmp_path, monkeypatch):
-    """--clean-share reaches the continuum of the HR-only pairs (default: the continuum's own), and --rank changes the rank of the
-    tiny preset's convolutional LoRA, not its targets."""
+def test_allosr2_pairs_follow_the_clean_share_and_the_rank_keeps_the_presets_targets(
+    photos, untrained, tmp_path, monkeypatch
+):
+    """--clean-share reaches the continuum of the HR-only pairs (default: the continuum's own), and --rank changes the
+    rank of the tiny preset's convolutional LoRA, not its targets."""
     from flowsr.training import stages
     from flowsr.training.allosr2 import LORA_PRESETS
 
     seen = []
-    monkeypatch.setattr(stages, "train_allosr2", lambda model, out, pairs, loop, weights, lora, *args, **kwargs: seen.append((pairs, lora)))
+    monkeypatch.setattr(
+        stages,
+        "train_allosr2",
+        lambda model, out, pairs, loop, weights, lora, *args, **kwargs: seen.append((pairs, lora)),
+    )
     argv = ["train", "allosr2", str(untrained), "--data", str(photos), "-o", str(tmp_path / "sr"), "--crop", "32"]
     assert main(argv) == 0 and main([*argv, "--clean-share", "0.7", "--rank", "2"]) == 0
     (default_pairs, default_lora), (pairs, lora) = seen
@@ -200,4 +289,6 @@ def test_allosr2_pairs_follow_the_clean_share_and_the_rank_keeps_the_presets_tar
     assert pairs.dataset().config.clean_share == 0.7
     assert default_lora == LORA_PRESETS["tiny"]
     assert (lora.rank, lora.alpha) == (2, 2) and (lora.transformer_targets, lora.encoder_targets) == (
-        default_lora.transformer_targets, default_lora.encoder_targets)
+        default_lora.transformer_targets,
+        default_lora.encoder_targets,
+    )

@@ -57,7 +57,9 @@ def is_clean(lr: torch.Tensor, hr: torch.Tensor) -> bool:
 def test_clean_share_of_degraded_pairs(hr_folder, clean_share):
     """Each LR is the clean bicubic downscale of its HR crop or a draw along the degradation continuum, the clean ones
     a share `clean_share` of the pairs."""
-    dataset = DegradedFolder(hr_folder, crop=32, scale=4, seed=3, repeats=20, config=ContinuumConfig(clean_share=clean_share))
+    dataset = DegradedFolder(
+        hr_folder, crop=32, scale=4, seed=3, repeats=20, config=ContinuumConfig(clean_share=clean_share)
+    )
     clean = sum(is_clean(*dataset[index]) for index in range(len(dataset)))
     if clean_share == 0.5:
         assert 0.25 * len(dataset) < clean < 0.75 * len(dataset)
@@ -68,7 +70,8 @@ def test_clean_share_of_degraded_pairs(hr_folder, clean_share):
 
 
 def negatives(folder):
-    """A `flowsr degrade` output folder whose LR image is the negative of its HR image, so its pairs are recognisable."""
+    """A `flowsr degrade` output folder whose LR image is the negative of its HR image, so its pairs are
+    recognisable."""
     hr = data.astronaut()[:96, :96]
     (folder / "2").mkdir(parents=True)
     Image.fromarray(hr).save(folder / "2" / "a_HR.png")
@@ -89,7 +92,10 @@ def test_mixed_pairs_take_the_second_source_at_its_share(hr_folder, tmp_path, sh
     assert len(mixed) == len(main)
     picks = [from_negatives(mixed[index]) for index in range(len(mixed))]
     again = MixedPairs(main, extra, share, seed=5)
-    assert all(torch.equal(a, b) for index in range(len(mixed)) for a, b in zip(mixed[index], again[index]))  # reproducible
+    # reproducible
+    assert all(
+        torch.equal(a, b) for index in range(len(mixed)) for a, b in zip(mixed[index], again[index], strict=True)
+    )
     if share in (0.0, 1.0):
         assert picks == [share == 1.0] * len(mixed)  # only the main source, or only the extra one
         return

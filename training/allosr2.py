@@ -29,7 +29,10 @@ from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import ADAPTER_PARTS, ADAPTER_WEIGHTS, ADAPTERS_JSON
 
 # Attention and MLP projections of the FLUX blocks; convolutions and attention of a VAE's encoder.
-TRANSFORMER_TARGETS = r".*(transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out))$"
+TRANSFORMER_TARGETS = (
+    r".*(transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+    r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out))$"
+)
 ENCODER_TARGETS = r"^encoder\.(conv_in|conv_out|conv1|.*\.(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0))$"
 # Every convolution of a ConvVelocityModel; a PatchAutoencoder's encoder is one 1x1 convolution.
 CONV_VELOCITY_TARGETS = r"^(conv_in|convs\.\d+|conv_out)$"
@@ -45,9 +48,13 @@ class LoraSettings:
 
 
 LORA_PRESETS = {
-    "tiny": LoraSettings(rank=4, alpha=4.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS),
+    "tiny": LoraSettings(
+        rank=4, alpha=4.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS
+    ),
     "tiny-kl": LoraSettings(rank=4, alpha=4.0),
-    "small": LoraSettings(rank=64, alpha=64.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS),
+    "small": LoraSettings(
+        rank=64, alpha=64.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS
+    ),
     "flux-dev": LoraSettings(rank=64, alpha=64.0),  # the paper's setting
 }
 
@@ -81,7 +88,8 @@ class LossWeights:
 
 def add_lora(model: OneStepSR, settings: LoraSettings, seed: int = 0) -> None:
     """Freeze the model, then add trainable LoRA adapters (peft, through diffusers) to the encoder and transformer.
-    Their random A matrices come from `seed`, not the global generator, so a resumed run starts where a straight one did."""
+    Their random A matrices come from `seed`, not the global generator, so a resumed run starts where a straight one
+    did."""
     model.requires_grad_(False)
     common = {"r": settings.rank, "lora_alpha": settings.alpha, "init_lora_weights": True}
     with torch.random.fork_rng(devices=[]):
@@ -105,8 +113,10 @@ def check_target_encoder(model: OneStepSR, target: nn.Module) -> None:
     (up to float16 storage: a recipe's model/ is the float16 copy of what the flow prior's decoder is in float32)."""
     mine, theirs = model.vae.decoder.state_dict(), target.decoder.state_dict()
     if mine.keys() != theirs.keys() or not all(torch.equal(mine[k].half(), theirs[k].half()) for k in mine):
-        raise SettingsError("the target encoder's autoencoder has another decoder than the model's; pass the model the "
-                            "autoencoder was trained in (e.g. the flow prior)")
+        raise SettingsError(
+            "the target encoder's autoencoder has another decoder than the model's; pass the model the "
+            "autoencoder was trained in (e.g. the flow prior)"
+        )
 
 
 class AlloSR2Objective(nn.Module):
@@ -114,8 +124,13 @@ class AlloSR2Objective(nn.Module):
 
     `target_vae`, if given, encodes the HR targets (frozen); otherwise the base encoder does."""
 
-    def __init__(self, model: OneStepSR, weights: LossWeights = LossWeights(), lpips: nn.Module | None = None,
-                 target_vae: nn.Module | None = None):
+    def __init__(
+        self,
+        model: OneStepSR,
+        weights: LossWeights = LossWeights(),
+        lpips: nn.Module | None = None,
+        target_vae: nn.Module | None = None,
+    ):
         super().__init__()
         if weights.lpips and lpips is None:
             raise SettingsError("the LPIPS term needs an LPIPS network; load one or set its weight to 0")
@@ -173,8 +188,14 @@ class AlloSR2Objective(nn.Module):
             direction = flow.atm_direction(z_sr, z_gen, v_sr, v_gen, t, z_hr_hat, z_hr)
             # Surrogate whose parameter gradient is direction . dz_H_hat/dtheta (per element, averaged).
             losses["atm"] = (direction.detach().float() * z_hr_hat.float()).mean()
-        scale = {"latent_mse": weights.latent_mse, "latent_relative": weights.latent_relative, "lpips": weights.lpips,
-                 "pixel": weights.pixel, "fatc": weights.fatc, "atm": weights.atm}
+        scale = {
+            "latent_mse": weights.latent_mse,
+            "latent_relative": weights.latent_relative,
+            "lpips": weights.lpips,
+            "pixel": weights.pixel,
+            "fatc": weights.fatc,
+            "atm": weights.atm,
+        }
         losses["loss"] = sum(scale[name] * value for name, value in losses.items())
         # Logged, not optimized: how much closer to z_H the one step got than z_L was, in dB.
         losses["gain_db"] = 10 * torch.log10(input_error.mean() / losses["latent_mse"].detach().clamp_min(1e-12))
@@ -186,7 +207,10 @@ def estimate_t_star(model: OneStepSR, pairs, batch_size: int = 8, grid_size: int
     """SNR-guided t* from (LR at HR size, HR) pairs, both encoded by the frozen encoder."""
     signals, degradations = [], []
     for start in range(0, len(pairs), batch_size):
-        lr, hr = (torch.stack(part) for part in zip(*(pairs[i] for i in range(start, min(start + batch_size, len(pairs))))))
+        lr, hr = (
+            torch.stack(part)
+            for part in zip(*(pairs[i] for i in range(start, min(start + batch_size, len(pairs)))), strict=True)
+        )
         signal, degradation = flow.snr_statistics(model.encode(lr), model.encode(hr))
         signals.append(signal)
         degradations.append(degradation)
@@ -197,10 +221,12 @@ def save_adapters(model: OneStepSR, directory: str | Path, manifest: Manifest) -
     """LoRA adapters as peft folders (`transformer/`, `vae/`: adapter_config.json + adapter_model.safetensors)
     plus `adapters.json` (t*, preset), written to a temporary sibling and renamed into place."""
     with atomic_directory(directory) as staging:
-        for part, module in zip(ADAPTER_PARTS, (model.transformer, model.vae)):
+        for part, module in zip(ADAPTER_PARTS, (model.transformer, model.vae), strict=True):
             (staging / part).mkdir()
             state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(module).items()}
             safetensors.torch.save_file(state, staging / part / ADAPTER_WEIGHTS)
             module.peft_config["default"].save_pretrained(staging / part)
-        (staging / ADAPTERS_JSON).write_text(json.dumps({"t_star": model.t_star, "preset": manifest.preset}, indent=2) + "\n")
+        (staging / ADAPTERS_JSON).write_text(
+            json.dumps({"t_star": model.t_star, "preset": manifest.preset}, indent=2) + "\n"
+        )
     return directory

@@ -20,8 +20,11 @@ def detailed_window(hr: np.ndarray, size: int) -> tuple[int, int]:
     """(top, left) of the size x size window of `hr` with the most fine detail, on a grid of half-window steps."""
     height, width = hr.shape[:2]
     size_h, size_w = min(size, height), min(size, width)
-    candidates = [(top, left) for top in range(0, height - size_h + 1, max(1, size_h // 2))
-                  for left in range(0, width - size_w + 1, max(1, size_w // 2))]
+    candidates = [
+        (top, left)
+        for top in range(0, height - size_h + 1, max(1, size_h // 2))
+        for left in range(0, width - size_w + 1, max(1, size_w // 2))
+    ]
     return max(candidates, key=lambda c: gradient_energy(hr[c[0] : c[0] + size_h, c[1] : c[1] + size_w]))
 
 
@@ -50,7 +53,9 @@ class ComparisonSheet:
         tile_h = max(tile.shape[0] for row in self.rows for tile in row)
         tile_w = max(tile.shape[1] for row in self.rows for tile in row)
         count = len(self.columns)
-        sheet = Image.new("RGB", (count * (tile_w + GAP) - GAP, LABEL_HEIGHT + len(self.rows) * (tile_h + GAP) - GAP), "white")
+        sheet = Image.new(
+            "RGB", (count * (tile_w + GAP) - GAP, LABEL_HEIGHT + len(self.rows) * (tile_h + GAP) - GAP), "white"
+        )
         draw = ImageDraw.Draw(sheet)
         for column, label in enumerate(self.columns):
             draw.text((column * (tile_w + GAP) + 2, 2), label, fill="black")

@@ -24,6 +24,8 @@ from flowsr.core.sr_model import resize_to
 
 from .degradations import ContinuumConfig, degrade_continuum
 
+DEFAULT_CONTINUUM = ContinuumConfig()
+
 
 class DataError(FlowsrError):
     """A dataset that cannot be used; the message names the file or folder and what to do."""
@@ -45,13 +47,17 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             width, height = im.size
     except Exception as err:  # Pillow raises many types for bad files; every one is a bad dataset entry
-        raise DataError(f"{path}: cannot read this image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise DataError(
+            f"{path}: cannot read this image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     return height, width
 
 
 def _check_crop(path: Path, size: tuple[int, int], crop: int) -> None:
     if min(size) < crop:
-        raise DataError(f"{path}: {size[1]}x{size[0]} is smaller than the {crop} px crop; use a smaller --crop or remove the image")
+        raise DataError(
+            f"{path}: {size[1]}x{size[0]} is smaller than the {crop} px crop; use a smaller --crop or remove the image"
+        )
 
 
 def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -97,7 +103,9 @@ class HRCrops(_EpochDataset):
     `repeats` crops are drawn from every image per epoch.
     """
 
-    def __init__(self, root, crop: int = 256, seed: int = 0, repeats: int = 1, max_side: int | None = None, cache: bool = True):
+    def __init__(
+        self, root, crop: int = 256, seed: int = 0, repeats: int = 1, max_side: int | None = None, cache: bool = True
+    ):
         super().__init__(seed)
         self.paths = list_images(root)
         for path in self.paths:
@@ -144,7 +152,15 @@ class DegradedFolder(HRCrops):
     downscales, the mild middle, the heavy pipeline; `training.degradations.degrade_continuum`); yields
     (LR at HR size, HR)."""
 
-    def __init__(self, root, crop: int = 256, scale: float = 4.0, seed: int = 0, config: ContinuumConfig = ContinuumConfig(), **crops):
+    def __init__(
+        self,
+        root,
+        crop: int = 256,
+        scale: float = 4.0,
+        seed: int = 0,
+        config: ContinuumConfig = DEFAULT_CONTINUUM,
+        **crops,
+    ):
         if not 0 <= config.clean_share <= 1:
             raise DataError(f"the clean share must lie in [0, 1], got {config.clean_share}")
         super().__init__(root, crop=crop, seed=seed, **crops)
@@ -165,7 +181,10 @@ class PairedFolders(_EpochDataset):
         lr_paths = {p.relative_to(lr_root).with_suffix(""): p for p in list_images(lr_root)}
         missing = sorted(set(hr_paths) - set(lr_paths))
         if missing:
-            raise DataError(f"{Path(lr_root) / missing[0]}.*: no LR image for HR {hr_paths[missing[0]]} ({len(missing)} missing in all)")
+            raise DataError(
+                f"{Path(lr_root) / missing[0]}.*: no LR image for HR {hr_paths[missing[0]]} "
+                f"({len(missing)} missing in all)"
+            )
         self._set_pairs([(lr_paths[key], hr_paths[key]) for key in sorted(hr_paths)], crop, seed)
 
     def _set_pairs(self, pairs: list[tuple[Path, Path]], crop: int, seed: int) -> None:
@@ -231,11 +250,15 @@ class SynthesizedPairs(PairedFolders):
             if not hr_path.is_file():
                 raise DataError(f"{lr_path}: no HR image {hr_path} beside it; re-run `flowsr degrade` on the HR folder")
             if numbered.setdefault(hr_path, found[2] is not None) != (found[2] is not None):
-                raise DataError(f"{lr_path.parent}: holds both single and numbered draws of {found[1]} (runs with other --samples); "
-                                "remove one set")
+                raise DataError(
+                    f"{lr_path.parent}: holds both single and numbered draws of {found[1]} "
+                    "(runs with other --samples); remove one set"
+                )
             pairs.append((lr_path, hr_path))
         if not pairs:
-            raise DataError(f"{root}: no {{s}}/{{name}}_LR{{s}}.png images; make them with `flowsr degrade HR_DIR -o {root}`")
+            raise DataError(
+                f"{root}: no {{s}}/{{name}}_LR{{s}}.png images; make them with `flowsr degrade HR_DIR -o {root}`"
+            )
         self._set_pairs(pairs, crop, seed)
 
 

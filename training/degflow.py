@@ -53,15 +53,23 @@ class FlowSettings:
     lookahead_weighting: bool = True  # DegFlow's segment-normalized 1/t weight on it
 
 
-def along_flow(model: DegradationModel, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def along_flow(
+    model: DegradationModel, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """u(z, t, r) and its derivative along the trajectory with velocity v, du/dt = ∂u/∂z·v + ∂u/∂t, in one
     forward-mode pass (a JVP), in float32 whatever the autocast outside (autocast does not handle the JVP's dual
     tensors, and a derivative in bfloat16 would be coarse). Two kernels lack a forward-mode derivative for what the
     UNet hands them, so for this pass attention runs as plain matrix products and GroupNorm gets contiguous inputs."""
-    hooks = [m.register_forward_pre_hook(_contiguous_input) for m in model.unet.modules() if isinstance(m, nn.GroupNorm)]
+    hooks = [
+        m.register_forward_pre_hook(_contiguous_input) for m in model.unet.modules() if isinstance(m, nn.GroupNorm)
+    ]
     try:
         with sdpa_kernel(SDPBackend.MATH), torch.autocast(z.device.type, enabled=False):
-            return torch.func.jvp(lambda z, t: model.velocity(z, t, r), (z.float(), t.float()), (v.float(), torch.ones_like(t, dtype=torch.float32)))
+            return torch.func.jvp(
+                lambda z, t: model.velocity(z, t, r),
+                (z.float(), t.float()),
+                (v.float(), torch.ones_like(t, dtype=torch.float32)),
+            )
     finally:
         for hook in hooks:
             hook.remove()
@@ -83,10 +91,14 @@ class DegFlowObjective(nn.Module):
       mean(w·LPIPS) there), so the weights, up to ~400 next to a knot, also set its size against the flow term.
     """
 
-    def __init__(self, model: DegradationModel, settings: FlowSettings = FlowSettings(), distance: nn.Module | None = None):
+    def __init__(
+        self, model: DegradationModel, settings: FlowSettings = FlowSettings(), distance: nn.Module | None = None
+    ):
         super().__init__()
         if settings.average_target not in AVERAGE_TARGETS:
-            raise SettingsError(f"unknown average-velocity target {settings.average_target!r}; use one of {', '.join(AVERAGE_TARGETS)}")
+            raise SettingsError(
+                f"unknown average-velocity target {settings.average_target!r}; use one of {', '.join(AVERAGE_TARGETS)}"
+            )
         self.model, self.settings = model, settings
         self.distance = distance if distance is not None else PixelL1()
         model.requires_grad_(False)
@@ -101,9 +113,13 @@ class DegFlowObjective(nn.Module):
             hr_skips = type(skips)(batch[:, 0], tuple(f.unflatten(0, (size, count))[:, 0] for f in skips.features))
             second = spline.second_derivatives(times, knots)
         device = batch.device
-        uniform = lambda: torch.rand(size, generator=generator, device=device)  # noqa: E731
+
+        def uniform():
+            return torch.rand(size, generator=generator, device=device)
+
         t = uniform() * times[-1]
-        average = torch.arange(size, device=device) < round(size * settings.average_share)  # a fixed split keeps every loss term in every step
+        # a fixed split keeps every loss term in every step
+        average = torch.arange(size, device=device) < round(size * settings.average_share)
         t = torch.where(average & (uniform() < settings.start_share), torch.zeros_like(t), t)
         r = torch.where(average, t + uniform() * (times[-1] - t), t)
         with torch.no_grad():
@@ -123,14 +139,20 @@ class DegFlowObjective(nn.Module):
             t_i = t[pick]
             _, t_right, knot_index = degflow.neighbour_knots(t_i, times)
             z_ahead = degflow.lookahead(z_t[pick], velocity[pick], curvature[pick], jerk[pick], t_right - t_i)
-            image = model.rae.decode(z_ahead, type(hr_skips)(hr_skips.image[pick], tuple(f[pick] for f in hr_skips.features)))
+            image = model.rae.decode(
+                z_ahead, type(hr_skips)(hr_skips.image[pick], tuple(f[pick] for f in hr_skips.features))
+            )
             real = batch[pick, knot_index]
-            lookahead_loss = degflow.lookahead_term(self.distance(image, real), t_i, times, settings.lookahead_weighting)
+            lookahead_loss = degflow.lookahead_term(
+                self.distance(image, real), t_i, times, settings.lookahead_weighting
+            )
             losses["lookahead"] = lookahead_loss
             total = total + settings.lookahead * lookahead_loss
         return {"loss": total, **losses}
 
-    def _meanflow(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, slope: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _meanflow(
+        self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, slope: torch.Tensor, split: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """u and MeanFlow's target for it; the JVP only for the first `split` samples (r > t, by the fixed split),
         while the rest (r = t) regress z'(t) as they are."""
         outputs, targets = [], []

@@ -30,6 +30,8 @@ from .data import (
 )
 from .degradations import DegradationConfig, degrade
 
+DEFAULT_DEGRADATION = DegradationConfig()
+
 
 def _scale_name(scale: float) -> str:
     return f"{scale:g}"
@@ -51,12 +53,18 @@ class RealSRScales(_EpochDataset):
                 folder = hr.parent.parent / _scale_name(scale)
                 found = sorted(folder.glob(f"{stem}_LR{_scale_name(scale)}.*"))
                 if not found:
-                    raise DataError(f"{hr}: no x{_scale_name(scale)} image {folder / f'{stem}_LR{_scale_name(scale)}.png'}; every HR image needs all of {list(self.scales)}")
+                    raise DataError(
+                        f"{hr}: no x{_scale_name(scale)} image {folder / f'{stem}_LR{_scale_name(scale)}.png'}; "
+                        f"every HR image needs all of {list(self.scales)}"
+                    )
                 paths.append(found[0])
             sizes = [_image_size(path) for path in paths]
-            for path, size in zip(paths[1:], sizes[1:]):
+            for path, size in zip(paths[1:], sizes[1:], strict=True):
                 if size != sizes[0]:
-                    raise DataError(f"{path}: {size[1]}x{size[0]} differs from its HR {sizes[0][1]}x{sizes[0][0]}; RealSR images are stored aligned at HR size")
+                    raise DataError(
+                        f"{path}: {size[1]}x{size[0]} differs from its HR {sizes[0][1]}x{sizes[0][0]}; "
+                        "RealSR images are stored aligned at HR size"
+                    )
             _check_crop(hr, sizes[0], crop)
             self.samples.append(paths)
         if not self.samples:
@@ -79,8 +87,15 @@ class RealSRScales(_EpochDataset):
 
 
 class SynthesizedScales(HRCrops):
-    def __init__(self, root, scales: Sequence[float] = (2, 4), crop: int = 128, seed: int = 0,
-                 config: DegradationConfig = DegradationConfig(), **crops):
+    def __init__(
+        self,
+        root,
+        scales: Sequence[float] = (2, 4),
+        crop: int = 128,
+        seed: int = 0,
+        config: DegradationConfig = DEFAULT_DEGRADATION,
+        **crops,
+    ):
         super().__init__(root, crop=crop, seed=seed, **crops)
         self.scales, self.config = tuple(scales), config
 

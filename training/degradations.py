@@ -133,7 +133,9 @@ def _jpeg(image: np.ndarray, rng: np.random.Generator, stage: StageConfig) -> np
     return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
 
 
-def _blur_resize_noise(image: np.ndarray, rng: np.random.Generator, stage: StageConfig, sizes: tuple, base: tuple) -> np.ndarray:
+def _blur_resize_noise(
+    image: np.ndarray, rng: np.random.Generator, stage: StageConfig, sizes: tuple, base: tuple
+) -> np.ndarray:
     """One order without its JPEG step; the resize factor is relative to `base` (height, width)."""
     if rng.uniform() < stage.blur_prob:
         image = _filter(image, random_blur_kernel(rng, stage, sizes))
@@ -221,7 +223,9 @@ class Steps:
     poisson: bool = False
 
 
-def apply_steps(hr: np.ndarray, scale: float, steps: Steps, rng: np.random.Generator, config: ContinuumConfig = ContinuumConfig()) -> np.ndarray:
+def apply_steps(
+    hr: np.ndarray, scale: float, steps: Steps, rng: np.random.Generator, config: ContinuumConfig = ContinuumConfig()
+) -> np.ndarray:
     """HR float32 HWC in [0, 1] -> LR: blur (HR) -> downscale by `scale` -> noise -> JPEG, each at its strength."""
     image = hr
     if steps.blur:
@@ -257,9 +261,11 @@ def draw_strength(rng: np.random.Generator, config: ContinuumConfig = ContinuumC
     return 0.0 if rng.uniform() < config.clean_share else float(1.0 - rng.uniform())
 
 
-def degrade_continuum(hr: np.ndarray, scale: float, seed: int, strength: float | None = None,
-                      config: ContinuumConfig = ContinuumConfig()) -> np.ndarray:
-    """HR float32 HWC RGB in [0, 1] -> LR at a strength drawn from the continuum (or given), reproducible from `seed`."""
+def degrade_continuum(
+    hr: np.ndarray, scale: float, seed: int, strength: float | None = None, config: ContinuumConfig = ContinuumConfig()
+) -> np.ndarray:
+    """HR float32 HWC RGB in [0, 1] -> LR at a strength drawn from the continuum (or given), reproducible from
+    `seed`."""
     rng = np.random.default_rng(seed)
     s = draw_strength(rng, config) if strength is None else float(strength)
     if s <= 0:

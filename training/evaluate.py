@@ -56,7 +56,11 @@ def ms_ssim(restored: np.ndarray, reference: np.ndarray) -> float:
         scales -= 1
     betas = np.array(MS_SSIM_BETAS[:scales]) / sum(MS_SSIM_BETAS[:scales])
     preds, target = _nchw(restored, reference)
-    return float(multiscale_structural_similarity_index_measure(preds, target, data_range=255.0, betas=tuple(betas), normalize=None))
+    return float(
+        multiscale_structural_similarity_index_measure(
+            preds, target, data_range=255.0, betas=tuple(betas), normalize=None
+        )
+    )
 
 
 def vif(restored: np.ndarray, reference: np.ndarray) -> float:
@@ -64,7 +68,9 @@ def vif(restored: np.ndarray, reference: np.ndarray) -> float:
 
     In float32: 25x faster than float64 on the CPU, and within 1e-5 of it on photos."""
     if min(reference.shape[:2]) < VIF_MIN_SIDE:
-        raise DataError(f"VIF needs images of at least {VIF_MIN_SIDE} px per side, got {reference.shape[1]}x{reference.shape[0]}")
+        raise DataError(
+            f"VIF needs images of at least {VIF_MIN_SIDE} px per side, got {reference.shape[1]}x{reference.shape[0]}"
+        )
     preds, target = _nchw(restored, reference)
     return float(visual_information_fidelity(preds, target, sigma_n_sq=2.0))
 
@@ -88,14 +94,17 @@ DEGRADATIONS = ("clean", "mild", "heavy")
 MIN_EVAL_SIDE = max(NIQE_MIN_SIDE, VIF_MIN_SIDE)  # HR sides, after cropping to a multiple of the scale
 
 
-def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, degradation: str | float = "clean",
-             on_image=None) -> list[dict]:
+def evaluate(
+    hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, degradation: str | float = "clean", on_image=None
+) -> list[dict]:
     """Rows of (image, method, *METRICS); `models` maps a method name to a SuperResolver at `scale`.
 
     `degradation`: "clean", "mild", "heavy" or a sweep strength in [0, 1], seeded per image (`seed` + its index).
     `on_image(hr, results)`, if given, sees every HR image and the uint8 results by method (a comparison sheet)."""
     if degradation not in DEGRADATIONS and not (isinstance(degradation, float) and 0 <= degradation <= 1):
-        raise ValueError(f"unknown degradation {degradation!r}; choose one of: {', '.join(DEGRADATIONS)}, or a strength in [0, 1]")
+        raise ValueError(
+            f"unknown degradation {degradation!r}; choose one of: {', '.join(DEGRADATIONS)}, or a strength in [0, 1]"
+        )
     rows = []
     for index, path in enumerate(list_images(hr_root)):
         try:
@@ -104,8 +113,10 @@ def evaluate(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, 
             raise images.ImageError(f"{path}: {err}; remove or replace it, the evaluation scores every image") from None
         height, width = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
         if min(height, width) < MIN_EVAL_SIDE:
-            raise images.ImageError(f"{path}: {hr.shape[1]}x{hr.shape[0]} is too small to score (every metric needs at least "
-                                    f"{MIN_EVAL_SIDE} px per side); remove it, the evaluation scores every image")
+            raise images.ImageError(
+                f"{path}: {hr.shape[1]}x{hr.shape[0]} is too small to score (every metric needs at least "
+                f"{MIN_EVAL_SIDE} px per side); remove it, the evaluation scores every image"
+            )
         hr = np.ascontiguousarray(hr[:height, :width])
         lr = degrade_for_eval(hr.astype(np.float32) / 255, scale, degradation, seed=seed + index)
         lr_tensor = torch.from_numpy(lr).permute(2, 0, 1)[None] * 2 - 1
@@ -137,8 +148,10 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
     methods: dict[str, list[dict]] = {}
     for row in rows:
         methods.setdefault(row["method"], []).append(row)
-    return {name: {key: float(np.mean([r[key] for r in group])) for key in METRICS} | {"images": len(group)}
-            for name, group in methods.items()}
+    return {
+        name: {key: float(np.mean([r[key] for r in group])) for key in METRICS} | {"images": len(group)}
+        for name, group in methods.items()
+    }
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
@@ -148,7 +161,9 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["image", "method", *METRICS])
     writer.writeheader()
-    writer.writerows({key: f"{value:.5f}" if isinstance(value, float) else value for key, value in r.items()} for r in rows)
+    writer.writerows(
+        {key: f"{value:.5f}" if isinstance(value, float) else value for key, value in r.items()} for r in rows
+    )
     with atomic_file(path, "w") as f:
         f.write(buffer.getvalue())
 
@@ -164,6 +179,16 @@ def sweep(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0) -> 
         for name in models:
             mine = [row for row in scored if row["method"] == name]
             gains = [row["psnr"] - bicubic[row["image"]]["psnr"] for row in mine]
-            rows.append({"strength": str(strength), "method": name, "psnr_gain": float(np.mean(gains)), "worst_gain": float(np.min(gains)),
-                         **{f"{key}_diff": float(np.mean([row[key] - bicubic[row["image"]][key] for row in mine])) for key in ("ssim", "vif", "niqe")}})
+            rows.append(
+                {
+                    "strength": str(strength),
+                    "method": name,
+                    "psnr_gain": float(np.mean(gains)),
+                    "worst_gain": float(np.min(gains)),
+                    **{
+                        f"{key}_diff": float(np.mean([row[key] - bicubic[row["image"]][key] for row in mine]))
+                        for key in ("ssim", "vif", "niqe")
+                    },
+                }
+            )
     return rows

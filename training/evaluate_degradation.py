@@ -29,7 +29,17 @@ from flowsr.core.sr_model import resize_to
 from .data import list_images
 from .degradations import degrade
 
-FIELDS = ["image", "scale", "pair", "psnr", "latent_mse", "first_noise", "second_noise", "first_spread", "second_spread"]
+FIELDS = [
+    "image",
+    "scale",
+    "pair",
+    "psnr",
+    "latent_mse",
+    "first_noise",
+    "second_noise",
+    "first_spread",
+    "second_spread",
+]
 DRAW_SEED_STEP = 1000  # draw k of image i uses seed + i + 1000 k
 FLAT_SHARE = 0.25  # the flattest quarter of the photo's pixels
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -37,7 +47,11 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 def lr_grid(image: torch.Tensor, scale: float) -> np.ndarray:
     """An image (1, 3, H, W) in [-1, 1] at HR size, resized to the LR grid of `scale`: (3, h, w) in 8-bit levels."""
-    return ((resize_to(image.float(), *lr_size(image.shape[2], image.shape[3], scale))[0] + 1) * 127.5).numpy().astype(np.float64)
+    return (
+        ((resize_to(image.float(), *lr_size(image.shape[2], image.shape[3], scale))[0] + 1) * 127.5)
+        .numpy()
+        .astype(np.float64)
+    )
 
 
 def highpass(channels: np.ndarray) -> np.ndarray:
@@ -65,7 +79,9 @@ def top_left_crops(hr_root, max_side: int, stride: int) -> Iterator[tuple[Path, 
     pixels per side, sides multiples of `stride`."""
     for path in list_images(hr_root):
         hr = images.to_unit_float(images.to_8bit(images.read_image(path).rgb))
-        hr = np.ascontiguousarray(hr[: min(hr.shape[0], max_side) // stride * stride, : min(hr.shape[1], max_side) // stride * stride])
+        hr = np.ascontiguousarray(
+            hr[: min(hr.shape[0], max_side) // stride * stride, : min(hr.shape[1], max_side) // stride * stride]
+        )
         yield path, hr, torch.from_numpy(hr).permute(2, 0, 1)[None] * 2 - 1
 
 
@@ -80,7 +96,9 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512, draws: int = 32) -> list[dict]:
+def evaluate_degradation(
+    hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0), seed: int = 0, max_side: int = 512, draws: int = 32
+) -> list[dict]:
     """Per image, scale and pair of images, the rows of FIELDS. The true image is the pipeline's first draw;
     its flat-region noise is the mean over `draws` draws (other seeds). With a noise model the one-step image plus
     noise (`noisy`, its first draw; its noise the mean over `draws` draws) is compared with the true image too, and
@@ -107,23 +125,34 @@ def evaluate_degradation(hr_root, model: DegradationModel, scales=(2.0, 3.0, 4.0
             pairs = [("one", "multi"), ("one", "true"), ("multi", "true"), ("bicubic", "true")]
             spreads = {}
             if noise is not None:
-                noisy = [noise.add_to(one, r, grid, torch.Generator().manual_seed(seed + index + DRAW_SEED_STEP * draw)) for draw in range(draws)]
+                noisy = [
+                    noise.add_to(one, r, grid, torch.Generator().manual_seed(seed + index + DRAW_SEED_STEP * draw))
+                    for draw in range(draws)
+                ]
                 pixels["noisy"] = noisy[0]
                 latents["noisy"] = model.rae.encode(noisy[0])[0]
                 pairs.append(("noisy", "true"))
                 spreads = {"noisy": _spread(noisy), "true": _spread(truths)}
             # Random images are scored over all their draws: the pipeline's, and the noise model's.
             draws_of = {"true": truths, "noisy": noisy} if noise is not None else {"true": truths}
-            noise_levels = {name: float(np.mean([flat_noise(image, hr_tensor, scale) for image in draws_of.get(name, [image])]))
-                            for name, image in pixels.items()}
+            noise_levels = {
+                name: float(np.mean([flat_noise(image, hr_tensor, scale) for image in draws_of.get(name, [image])]))
+                for name, image in pixels.items()
+            }
             for first, second in pairs:
-                rows.append({
-                    "image": path.name, "scale": scale, "pair": f"{first}-vs-{second}",
-                    "psnr": _psnr(pixels[first], pixels[second]),
-                    "latent_mse": (latents[first] - latents[second]).pow(2).mean().item(),
-                    "first_noise": noise_levels[first], "second_noise": noise_levels[second],
-                    "first_spread": spreads.get(first, ""), "second_spread": spreads.get(second, ""),
-                })
+                rows.append(
+                    {
+                        "image": path.name,
+                        "scale": scale,
+                        "pair": f"{first}-vs-{second}",
+                        "psnr": _psnr(pixels[first], pixels[second]),
+                        "latent_mse": (latents[first] - latents[second]).pow(2).mean().item(),
+                        "first_noise": noise_levels[first],
+                        "second_noise": noise_levels[second],
+                        "first_spread": spreads.get(first, ""),
+                        "second_spread": spreads.get(second, ""),
+                    }
+                )
     return rows
 
 
@@ -140,17 +169,30 @@ def summarize_degradation(rows: list[dict]) -> dict[tuple[float, str], dict[str,
 
     def ratio(group: list[dict], field: str) -> float:
         values = [(r[f"first_{field}"], r[f"second_{field}"]) for r in group if r[f"first_{field}"] != ""]
-        return float(np.mean([a for a, _ in values]) / max(np.mean([b for _, b in values]), 1e-12)) if values else float("nan")
+        return (
+            float(np.mean([a for a, _ in values]) / max(np.mean([b for _, b in values]), 1e-12))
+            if values
+            else float("nan")
+        )
 
-    return {key: {"psnr": float(np.mean([r["psnr"] for r in group])), "latent_mse": float(np.mean([r["latent_mse"] for r in group])),
-                  "noise_ratio": ratio(group, "noise"), "spread_ratio": ratio(group, "spread"), "images": len(group)}
-            for key, group in sorted(groups.items())}
+    return {
+        key: {
+            "psnr": float(np.mean([r["psnr"] for r in group])),
+            "latent_mse": float(np.mean([r["latent_mse"] for r in group])),
+            "noise_ratio": ratio(group, "noise"),
+            "spread_ratio": ratio(group, "spread"),
+            "images": len(group),
+        }
+        for key, group in sorted(groups.items())
+    }
 
 
 def write_degradation_csv(rows: list[dict], path: str | Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS)
     writer.writeheader()
-    writer.writerows({key: f"{value:.6g}" if isinstance(value, float) else value for key, value in r.items()} for r in rows)
+    writer.writerows(
+        {key: f"{value:.6g}" if isinstance(value, float) else value for key, value in r.items()} for r in rows
+    )
     with atomic_file(Path(path), "w") as f:
         f.write(buffer.getvalue())

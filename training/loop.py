@@ -85,7 +85,9 @@ def autocast_for(device: torch.device, precision: str = "auto") -> tuple[context
     if precision == "bfloat16":
         return torch.autocast("cpu", dtype=torch.bfloat16), "bfloat16 autocast on the CPU (asked for)"
     if native_cpu_bfloat16():
-        return torch.autocast("cpu", dtype=torch.bfloat16), "bfloat16 autocast (this CPU has native bfloat16: AVX512-BF16 or AMX)"
+        return torch.autocast(
+            "cpu", dtype=torch.bfloat16
+        ), "bfloat16 autocast (this CPU has native bfloat16: AVX512-BF16 or AMX)"
     return torch.autocast("cpu", enabled=False), "float32 (this CPU has no native bfloat16)"
 
 
@@ -127,7 +129,9 @@ def train_device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _write_checkpoint(directory: Path, step: int, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+def _write_checkpoint(
+    directory: Path, step: int, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer
+) -> None:
     """Parameters and optimizer moments as safetensors, the rest as JSON; written to a temp folder, then renamed."""
     state = optimizer.state_dict()
     tensors = {f"param/{name}": p.detach().cpu().contiguous() for name, p in params.items()}
@@ -144,7 +148,9 @@ def _read_checkpoint(directory: Path, params: dict[str, nn.Parameter], optimizer
     tensors = safetensors.torch.load_file(directory / "state.safetensors")
     missing = [name for name in params if f"param/{name}" not in tensors]
     if missing:
-        raise DataError(f"checkpoint {directory} does not match this model (no {missing[0]}); resume with the same settings")
+        raise DataError(
+            f"checkpoint {directory} does not match this model (no {missing[0]}); resume with the same settings"
+        )
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[f"param/{name}"])
@@ -184,13 +190,21 @@ def run(
     start = _read_checkpoint(checkpoint, params, optimizer) if resume and checkpoint.is_dir() else 0
     model = nn.parallel.DistributedDataParallel(objective) if world > 1 else objective
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, rank, world, start, config.steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers, persistent_workers=config.workers > 0)
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.workers, persistent_workers=config.workers > 0
+    )
     autocast, precision = autocast_for(device, config.precision)
     rows, log = [], None
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        sitting = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from_step": start, "to_step": config.steps,
-                   "device": str(device), "processes": world, "precision": precision}
+        sitting = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "from_step": start,
+            "to_step": config.steps,
+            "device": str(device),
+            "processes": world,
+            "precision": precision,
+        }
         with open(out_dir / "runs.jsonl", "a") as runs:
             runs.write(json.dumps(sitting) + "\n")
         print(f"{description}: steps {start} to {config.steps} on {device} x {world}, {precision}", flush=True)
@@ -211,8 +225,14 @@ def run(
         validation(0)
     try:
         for step, batch in enumerate(loader, start=start):
-            generator = torch.Generator(device).manual_seed(int(np.random.SeedSequence([config.seed, step, rank]).generate_state(1)[0]))
-            batch = [part.to(device, non_blocking=True) for part in batch] if isinstance(batch, (list, tuple)) else batch.to(device)
+            generator = torch.Generator(device).manual_seed(
+                int(np.random.SeedSequence([config.seed, step, rank]).generate_state(1)[0])
+            )
+            batch = (
+                [part.to(device, non_blocking=True) for part in batch]
+                if isinstance(batch, (list, tuple))
+                else batch.to(device)
+            )
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
             with autocast:

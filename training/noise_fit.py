@@ -30,7 +30,15 @@ from flowsr.core.sr_model import resize_to
 
 from .data import HRCrops
 from .degradations import degrade
-from .evaluate_degradation import DRAW_SEED_STEP, flat_mask, flat_noise, highpass, lr_grid, pipeline_draw, top_left_crops
+from .evaluate_degradation import (
+    DRAW_SEED_STEP,
+    flat_mask,
+    flat_noise,
+    highpass,
+    lr_grid,
+    pipeline_draw,
+    top_left_crops,
+)
 
 SCALES = (1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 MIN_VARIANCE = 1e-8
@@ -53,12 +61,21 @@ def residual_statistics(grain: np.ndarray, brightness: np.ndarray, mask: np.ndar
 def grain_share(scale: float, size: int, draws: int = 8) -> float:
     """The share of the generated noise's variance that `highpass` keeps on the LR grid of `scale`."""
     flat = torch.zeros(1, 3, size, size)
-    kept = [highpass(lr_grid(PROBE.sample(flat, 0.5, lr_size(size, size, scale), torch.Generator().manual_seed(draw)), scale) / 127.5).var(axis=(1, 2)).mean()
-            for draw in range(draws)]
+    kept = [
+        highpass(
+            lr_grid(PROBE.sample(flat, 0.5, lr_size(size, size, scale), torch.Generator().manual_seed(draw)), scale)
+            / 127.5
+        )
+        .var(axis=(1, 2))
+        .mean()
+        for draw in range(draws)
+    ]
     return float(np.mean(kept) / PROBE_VARIANCE)
 
 
-def fit_scale(variance: Sequence[float], gray: Sequence[float], brightness: Sequence[float]) -> tuple[float, float, float, float]:
+def fit_scale(
+    variance: Sequence[float], gray: Sequence[float], brightness: Sequence[float]
+) -> tuple[float, float, float, float]:
     """(base, slope, gray, spread) from the per-crop statistics at one scale."""
     variance, brightness = np.asarray(variance, dtype=np.float64), np.asarray(brightness, dtype=np.float64)
     design = np.stack([np.ones_like(brightness), brightness], axis=1)
@@ -72,8 +89,14 @@ def fit_scale(variance: Sequence[float], gray: Sequence[float], brightness: Sequ
 
 
 @torch.no_grad()
-def fit_noise(model: DegradationModel, photos: str | Path, scales: Sequence[float] = SCALES, crops: int = 256, crop: int = 128,
-              seed: int = 0) -> NoiseModel:
+def fit_noise(
+    model: DegradationModel,
+    photos: str | Path,
+    scales: Sequence[float] = SCALES,
+    crops: int = 256,
+    crop: int = 128,
+    seed: int = 0,
+) -> NoiseModel:
     """Fit the noise table at `scales` (time 0, the HR image itself, has none) from `crops` crops per scale."""
     data = HRCrops(photos, crop=crop, seed=seed, repeats=max(1, crops), max_side=1600)
     rng = np.random.default_rng(seed)
@@ -89,35 +112,60 @@ def fit_noise(model: DegradationModel, photos: str | Path, scales: Sequence[floa
             synthesized = model(hr_tensor, torch.tensor([r])).clamp(-1, 1)
             synthesized_lr = lr_grid(synthesized, scale)
             grain = highpass(lr_grid(resize_to(true, crop, crop), scale) - synthesized_lr) / 127.5
-            variance, gray, brightness = residual_statistics(grain, synthesized_lr.mean(0) / 255, flat_mask(hr_tensor, scale))
+            variance, gray, brightness = residual_statistics(
+                grain, synthesized_lr.mean(0) / 255, flat_mask(hr_tensor, scale)
+            )
             statistics.append((variance / share, gray, brightness))
-        base, slope, gray, spread = fit_scale(*zip(*statistics))
-        for name, value in zip(("times", "base", "slope", "gray", "spread"), (r, base, slope, gray, spread)):
+        base, slope, gray, spread = fit_scale(*zip(*statistics, strict=True))
+        for name, value in zip(
+            ("times", "base", "slope", "gray", "spread"), (r, base, slope, gray, spread), strict=True
+        ):
             rows[name].append(value)
     return NoiseModel(**rows)
 
 
 @torch.no_grad()
-def calibrate_noise(model: DegradationModel, noise: NoiseModel, photos: str | Path, max_side: int = 256, seed: int = 0) -> NoiseModel:
+def calibrate_noise(
+    model: DegradationModel, noise: NoiseModel, photos: str | Path, max_side: int = 256, seed: int = 0
+) -> NoiseModel:
     """`noise` with each row's base and slope rescaled so that the flat-region grain (`flat_noise`) of the one-step
     image plus the noise matches the pipeline's, as means over the top-left crops of `photos` and CALIBRATION_DRAWS
     draws of each: `eval-degradation`'s noise ratio, brought to 1 at every time of the table."""
     crops = list(top_left_crops(photos, max_side, model.stride))
-    draws = [(index, hr_tensor, seed + index + DRAW_SEED_STEP * draw) for index, (_, _, hr_tensor) in enumerate(crops)
-             for draw in range(CALIBRATION_DRAWS)]
+    draws = [
+        (index, hr_tensor, seed + index + DRAW_SEED_STEP * draw)
+        for index, (_, _, hr_tensor) in enumerate(crops)
+        for draw in range(CALIBRATION_DRAWS)
+    ]
     table = noise.to_dict()
     for row, r in enumerate(table["times"]):
         if r == 0:
             continue
         scale = time_to_scale(r, model.s_max)
-        true = np.mean([flat_noise(pipeline_draw(crops[index][1], scale, draw_seed), hr_tensor, scale) for index, hr_tensor, draw_seed in draws])
+        true = np.mean(
+            [
+                flat_noise(pipeline_draw(crops[index][1], scale, draw_seed), hr_tensor, scale)
+                for index, hr_tensor, draw_seed in draws
+            ]
+        )
         network = [model(hr_tensor, torch.tensor([r])).clamp(-1, 1) for _, _, hr_tensor in crops]
         for _ in range(CALIBRATION_ROUNDS):
             current = NoiseModel(**table)
-            synthesized = np.mean([
-                flat_noise(current.add_to(network[index], r, lr_size(*hr_tensor.shape[2:], scale), torch.Generator().manual_seed(draw_seed)),
-                           hr_tensor, scale)
-                for index, hr_tensor, draw_seed in draws])
+            synthesized = np.mean(
+                [
+                    flat_noise(
+                        current.add_to(
+                            network[index],
+                            r,
+                            lr_size(*hr_tensor.shape[2:], scale),
+                            torch.Generator().manual_seed(draw_seed),
+                        ),
+                        hr_tensor,
+                        scale,
+                    )
+                    for index, hr_tensor, draw_seed in draws
+                ]
+            )
             factor = float(true / max(synthesized, 1e-12)) ** 2
             table["base"][row] *= factor
             table["slope"][row] *= factor

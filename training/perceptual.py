@@ -25,7 +25,9 @@ def load_lpips(weights_dir: str | Path | None, net: str = "vgg") -> nn.Module:
     try:
         import lpips
     except ImportError:
-        raise LPIPSUnavailable(f"the LPIPS term needs the `lpips` package (and torchvision): install them, or {HOW_TO.split(', or ')[1]}") from None
+        raise LPIPSUnavailable(
+            f"the LPIPS term needs the `lpips` package (and torchvision): install them, or {HOW_TO.split(', or ')[1]}"
+        ) from None
     if not weights_dir or not (Path(weights_dir) / "hub" / "checkpoints").is_dir():
         raise LPIPSUnavailable(f"LPIPS backbone weights not found in {weights_dir}: {HOW_TO}")
     previous = os.environ.get("TORCH_HOME")
@@ -33,7 +35,9 @@ def load_lpips(weights_dir: str | Path | None, net: str = "vgg") -> nn.Module:
     try:
         return lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False)
     except Exception as err:  # torchvision raises URLError/RuntimeError when the file is missing or wrong
-        raise LPIPSUnavailable(f"cannot load LPIPS ({type(err).__name__}: {str(err).splitlines()[0]}): {HOW_TO}") from None
+        raise LPIPSUnavailable(
+            f"cannot load LPIPS ({type(err).__name__}: {str(err).splitlines()[0]}): {HOW_TO}"
+        ) from None
     finally:
         if previous is None:
             os.environ.pop("TORCH_HOME", None)

@@ -17,8 +17,19 @@ WALLPAPERS = Path("/usr/share/wallpapers")
 HOLDOUT_SKIMAGE = ("astronaut", "chelsea", "coffee", "rocket", "camera")
 HOLDOUT_WALLPAPERS = ("EveningGlow", "Path", "ColorfulCups", "FallenLeaf", "Kite")
 TRAIN_SKIMAGE = (
-    "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle", "moon", "coins",
-    "brick", "grass", "gravel", "clock", "colorwheel", "page", "text",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "stereo_motorcycle",
+    "moon",
+    "coins",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "colorwheel",
+    "page",
+    "text",
 )
 HOLDOUT_SIZE = 512  # held-out photos: longer side shrunk to 1024, then a centred crop of at most 512 x 512
 # Training photos are stored with their longer side at most this (area filter), what the trainers' default

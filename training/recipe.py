@@ -81,8 +81,15 @@ class Recipe:
         return Crops(data, crop=self.crop, repeats=self.repeats, max_side=self.max_side, seed=self.seed)
 
     def pairs(self, data: Path) -> Pairs:
-        return Pairs(data, crop=self.crop, repeats=self.repeats, max_side=self.max_side, seed=self.seed, scale=self.scale,
-                     clean_share=self.clean_share)
+        return Pairs(
+            data,
+            crop=self.crop,
+            repeats=self.repeats,
+            max_side=self.max_side,
+            seed=self.seed,
+            scale=self.scale,
+            clean_share=self.clean_share,
+        )
 
     def lora(self) -> LoraSettings:
         """The preset's LoRA targets at the recipe's rank, alpha = rank."""
@@ -90,13 +97,22 @@ class Recipe:
 
     def loss_weights(self) -> LossWeights:
         relative = float(self.relative_rec)
-        return LossWeights(latent_mse=self.latent_weight * (1.0 - relative), latent_relative=self.latent_weight * relative,
-                           pixel=self.pixel_weight, pixel_log_floor=self.pixel_log_floor, fatc=self.fatc_weight, atm=self.atm_weight)
+        return LossWeights(
+            latent_mse=self.latent_weight * (1.0 - relative),
+            latent_relative=self.latent_weight * relative,
+            pixel=self.pixel_weight,
+            pixel_log_floor=self.pixel_log_floor,
+            fatc=self.fatc_weight,
+            atm=self.atm_weight,
+        )
 
 
 def rescheduled(config: LoopConfig, steps: int) -> LoopConfig:
-    """`config` over `steps` steps, with the recipes' warm-up (5%) and checkpoints (every quarter, at most 200 steps)."""
-    return dataclasses.replace(config, steps=steps, warmup=max(1, steps // 20), checkpoint_every=max(1, min(200, steps // 4)))
+    """`config` over `steps` steps, with the recipes' warm-up (5%) and checkpoints (every quarter, at most 200
+    steps)."""
+    return dataclasses.replace(
+        config, steps=steps, warmup=max(1, steps // 20), checkpoint_every=max(1, min(200, steps // 4))
+    )
 
 
 def _cosine(steps: int, batch_size: int, lr: float, precision: str = "auto") -> LoopConfig:
@@ -139,10 +155,15 @@ class RecipeRun:
         self.corpus, self.out, self.recipe, self.log = Path(corpus), Path(out), recipe, log
         self.train_data = self.corpus / "train"
         if not self.train_data.is_dir():
-            raise DataError(f"{self.corpus} has no train/ folder of HR images; make the corpus with `flowsr train photos {self.corpus}`")
+            raise DataError(
+                f"{self.corpus} has no train/ folder of HR images; "
+                f"make the corpus with `flowsr train photos {self.corpus}`"
+            )
         self.base = Path(base) if base else None
         if self.base is not None and not Manifest.read(self.base).t_star_estimated:
-            raise ModelDirError(f"--base {self.base}: its t* was never estimated; pass the flow/model folder of a finished recipe run")
+            raise ModelDirError(
+                f"--base {self.base}: its t* was never estimated; pass the flow/model folder of a finished recipe run"
+            )
         self.state_path = self.out / "recipe.json"
         self.state = self._read_state()
 
@@ -152,7 +173,9 @@ class RecipeRun:
             return {"settings": settings, "seconds": {}, "evaluation": {}}
         state = json.loads(self.state_path.read_text())
         if state.get("settings") != settings:
-            raise DataError(f"{self.out} holds a recipe run with other settings; use a new -o folder, or the same options as before")
+            raise DataError(
+                f"{self.out} holds a recipe run with other settings; use a new -o folder, or the same options as before"
+            )
         return state
 
     def _save_state(self) -> None:
@@ -166,7 +189,12 @@ class RecipeRun:
     def done(self, stage: str) -> bool:
         if stage in ("autoencoder", "flow") and self.base is not None:
             return True
-        outputs = {"autoencoder": "autoencoder/model", "flow": "flow/model", "allosr2": "allosr2/model", "model": "model"}
+        outputs = {
+            "autoencoder": "autoencoder/model",
+            "flow": "flow/model",
+            "allosr2": "allosr2/model",
+            "model": "model",
+        }
         if stage in outputs:
             return (self.out / outputs[stage]).is_dir()
         if stage == "tstar":
@@ -192,11 +220,18 @@ class RecipeRun:
     def _autoencoder(self) -> None:
         recipe = self.recipe
         holdout = self.corpus / "holdout"
-        train_autoencoder(self.out / "autoencoder", recipe.crops(self.train_data), recipe.autoencoder, preset=recipe.preset,
-                          holdout=holdout if holdout.is_dir() else None)
+        train_autoencoder(
+            self.out / "autoencoder",
+            recipe.crops(self.train_data),
+            recipe.autoencoder,
+            preset=recipe.preset,
+            holdout=holdout if holdout.is_dir() else None,
+        )
 
     def _flow(self) -> None:
-        train_flow(self.out / "autoencoder" / "model", self.out / "flow", self.recipe.crops(self.train_data), self.recipe.flow)
+        train_flow(
+            self.out / "autoencoder" / "model", self.out / "flow", self.recipe.crops(self.train_data), self.recipe.flow
+        )
 
     def _tstar(self) -> None:
         t_star = estimate_tstar(self.base_model, self.recipe.pairs(self.train_data), samples=self.recipe.tstar_samples)
@@ -204,7 +239,14 @@ class RecipeRun:
 
     def _allosr2(self) -> None:
         recipe = self.recipe
-        train_allosr2(self.base_model, self.out / "allosr2", recipe.pairs(self.train_data), recipe.allosr2, recipe.loss_weights(), recipe.lora())
+        train_allosr2(
+            self.base_model,
+            self.out / "allosr2",
+            recipe.pairs(self.train_data),
+            recipe.allosr2,
+            recipe.loss_weights(),
+            recipe.lora(),
+        )
 
     def _model(self) -> None:
         model = OneStepSR.from_pretrained(self.out / "allosr2" / "model", dtype=torch.float16)
@@ -219,7 +261,13 @@ class RecipeRun:
             return
         resolver = SuperResolver(self.out / "model", scale=self.recipe.scale, device="cpu", tile=0, vae_tile=0)
         for degradation in DEGRADATIONS:
-            rows = evaluate(holdout, {"flowsr": resolver}, scale=int(self.recipe.scale), seed=self.recipe.seed, degradation=degradation)
+            rows = evaluate(
+                holdout,
+                {"flowsr": resolver},
+                scale=int(self.recipe.scale),
+                seed=self.recipe.seed,
+                degradation=degradation,
+            )
             write_csv(rows, self.out / f"eval-{degradation}.csv")
             self.state["evaluation"][degradation] = summarize(rows)
         self.log(format_evaluation(self.state["evaluation"]))

@@ -27,6 +27,7 @@ from .loop import LoopConfig, distributed, run
 from .perceptual import load_lpips
 from .pretrain import AutoencoderObjective, FlowObjective, calibrate_latents, initialize_autoencoder
 
+DEFAULT_LOSS_WEIGHTS = LossWeights()
 PCA_CROPS = 512  # crops a fresh PatchAutoencoder's principal components are fitted on
 CALIBRATION_CROPS = 64  # crops the latent shift/scale are measured on
 
@@ -62,20 +63,39 @@ class Pairs(Crops):
         if self.lr_data:
             main = PairedFolders(self.lr_data, self.data, crop=self.crop, seed=self.seed)
         else:
-            main = DegradedFolder(self.data, crop=self.crop, scale=self.scale, seed=self.seed, repeats=self.repeats,
-                                  max_side=self.max_side, config=ContinuumConfig(clean_share=self.clean_share))
+            main = DegradedFolder(
+                self.data,
+                crop=self.crop,
+                scale=self.scale,
+                seed=self.seed,
+                repeats=self.repeats,
+                max_side=self.max_side,
+                config=ContinuumConfig(clean_share=self.clean_share),
+            )
         if not self.synthesized:
             return main
         synthesized = SynthesizedPairs(self.synthesized, crop=self.crop, seed=self.seed)
-        return synthesized if self.synthesized_share == 1 else MixedPairs(main, synthesized, self.synthesized_share, seed=self.seed)
+        return (
+            synthesized
+            if self.synthesized_share == 1
+            else MixedPairs(main, synthesized, self.synthesized_share, seed=self.seed)
+        )
 
 
 def _first(dataset, count: int) -> torch.Tensor:
     return torch.stack([dataset[i] for i in range(min(len(dataset), count))])
 
 
-def train_autoencoder(out: str | Path, crops: Crops, loop: LoopConfig, preset: str = "small", model_dir=None,
-                      restart: bool = False, holdout: str | Path | None = None, encoder_only: bool = False) -> Path | None:
+def train_autoencoder(
+    out: str | Path,
+    crops: Crops,
+    loop: LoopConfig,
+    preset: str = "small",
+    model_dir=None,
+    restart: bool = False,
+    holdout: str | Path | None = None,
+    encoder_only: bool = False,
+) -> Path | None:
     """The autoencoder of a fresh `preset` model (or of `model_dir`) on HR crops; its latent shift/scale are then
     calibrated to mean 0, std 1. A fresh PatchAutoencoder starts from the principal components of the crops.
     With `holdout` (a folder of photos), every checkpoint logs their reconstruction PSNR to RUN/validation.jsonl.
@@ -120,9 +140,17 @@ def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256) -> float:
     return t_star
 
 
-def train_allosr2(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, weights: LossWeights = LossWeights(),
-                  lora: LoraSettings | None = None, lpips_weights: str | None = None, restart: bool = False,
-                  targets_from=None) -> Path | None:
+def train_allosr2(
+    model_dir,
+    out: str | Path,
+    pairs: Pairs,
+    loop: LoopConfig,
+    weights: LossWeights = DEFAULT_LOSS_WEIGHTS,
+    lora: LoraSettings | None = None,
+    lpips_weights: str | None = None,
+    restart: bool = False,
+    targets_from=None,
+) -> Path | None:
     """AlloSR² LoRA fine-tuning of a base model; writes the adapters (RUN/adapters) and the merged model (RUN/model).
 
     `targets_from`: a model directory whose autoencoder encodes the HR targets (its untuned encoder), for a base
@@ -131,15 +159,25 @@ def train_allosr2(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, we
     target_vae = OneStepSR.from_pretrained(targets_from).vae if targets_from is not None else None
     manifest = model.manifest
     if not manifest.t_star_estimated:
-        print(f"flowsr: warning: {model_dir} has the preset's fallback t* = {manifest.t_star:g}, never estimated from data; "
-              f"run `flowsr train estimate-tstar {model_dir} --data ...` first", file=sys.stderr)
+        print(
+            f"flowsr: warning: {model_dir} has the preset's fallback t* = {manifest.t_star:g}, "
+            "never estimated from data; "
+            f"run `flowsr train estimate-tstar {model_dir} --data ...` first",
+            file=sys.stderr,
+        )
     add_lora(model, lora or LORA_PRESETS.get(manifest.preset, LoraSettings()), seed=loop.seed)
     lpips = load_lpips(lpips_weights) if weights.lpips else None
-    run(AlloSR2Objective(model, weights, lpips, target_vae), pairs.dataset(), loop, out, resume=not restart, description="train allosr2")
+    run(
+        AlloSR2Objective(model, weights, lpips, target_vae),
+        pairs.dataset(),
+        loop,
+        out,
+        resume=not restart,
+        description="train allosr2",
+    )
     if distributed()[0]:
         return None
     adapters = save_adapters(model.cpu(), Path(out) / "adapters", manifest)
     merged = merge_adapters(model_dir, adapters, Path(out) / "model", overwrite=True)
     update_manifest(merged, trained=True)
     return merged
-
