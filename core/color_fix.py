@@ -5,6 +5,10 @@ bicubic-resized input carries the right low frequencies, so the output takes the
 bands and the input's low-frequency residual, as StableSR's wavelet color fix does. With the small preset's
 lossless autoencoder the fix only ties the result's coarse colours to the input's. The decomposition is an à trous
 wavelet: `levels` passes of a 3x3 binomial kernel, dilated 1, 2, 4, ...
+
+The low-pass is linear, so the fix is one low-pass of the difference, `restored + lowpass(reference - restored)`.
+Each pass is the binomial [1, 2, 1] / 4 along rows, then along columns, as shifted slices and adds: on a CPU a
+dilated depthwise convolution of three channels costs many times that.
 """
 
 from __future__ import annotations
@@ -15,16 +19,20 @@ import torch.nn.functional as F
 DEFAULT_LEVELS = 4  # dilations 1, 2, 4, 8: the input gives the result its features coarser than about 16 pixels
 
 
+def binomial_pass(image: torch.Tensor, dilation: int) -> torch.Tensor:
+    """(B, C, H, W) -> the 3x3 binomial kernel with `dilation`, edges replicated, separably as slices."""
+    padded = F.pad(image, (dilation,) * 4, mode="replicate")
+    d = dilation
+    rows = padded[..., : -2 * d] + 2 * padded[..., d:-d] + padded[..., 2 * d :]
+    return (rows[..., : -2 * d, :] + 2 * rows[..., d:-d, :] + rows[..., 2 * d :, :]) / 16
+
+
 def wavelet_lowpass(image: torch.Tensor, levels: int = DEFAULT_LEVELS) -> torch.Tensor:
     """(B, C, H, W) -> its low-frequency residual after `levels` dilated binomial passes (replicate padding)."""
-    binomial = torch.tensor([1.0, 2.0, 1.0], device=image.device, dtype=image.dtype)
-    kernel = (binomial[:, None] * binomial[None, :] / 16).expand(image.shape[1], 1, 3, 3)
     if levels < 1:
         raise ValueError(f"the wavelet color fix needs at least 1 level, got {levels}")
     for level in range(levels):
-        dilation = 2**level
-        padded = F.pad(image, (dilation,) * 4, mode="replicate")
-        image = F.conv2d(padded, kernel, dilation=dilation, groups=image.shape[1])
+        image = binomial_pass(image, 2**level)
     return image
 
 
@@ -34,4 +42,4 @@ def wavelet_color_fix(restored: torch.Tensor, reference: torch.Tensor, levels: i
         raise ValueError(
             f"color fix needs images of one shape, got {tuple(restored.shape)} and {tuple(reference.shape)}"
         )
-    return restored - wavelet_lowpass(restored, levels) + wavelet_lowpass(reference.to(restored.dtype), levels)
+    return restored + wavelet_lowpass(reference.to(restored.dtype) - restored, levels)
