@@ -4,6 +4,10 @@ import os
 
 if not os.path.exists("/dev/nvidiactl"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Set before torch loads its OpenMP runtime. Its threads spin-wait after each parallel region by default, and the
+# peer (ncnn) runs its own OpenMP runtime in this process: its threads then shared the cores with spinning ones,
+# and on 2 cores the peer's time doubled once torch had run. Passive waiting makes each case's time its own.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -15,6 +19,7 @@ from flowsr.training.loop import native_cpu_bfloat16  # noqa: E402
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["device"] = device_name()
     machine_info["cpu_native_bfloat16"] = native_cpu_bfloat16()
+    machine_info["omp_wait_policy"] = os.environ["OMP_WAIT_POLICY"]
     machine_info["torch"] = torch.__version__
     machine_info["cuda"] = torch.version.cuda or "none"
     for module in ("triton", "onnxruntime", "diffusers", "tensorrt"):
