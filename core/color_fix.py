@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_LEVELS = 4  # dilations 1, 2, 4, 8: the input gives the result its features coarser than about 16 pixels
+MAX_LEVELS = 8
 
 
 def binomial_pass(image: torch.Tensor, dilation: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 
 from .atomic import atomic_directory, atomic_file
+from .color_fix import DEFAULT_LEVELS, MAX_LEVELS
 from .content_hash import weights_sha256
 from .errors import ModelDirError
 from .model_schema import check_field_types, check_range
@@ -104,6 +105,9 @@ class Manifest(_ManifestFile):
     format: int = FORMAT_VERSION
     t_star_source: str = "preset"  # "estimated" once `estimate-tstar` measured it on training pairs
     weights_sha256: str | None = None  # of the stored weights, hashed when saved: the key of exports made from them
+    # The wavelet levels of the colour fix: the result takes the bicubic input's features coarser than about
+    # 2^(levels+1) pixels. Fewer levels trust the model in fewer bands; chosen per model on validation photos.
+    color_fix_levels: int = DEFAULT_LEVELS
 
     T_STAR_SOURCES: ClassVar[tuple[str, ...]] = ("preset", "estimated")
 
@@ -119,6 +123,7 @@ class Manifest(_ManifestFile):
         if self.preset not in PRESETS:
             raise ModelDirError(f"{path} names preset {self.preset!r:.40}; flowsr knows {', '.join(PRESETS)}")
         check_range(path, "t_star", self.t_star, 0.0, 1.0, low_open=True)
+        check_range(path, "color_fix_levels", self.color_fix_levels, 1, MAX_LEVELS)
         if (self.guidance is None) != (PRESETS[self.preset].guidance is None):
             needs = (
                 "null: its transformer takes no guidance"

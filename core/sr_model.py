@@ -57,14 +57,15 @@ def bicubic_padded(lr: torch.Tensor, height: int, width: int, stride: int) -> to
     return pad_to_multiple(resize_to(lr, height, width), stride)
 
 
-def restore_image(x: torch.Tensor, encode, restore, decode, color_fix: bool = True) -> torch.Tensor:
-    """encode -> restore (one NFE) -> decode, then the wavelet colour fix to the bicubic image `x`: float32."""
+def restore_image(x: torch.Tensor, encode, restore, decode, color_fix_levels: int) -> torch.Tensor:
+    """encode -> restore (one NFE) -> decode, then the wavelet colour fix to the bicubic image `x` with that many
+    levels (0: none): float32."""
     y = decode(restore(encode(x))).float()
-    return wavelet_color_fix(y, x) if color_fix else y
+    return wavelet_color_fix(y, x, color_fix_levels) if color_fix_levels else y
 
 
 def super_resolve(
-    lr: torch.Tensor, height: int, width: int, stride: int, encode, restore, decode, color_fix: bool = True
+    lr: torch.Tensor, height: int, width: int, stride: int, encode, restore, decode, color_fix_levels: int
 ) -> torch.Tensor:
     """The SR pipeline around the model: LR (B, 3, h, w) in [-1, 1] -> bicubic to height x width -> pad to the
     stride -> encode -> restore (one NFE) -> decode -> wavelet colour fix to the bicubic image -> crop -> float32
@@ -72,7 +73,7 @@ def super_resolve(
     end-to-end graph, so both give the same pixels.
     """
     x = bicubic_padded(lr, height, width, stride)
-    return restore_image(x, encode, restore, decode, color_fix)[:, :, :height, :width].clamp(-1, 1)
+    return restore_image(x, encode, restore, decode, color_fix_levels)[:, :, :height, :width].clamp(-1, 1)
 
 
 class OneStepSR(nn.Module):

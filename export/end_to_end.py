@@ -44,14 +44,14 @@ class _SRPre(nn.Module):
 
 
 class _SRCore(nn.Module):
-    def __init__(self, model: nn.Module, color_fix: bool):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.color_fix = model, color_fix
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         model, dtype = self.model, next(self.model.parameters()).dtype
         return restore_image(
-            x, lambda image: model.encode(image.to(dtype)), model.restore, model.decode, self.color_fix
+            x, lambda image: model.encode(image.to(dtype)), model.restore, model.decode, model.manifest.color_fix_levels
         )
 
 
@@ -120,7 +120,7 @@ def pieces(model: nn.Module, scale: int | None) -> list[tuple[Graph, nn.Module]]
         )
     return [
         (Graph("pre", "forward", (Tensor("lr", "pixels"),), Tensor("x", "image")), _SRPre(model.stride, int(scale))),
-        (Graph("core", "forward", (Tensor("x", "image"),), Tensor("y", "image")), _SRCore(model, color_fix=True)),
+        (Graph("core", "forward", (Tensor("x", "image"),), Tensor("y", "image")), _SRCore(model)),
         (
             Graph("post", "forward", (Tensor("y", "image"), Tensor("lr", "pixels")), Tensor("sr", "pixels")),
             _Crop(int(scale)),

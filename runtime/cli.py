@@ -23,6 +23,7 @@ from flowsr.core.errors import FlowsrError, out_of_memory, printable
 
 from .options import (
     DEFAULT_MAX_MEGAPIXELS,
+    MAX_COLOR_FIX_LEVELS,
     MAX_MEGAPIXELS,
     MAX_SCALE,
     MAX_STEPS,
@@ -175,9 +176,16 @@ def _export_source(args: argparse.Namespace):
 
 
 def run_model_convert(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import torch
 
-    _load_model(args.model, dtype=getattr(torch, args.dtype)).save_pretrained(args.output, overwrite=args.overwrite)
+    model = _load_model(args.model, dtype=getattr(torch, args.dtype))
+    if args.color_fix_levels is not None:
+        if model.kind != "sr":
+            raise UsageError(f"--color-fix-levels is a setting of SR models; {args.model} is a {model.kind} model")
+        model.manifest = dataclasses.replace(model.manifest, color_fix_levels=args.color_fix_levels)
+    model.save_pretrained(args.output, overwrite=args.overwrite)
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0
 
@@ -432,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", metavar="OUT")
     convert.add_argument(
         "--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="default float16 (half the size)"
+    )
+    convert.add_argument(
+        "--color-fix-levels",
+        type=number_option(1, MAX_COLOR_FIX_LEVELS, integer=True),
+        help="SR models: the colour fix's wavelet levels stored in the copy (the result takes the input's features "
+        "coarser than about 2^(levels+1) pixels); choose them on validation photos with `flowsr eval`",
     )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     convert.set_defaults(run=run_model_convert)

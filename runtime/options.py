@@ -15,6 +15,7 @@ MAX_SCALE = 32.0  # beyond this the input is a few pixels of the output: no mode
 MAX_TILE = 16384
 MAX_BATCH = 1024
 MAX_STEPS = 10000  # Euler steps of the degrader's multi-step reference
+MAX_COLOR_FIX_LEVELS = 8  # core.color_fix.MAX_LEVELS, restated so that parsing options imports no torch
 
 
 class Parser(argparse.ArgumentParser):

@@ -121,7 +121,7 @@ class SuperResolver:
             encode=lambda x: tiled_map(x, graphs["encoder"], self.vae_tile, self.overlap, scale=1 / f),
             restore=lambda z: tiled_map(z, graphs["transformer"], self.tile // f, self.overlap // f),
             decode=lambda raw: tiled_map(raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, scale=f),
-            color_fix=self.color_fix,
+            color_fix_levels=self.manifest.color_fix_levels if self.color_fix else 0,
         )
 
     def __call__(self, image):

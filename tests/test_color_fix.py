@@ -7,6 +7,7 @@ from scipy import ndimage
 from skimage import data, transform
 
 from flowsr.core.color_fix import wavelet_color_fix, wavelet_lowpass
+from flowsr.core.sr_model import bicubic_padded, restore_image
 from flowsr.runtime.super_resolver import SuperResolver
 
 
@@ -69,3 +70,29 @@ def test_super_resolver_output_takes_the_inputs_colours():
     # the random tiny model's colours are far off; the fix brings them to the input's
     assert (colour(plain) - colour(bicubic)).abs().max() > 0.05
     assert (colour(fixed) - colour(bicubic)).abs().max() < 0.02
+
+
+def test_super_resolver_uses_the_levels_its_model_declares(tmp_path):
+    """`flowsr model convert --color-fix-levels` stores the levels; the runtime's result is the uncorrected image
+    fixed with exactly those levels, and other levels give another image."""
+    from flowsr.runtime.cli import main
+
+    assert main(["model", "init", "--preset", "tiny", str(tmp_path / "m")]) == 0
+    assert main(["model", "convert", str(tmp_path / "m"), str(tmp_path / "l2"), "--color-fix-levels", "2"]) == 0
+    resolver = SuperResolver(tmp_path / "l2", device="cpu", tile=0, vae_tile=0)
+    assert resolver.manifest.color_fix_levels == 2
+    assert SuperResolver(tmp_path / "m", device="cpu").manifest.color_fix_levels == 4  # the default
+    lr, model = photo(24, 32), resolver.model  # 96 x 128 at x4: a multiple of the stride, nothing padded
+    with torch.inference_mode():
+        bicubic = bicubic_padded(lr, 96, 128, resolver.stride)
+        plain = restore_image(bicubic, model.encode, model.restore, model.decode, color_fix_levels=0)
+        fixed = resolver.upscale_tensor(lr)
+    torch.testing.assert_close(fixed, wavelet_color_fix(plain, bicubic, levels=2).clamp(-1, 1), atol=2e-3, rtol=0)
+    assert (fixed - wavelet_color_fix(plain, bicubic, levels=4).clamp(-1, 1)).abs().max() > 0.01
+
+
+def test_the_command_line_bound_on_levels_is_the_fix_own():
+    from flowsr.core.color_fix import MAX_LEVELS
+    from flowsr.runtime.options import MAX_COLOR_FIX_LEVELS
+
+    assert MAX_COLOR_FIX_LEVELS == MAX_LEVELS

@@ -107,6 +107,10 @@ def test_load_errors_are_one_line(tiny, tmp_path):
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ModelDirError, match="t_star_source 'guessed'; expected one of preset, estimated"):
         OneStepSR.from_pretrained(tmp_path / "m")
+    data = {**json.loads(model.manifest.to_json()), "t_star_source": "preset", "color_fix_levels": 0}
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match=r"color_fix_levels 0 is outside \[1, 8\]"):
+        OneStepSR.from_pretrained(tmp_path / "m")
 
 
 def test_manifests_without_t_star_source_read_as_the_preset_fallback(tiny, tmp_path):
@@ -118,6 +122,15 @@ def test_manifests_without_t_star_source_read_as_the_preset_fallback(tiny, tmp_p
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     loaded = OneStepSR.from_pretrained(tmp_path / "m").manifest
     assert loaded.t_star_source == "preset" and not loaded.t_star_estimated
+
+
+def test_manifests_without_color_fix_levels_read_as_four(tiny, tmp_path):
+    """Model directories written before the levels were a model setting keep the fix they were served with."""
+    tiny.save_pretrained(tmp_path / "m")
+    data = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    del data["color_fix_levels"]
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
+    assert OneStepSR.from_pretrained(tmp_path / "m").manifest.color_fix_levels == 4
 
 
 def test_manifests_of_older_versions_still_load(tiny, tmp_path):
