@@ -4,27 +4,35 @@ deterministic latent of an encoding, the downsampling factor.
 Two kinds satisfy it, both diffusers models with `encode`/`decode`: `AutoencoderKL` (FLUX's VAE; the
 `flux-dev` and `tiny` presets), whose latent is its posterior's mode, and `PatchAutoencoder` (the `small`
 preset), whose latent is deterministic. A saved folder names its class in `config.json` (`_class_name`).
+`AutoencoderKL` is imported when a model uses it: diffusers' import of it pulls in every UNet and transformer.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL
-from diffusers.models.autoencoders.vae import EncoderOutput
 
-from .patch_autoencoder import PatchAutoencoder
+from .patch_autoencoder import PatchAutoencoder, PatchEncoding
 
-AUTOENCODERS = {cls.__name__: cls for cls in (AutoencoderKL, PatchAutoencoder)}
-Autoencoder = AutoencoderKL | PatchAutoencoder
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
+    Autoencoder = AutoencoderKL | PatchAutoencoder
+
+AUTOENCODERS = ("AutoencoderKL", "PatchAutoencoder")
 
 
 def autoencoder_class(name: str) -> type[Autoencoder]:
-    if name not in AUTOENCODERS:
-        raise ValueError(f"unknown autoencoder class {name!r}; flowsr knows {', '.join(AUTOENCODERS)}")
-    return AUTOENCODERS[name]
+    if name == "PatchAutoencoder":
+        return PatchAutoencoder
+    if name == "AutoencoderKL":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL
+    raise ValueError(f"unknown autoencoder class {name!r}; flowsr knows {', '.join(AUTOENCODERS)}")
 
 
 def build_autoencoder(class_name: str, config: dict) -> Autoencoder:
@@ -46,6 +54,6 @@ def downsample_factor(class_name: str, config) -> int:
 
 def latent_of(encoding) -> torch.Tensor:
     """The latent an `encode` output stands for: a deterministic latent, or the posterior's mode (no sampling)."""
-    if isinstance(encoding, EncoderOutput):
+    if isinstance(encoding, PatchEncoding):
         return encoding.latent
     return encoding.latent_dist.mode()

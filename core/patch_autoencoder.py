@@ -8,20 +8,33 @@ basis of the pixels, so the velocity network's capacity goes to restoring detail
 an autoencoder. Every latent pixel depends on its own patch alone, so a tile encodes exactly as the whole image.
 
 Orthonormal components make latent distances pixel distances (up to the latent scale): a latent-space loss is
-a pixel-space loss. `encode`/`decode` follow diffusers' autoencoders (`EncoderOutput.latent`,
-`DecoderOutput.sample`); the model saves and loads with `save_pretrained`/`from_pretrained`, and takes LoRA
-adapters through diffusers' `PeftAdapterMixin`.
+a pixel-space loss. `encode`/`decode` follow diffusers' autoencoders (`.latent` of the encoding, `.sample` of the
+decoding), with output types of their own: diffusers' module for them imports every UNet and transformer it has,
+which would double a serving process's start-up. The model saves and loads with
+`save_pretrained`/`from_pretrained`, and takes LoRA adapters through diffusers' `PeftAdapterMixin`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders.peft import PeftAdapterMixin
-from diffusers.models.autoencoders.vae import DecoderOutput, EncoderOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
 from torch import nn
+
+
+@dataclass
+class PatchEncoding(BaseOutput):
+    latent: torch.Tensor
+
+
+@dataclass
+class PatchDecoding(BaseOutput):
+    sample: torch.Tensor
 
 
 class PatchAutoencoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
@@ -44,19 +57,19 @@ class PatchAutoencoder(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.encoder = nn.Conv2d(patch_dim, latent_channels, 1)
         self.decoder = nn.Conv2d(latent_channels, patch_dim, 1)
 
-    def encode(self, image: torch.Tensor, return_dict: bool = True) -> EncoderOutput | tuple[torch.Tensor]:
+    def encode(self, image: torch.Tensor, return_dict: bool = True) -> PatchEncoding | tuple[torch.Tensor]:
         """Image (B, C, H, W), sides multiples of `patch_size` -> latent (B, latent_channels, H/p, W/p)."""
         size = self.config.patch_size
         if image.shape[-1] % size or image.shape[-2] % size:
             raise ValueError(f"image sides must be multiples of the patch size {size}, got {tuple(image.shape[-2:])}")
         latent = self.encoder(F.pixel_unshuffle(image, size))
-        return EncoderOutput(latent=latent) if return_dict else (latent,)
+        return PatchEncoding(latent=latent) if return_dict else (latent,)
 
-    def decode(self, latent: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
+    def decode(self, latent: torch.Tensor, return_dict: bool = True) -> PatchDecoding | tuple[torch.Tensor]:
         image = F.pixel_shuffle(self.decoder(latent), self.config.patch_size)
-        return DecoderOutput(sample=image) if return_dict else (image,)
+        return PatchDecoding(sample=image) if return_dict else (image,)
 
-    def forward(self, image: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
+    def forward(self, image: torch.Tensor, return_dict: bool = True) -> PatchDecoding | tuple[torch.Tensor]:
         return self.decode(self.encode(image).latent, return_dict=return_dict)
 
     @torch.no_grad()

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel
 
-from .autoencoders import Autoencoder, build_autoencoder, downsample_factor
+from .autoencoders import build_autoencoder, downsample_factor
 from .conv_velocity import ConvVelocityModel
 from .errors import ModelDirError, SettingsError
 from .model_schema import architecture_mismatch
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    from .autoencoders import Autoencoder
+
+    VelocityNetwork = FluxTransformer2DModel | ConvVelocityModel
 
 
 @dataclass(frozen=True)
@@ -160,13 +167,21 @@ def build_vae(preset: Preset) -> Autoencoder:
     return build_autoencoder(preset.vae_class, preset.vae)
 
 
-VELOCITY_NETWORKS = {cls.__name__: cls for cls in (FluxTransformer2DModel, ConvVelocityModel)}
-VelocityNetwork = FluxTransformer2DModel | ConvVelocityModel
+def velocity_network_class(name: str) -> type[VelocityNetwork]:
+    """The class a preset names for its velocity network; FLUX's is imported when a model uses it (diffusers' import of
+    it pulls in every UNet and transformer it has, seconds of a serving process's start-up)."""
+    if name == "ConvVelocityModel":
+        return ConvVelocityModel
+    if name == "FluxTransformer2DModel":
+        from diffusers import FluxTransformer2DModel
+
+        return FluxTransformer2DModel
+    raise ValueError(f"unknown velocity network class {name!r}; flowsr knows ConvVelocityModel, FluxTransformer2DModel")
 
 
 def build_transformer(preset: Preset) -> VelocityNetwork:
     """The preset's velocity network (the model's `transformer` part), random weights."""
-    return VELOCITY_NETWORKS[preset.velocity_class].from_config(preset.transformer)
+    return velocity_network_class(preset.velocity_class).from_config(preset.transformer)
 
 
 def parameter_count(module: torch.nn.Module) -> int:
@@ -180,6 +195,8 @@ def load_base_components(
 
     Safetensors only; a folder whose architecture differs from the preset is refused rather than half-loaded.
     """
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
     transformer = FluxTransformer2DModel.from_pretrained(
         folder, subfolder="transformer", use_safetensors=True, torch_dtype=dtype

@@ -7,6 +7,7 @@ latent tiler run them separately: encode the whole image, restore the latent til
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import safetensors.torch
 import torch
@@ -14,21 +15,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import flow, latents
-from .autoencoders import Autoencoder, downsample_factor, latent_of, load_autoencoder
+from .autoencoders import downsample_factor, latent_of, load_autoencoder
 from .color_fix import wavelet_color_fix
 from .errors import ModelDirError, first_line
 from .latents import LatentNormalization
 from .model_dir import LOAD_ERRORS, Manifest, write_model_dir
 from .model_schema import check_architecture, check_embeddings
 from .presets import (
-    VELOCITY_NETWORKS,
     Preset,
-    VelocityNetwork,
     build_transformer,
     build_vae,
     get_preset,
     load_base_components,
+    velocity_network_class,
 )
+
+if TYPE_CHECKING:
+    from .autoencoders import Autoencoder
+    from .presets import VelocityNetwork
 
 TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 
@@ -169,7 +173,7 @@ class OneStepSR(nn.Module):
         embeddings = cls._read_embeddings(directory, preset) if preset.text_tokens else {}
         try:
             vae = load_autoencoder(directory / "vae", dtype=dtype)
-            velocity_class = VELOCITY_NETWORKS[preset.velocity_class]
+            velocity_class = velocity_network_class(preset.velocity_class)
             transformer = velocity_class.from_pretrained(
                 directory, subfolder="transformer", use_safetensors=True, torch_dtype=dtype
             )
