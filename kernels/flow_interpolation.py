@@ -1,7 +1,8 @@
 """Fused flow interpolation z_t = (1 - s)·a + s·b, per-sample s, and the velocity target (b - a)·c in the same pass.
 
-One kernel covers every straight path of the stack: plain `interpolate`, the generative path
-(`linear_path`: a = z_0, b = ε, c = 1) and FATC (`fatc_point`: a = z_H, b = z_L, s = t/t*, c = 1/t*).
+One kernel covers the straight paths that training samples (`training/paths.py` calls it where it runs): the
+flow prior's generative path (a = z_0, b = ε, c = 1), FATC's points (a = z_H, b = z_L, s = t/t*, c = 1/t*) and
+ATM's noisy points (plain interpolation).
 `interpolate_noise` draws b = ε inside the kernel from a Philox seed, so the noise tensor is never
 materialized; `materialize_noise` regenerates it for references and tests. Differentiable w.r.t. a and b.
 """

@@ -223,3 +223,30 @@ def test_export_keeps_the_registered_op(device):
     assert torch.ops.flowsr.interpolate.default in [node.target for node in program.graph.nodes]
     for output, expected in zip(outputs, reference(a, b, s, s), strict=True):
         torch.testing.assert_close(output, expected)
+
+
+def test_training_runs_the_kernel_and_gets_the_torch_values(monkeypatch):
+    """The flow prior's objective (`training/paths.py`) goes through the fused kernel where it runs (forced here,
+    under the interpreter) and gives the loss and gradients of the torch path."""
+    skip_unless_triton_runs("cpu")
+    from flowsr.core.sr_model import OneStepSR
+    from flowsr.kernels import flow_interpolation
+    from flowsr.training.pretrain import FlowObjective
+
+    calls = []
+    fused = flow_interpolation.interpolate
+    monkeypatch.setattr(flow_interpolation, "interpolate", lambda *args: calls.append(1) or fused(*args))
+    objective = FlowObjective(OneStepSR.from_preset("tiny", seed=0))
+    hr = torch.rand(2, 3, 32, 32) * 2 - 1
+    results = {}
+    for backend in ("torch", "triton"):
+        objective.zero_grad()
+        with use_backend(backend):
+            loss = objective(hr, torch.Generator().manual_seed(0))["loss"]
+        loss.backward()
+        grads = [p.grad.clone() for p in objective.model.transformer.parameters()]
+        results[backend] = loss.detach(), grads
+        assert len(calls) == (backend == "triton")  # the torch path never launched it
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], rtol=1e-5, atol=1e-6)
+    for triton_grad, torch_grad in zip(results["triton"][1], results["torch"][1], strict=True):
+        torch.testing.assert_close(triton_grad, torch_grad, rtol=1e-4, atol=1e-6)

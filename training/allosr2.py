@@ -28,6 +28,8 @@ from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import ADAPTER_PARTS, ADAPTER_WEIGHTS, ADAPTERS_JSON
 
+from . import paths
+
 # Attention and MLP projections of the FLUX blocks; convolutions and attention of a VAE's encoder.
 TRANSFORMER_TARGETS = (
     r".*(transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
@@ -174,14 +176,14 @@ class AlloSR2Objective(nn.Module):
                 losses["lpips"] = self.lpips(decoded, hr.float()).mean()
 
         t = torch.rand(size, generator=generator, device=z_lr.device) * model.t_star
-        z_sr, target = flow.fatc_point(z_hr, z_lr, t, t_star)
+        z_sr, target = paths.fatc_point(z_hr, z_lr, t, t_star)
         v_sr = None
         if weights.fatc:
             v_sr = self.velocity(z_sr, t)
             losses["fatc"] = (v_sr.float() - target.float()).pow(2).mean()
         if weights.atm:
             noise = torch.randn(z_hr.shape, generator=generator, device=z_hr.device, dtype=z_hr.dtype)
-            z_gen = flow.interpolate(z_hr, noise, t)
+            z_gen = paths.interpolate(z_hr, noise, t)
             with torch.no_grad():
                 v_sr = self.velocity(z_sr, t) if v_sr is None else v_sr
                 v_gen = self.velocity(z_gen, t)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flowsr.core import flow, latents
+from flowsr.core import latents
 from flowsr.core.autoencoders import latent_of
 from flowsr.core.patch_autoencoder import PatchAutoencoder
 from flowsr.core.sr_model import OneStepSR
+
+from . import paths
 
 
 def logit_normal_time(batch: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -70,7 +72,7 @@ class FlowObjective(nn.Module):
             z0 = self.model.encode(hr)
         t = logit_normal_time(z0.shape[0], generator, z0.device)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
-        z_t, target = flow.linear_path(z0, noise, t)
+        z_t, target = paths.linear_path(z0, noise, t)
         velocity = self.model.velocity(latents.pack(z_t), t, z0.shape[2], z0.shape[3])
         loss = (velocity.float() - latents.pack(target).float()).pow(2).mean()
         return {"loss": loss}
