@@ -66,9 +66,10 @@ class Ratio(NamedTuple):
 
 RATIOS = [
     # onnxruntime is the CPU deployment backend: it must not fall far behind eager torch. At 128 -> 512 the three
-    # sessions' per-call overhead weighs more than at 256 -> 1024, and the ratio moves between runs (2-core AMD EPYC:
-    # 0.92 to 1.36 for the shipped model over four runs in two sessions, 1.13 and 1.24 for the small preset; 0.85 twice
-    # at 256 -> 1024), so the bounds catch a backend falling behind, not the run-to-run spread.
+    # sessions' per-call overhead weighs more than at 256 -> 1024, and the ratio moves between runs (2-core AMD EPYC,
+    # convolutional models, sessions that do not spin: 1.06 to 1.09 for the shipped model, 0.93 to 1.26 for the small
+    # preset at 128 -> 512 and 1.14 to 1.29 at 256 -> 1024 over five runs in one session), so the bounds catch a
+    # backend falling behind (twice torch's time), not the run-to-run spread.
     Ratio(
         "test_default_model_128_to_512[onnxruntime-float32]",
         "test_default_model_128_to_512[torch-float32]",
@@ -86,7 +87,7 @@ RATIOS = [
     Ratio(
         "test_backend[onnxruntime-256->1024-1]",
         "test_backend[torch-256->1024-1]",
-        1.2,
+        1.4,
         "cpu",
         "the small preset at 256 -> 1024",
     ),
@@ -97,6 +98,15 @@ RATIOS = [
         1.5,
         "cpu",
         "the shipped model's fastest CPU path against Real-ESRGAN compact (ncnn) at 128 -> 512",
+    ),
+    # INT8 (the model directory's QDQ export: the velocity network's convolutions in int8) must pay for its
+    # quantization: on a 2-core AMD EPYC with AVX512-VNNI it ran at 0.60x to 0.77x torch float32 over four runs.
+    Ratio(
+        "test_default_model_128_to_512[onnxruntime-int8]",
+        "test_default_model_128_to_512[torch-float32]",
+        0.9,
+        "cpu",
+        "the shipped model's int8 export against torch float32 at 128 -> 512",
     ),
     Ratio(
         "test_degrade_512[one-step-1]",

@@ -2,7 +2,8 @@
 
 Each graph is traced with torch.onnx (dynamo) with dynamic batch, height and width, then checked (the opset
 asked for, symbolic axes, plain ONNX ops only, the ONNX checker) and verified (`export.verify`). Folders are
-written atomically (built beside the target, then renamed): a failed export leaves nothing.
+written atomically (built beside the target, then renamed): a failed export leaves nothing. An int8 export is the
+float32 one with the velocity graph quantized to QDQ, calibrated on photos (`export.quantize`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from flowsr.core.atomic import atomic_directory
 from flowsr.core.content_hash import content_sha256
 
 from .end_to_end import EndToEnd, join, pieces
+from .quantize import QUANTIZED_GRAPHS, calibration_latents, calibration_photos, quantize_graph
 from .spec import (
+    QUANTIZED,
     SPEC_FILE,
     SPEC_FORMAT,
     SPECS,
@@ -182,24 +185,33 @@ def export_onnx(
     scale: int | None = None,
     weights_sha256: str | None = None,
     overwrite: bool = False,
+    calibrate: str | Path | None = None,
 ) -> dict:
     """Export, check and verify `graphs` of `model` into `out_dir` atomically; returns the spec written.
 
     `graphs` defaults to all of the model's stage graphs; "end_to_end" is the whole command in one graph (an SR
     model's at `scale`, fixed in it). `weights_sha256` is the manifest's digest of the stored weights, for a model
-    just loaded from its directory (hashed now when not given). `model` is cast to `dtype` in place, on the CPU.
+    just loaded from its directory (hashed now when not given). `model` is cast to `dtype` in place, on the CPU
+    (to float32 for int8, whose runtime graphs are quantized with photos from the folder `calibrate`).
     """
     out_dir = Path(out_dir)
     spec, dtype = model_spec(model), dtype_name(dtype)
-    graphs = tuple(spec.graphs) if graphs is None else graphs
+    quantized = dtype in QUANTIZED
+    graphs = (spec.runtime_graphs if quantized else tuple(spec.graphs)) if graphs is None else graphs
+    if quantized:
+        _check_quantized_export(spec, graphs, calibrate)
     opset = checked_opset(dtype, opset)
     end_to_end = spec.has_end_to_end(graphs)
     end_to_end_pieces = pieces(model, scale) if end_to_end else None  # refuses a bad scale before any work
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists; choose another folder or pass --overwrite")
     digest = content_sha256(model, weights_sha256)
-    nn.Module.to(model, device="cpu", dtype=getattr(torch, dtype)).eval()  # diffusers' ModelMixin.to warns on any cast
+    traced = getattr(torch, "float32" if quantized else dtype)
+    nn.Module.to(model, device="cpu", dtype=traced).eval()  # diffusers' ModelMixin.to warns on any cast
     geometry = geometry_of(model)
+    photos = calibration_photos(calibrate) if quantized else []
+    samples = calibration_latents(model, photos) if quantized else []
+    quantized_here = QUANTIZED_GRAPHS if quantized else ()
     with atomic_directory(out_dir) as staging:
         written = {}
         for name in graphs:
@@ -208,7 +220,12 @@ def export_onnx(
             if graph == spec.end_to_end:
                 export_end_to_end(end_to_end_pieces, geometry, path, opset, profile.min_side)
             else:
-                trace(_Method(model, graph.method), graph, geometry, path, opset, getattr(torch, dtype))
+                trace(_Method(model, graph.method), graph, geometry, path, opset, traced)
+            if name in quantized_here:
+                float_path = path.with_name(f"{name}.float32.onnx")
+                path.rename(float_path)
+                quantize_graph(float_path, path, graph.inputs[0].name, samples)
+                float_path.unlink()
             check_graph(path, graph, opset)
             shapes = profile.shapes(geometry, graph)
             written[name] = {
@@ -221,7 +238,7 @@ def export_onnx(
                 "verification": (
                     verify_end_to_end(EndToEnd(graph, end_to_end_pieces), graph, path)
                     if graph == spec.end_to_end
-                    else verify_graph(model, graph, geometry, path)
+                    else verify_graph(model, graph, geometry, path, dtype if name in quantized_here else None)
                 ),
             }
         document = {
@@ -237,8 +254,31 @@ def export_onnx(
             "graphs": written,
             "files": {path.name: file_sha256(path) for path in sorted(staging.iterdir())},
         }
+        if quantized:
+            document["quantization"] = {
+                "graphs": [name for name in graphs if name in QUANTIZED_GRAPHS],
+                "format": "QDQ",
+                "ops": ["Conv"],
+                "weights": "int8, per output channel",
+                "activations": "uint8, per tensor, min/max calibration",
+                "calibration_photos": len(photos),
+            }
         (staging / SPEC_FILE).write_text(json.dumps(document, indent=2) + "\n")
     return document
+
+
+def _check_quantized_export(spec: ModelSpec, graphs: tuple[str, ...], calibrate) -> None:
+    """What an int8 export needs, refused in one line before any work."""
+    if spec.kind != "sr":
+        raise ExportError("int8 graphs are made for SR models; export this model in float32, float16 or bfloat16")
+    if calibrate is None:
+        raise ExportError("--dtype int8 needs --calibrate PHOTOS: a folder of photos like the ones you will serve")
+    others = [name for name in graphs if name not in spec.runtime_graphs]
+    if others:
+        raise ExportError(
+            f"int8 exports the runtime's graphs ({', '.join(spec.runtime_graphs)}); "
+            f"{', '.join(others)} stay float: export them with another --dtype"
+        )
 
 
 def _tensor_spec(tensor, geometry: Geometry, dtype: str, scale: int | None = None) -> dict:

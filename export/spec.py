@@ -19,13 +19,14 @@ from flowsr.core.errors import FlowsrError, SettingsError
 SPEC_FILE = "export.json"
 SPEC_FORMAT = 2
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+QUANTIZED = ("int8",)  # QDQ graphs (export/quantize.py): float32 inputs and outputs, quantized inside
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 ONNX_ELEMENT_TYPES = {"float32": 1, "uint8": 2, "float16": 10, "bfloat16": 16}  # onnx.TensorProto's numbers
 # onnxruntime vs torch on the verification photo, in dB over the reference's value range. float32 differs only by
 # summation order (~120-150 dB measured); float16 by where each runtime rounds (~70 dB measured: onnxruntime's CPU
 # provider runs float16 nodes that have no float16 kernel in float32, between inserted casts).
-MIN_PSNR_DB = {"float32": 50.0, "float16": 40.0, "bfloat16": 30.0}
+MIN_PSNR_DB = {"float32": 50.0, "float16": 40.0, "bfloat16": 30.0, "int8": 35.0}
 DEFAULT_OPSET = 20
 BFLOAT16_OPSET = 22  # ONNX's Conv (and the VAE's normalization) take bfloat16 from opset 22
 OPSETS = range(18, 24)
@@ -106,7 +107,8 @@ class Tensor:
     space: str
 
     def dtype(self, export_dtype: str) -> str:
-        return {"time": "float32", "scale": "float32", "pixels": "uint8"}.get(self.space, export_dtype)
+        floats = "float32" if export_dtype in QUANTIZED else export_dtype
+        return {"time": "float32", "scale": "float32", "pixels": "uint8"}.get(self.space, floats)
 
 
 @dataclass(frozen=True)

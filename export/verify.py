@@ -62,10 +62,13 @@ def pipeline_inputs(model: nn.Module, graph: Graph, image: torch.Tensor) -> list
     return [values[tensor.name] for tensor in graph.inputs]
 
 
-def verify_graph(model: nn.Module, graph: Graph, geometry: Geometry, path: Path) -> dict:
+def verify_graph(
+    model: nn.Module, graph: Graph, geometry: Geometry, path: Path, export_dtype: str | None = None
+) -> dict:
     """Run the exported graph with onnxruntime (CPU) and torch on the reference photo at two sizes and batches.
 
-    Returns the worst PSNR, or the reason onnxruntime's CPU provider cannot run the graph (bfloat16).
+    Returns the worst PSNR, or the reason onnxruntime's CPU provider cannot run the graph (bfloat16). The bar is
+    `export_dtype`'s (an int8 graph against the float32 model it was quantized from), by default the model's.
     """
     dtype = next(model.parameters()).dtype
     try:
@@ -79,7 +82,7 @@ def verify_graph(model: nn.Module, graph: Graph, geometry: Geometry, path: Path)
             expected = getattr(model, graph.method)(*inputs)
             worst = min(worst, psnr(expected, session(*inputs)))
             shapes.append("x".join(map(str, inputs[0].shape)))
-    minimum = MIN_PSNR_DB[dtype_name(dtype)]
+    minimum = MIN_PSNR_DB[export_dtype or dtype_name(dtype)]
     if worst < minimum:
         raise ExportError(
             f"{graph.name}: onnxruntime differs from torch ({worst:.1f} dB < {minimum:g} dB on {', '.join(shapes)}); "

@@ -19,7 +19,7 @@ from torch import nn
 
 from flowsr.core.content_hash import content_sha256
 from flowsr.core.errors import BackendError, SettingsError
-from flowsr.export.spec import SPECS, Graph, checked_opset, dtype_name, find_export
+from flowsr.export.spec import QUANTIZED, SPECS, Graph, checked_opset, dtype_name, find_export
 
 
 @dataclass
@@ -112,6 +112,12 @@ def export_folder(
     )
     if found is not None:
         return found
+    if name in QUANTIZED:  # quantizing needs photos to calibrate on, which only the user can name
+        home = model_dir or "MODEL_DIR"
+        raise BackendError(
+            f"no {name} export of this model yet: make one with `flowsr export onnx {home} --dtype {name} "
+            "--calibrate PHOTOS` (a folder of photos like the ones you will serve), or choose another --dtype"
+        )
     # the exporter needs onnx and onnxscript; serving an export does not
     from flowsr.export.onnx_export import onnx_dir_for
 
@@ -145,6 +151,11 @@ def create_backend(
     the weights; the model then belongs to the backend (it may be moved and cast)."""
     if name not in BACKENDS:
         raise SettingsError(f"unknown backend {name!r:.40}; choose one of: {', '.join(BACKENDS)}")
+    if dtype_name(dtype) in QUANTIZED and (name != "onnxruntime" or model.kind != "sr"):
+        raise SettingsError(
+            f"{dtype_name(dtype)} is for SR models on the onnxruntime backend (a QDQ export); "
+            "pass --backend onnxruntime, or another --dtype"
+        )
     module, function, install = BACKENDS[name]
     try:
         make = getattr(importlib.import_module(module), function)

@@ -222,12 +222,13 @@ def _graph_selection(args: argparse.Namespace, spec, default: tuple[str, ...]) -
 
 def run_export_onnx(args: argparse.Namespace) -> int:
     from flowsr.export.onnx_export import export_onnx
-    from flowsr.export.spec import SPECS, ExportError, checked_opset, export_name
+    from flowsr.export.spec import QUANTIZED, SPECS, ExportError, checked_opset, export_name
 
     checked_opset(args.dtype, args.opset)
     model, home, weights_sha256 = _export_source(args)
     spec = SPECS[model.kind]
-    graphs, scale = _graph_selection(args, spec, tuple(spec.graphs))
+    default_graphs = spec.runtime_graphs if args.dtype in QUANTIZED else tuple(spec.graphs)
+    graphs, scale = _graph_selection(args, spec, default_graphs)
     out = Path(args.output) if args.output else home / "onnx" / export_name(args.dtype, args.end_to_end, scale)
     if out.exists() and not args.overwrite:
         raise ExportError(f"{out} already exists; choose another OUT or pass --overwrite")
@@ -240,6 +241,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         scale=scale,
         weights_sha256=weights_sha256,
         overwrite=args.overwrite,
+        calibrate=args.calibrate,
     )
     for entry in document["graphs"].values():
         check = entry["verification"]
@@ -310,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument(
         "--dtype",
         default=None,
-        choices=["float32", "float16", "bfloat16"],
-        help="default: bfloat16 on cuda, float32 on cpu",
+        choices=["float32", "float16", "bfloat16", "int8"],
+        help="default: bfloat16 on cuda, float32 on cpu; int8: the QDQ export made by `export onnx --dtype int8` "
+        "(onnxruntime backend)",
     )
     sr.add_argument(
         "--backend",
@@ -458,7 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     onnx.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
     onnx.add_argument("output", metavar="OUT", nargs="?", help="output folder (default MODEL_DIR/onnx/<dtype>)")
-    onnx.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="default float32")
+    onnx.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16", "int8"],
+        help="default float32; int8: the SR runtime graphs, the velocity network quantized (QDQ); needs --calibrate",
+    )
+    onnx.add_argument(
+        "--calibrate",
+        metavar="PHOTOS",
+        help="int8: a folder of photos like the ones you will serve (LR inputs; up to 64 central 128px crops)",
+    )
     onnx.add_argument(
         "--graphs", help="comma-separated graphs (default all: sr,encoder,transformer,decoder for SR; degrader)"
     )

@@ -87,10 +87,11 @@ def test_default_degradation_model_adds_its_fitted_noise_reproducibly():
 
 def test_packaged_sr_model_is_one_trained_small_model_and_default():
     """One plain model directory (no router or expert folders): the small preset's two parts, trained, its t*
-    estimated; the small velocity network takes no text, so there are no prompt embeddings either."""
+    estimated, and its int8 export; the small velocity network takes no text, so there are no prompt embeddings."""
     manifest = Manifest.read(DEFAULT_SR_MODEL)
     assert manifest.trained and manifest.t_star_estimated and manifest.preset == "small"
-    assert sorted(p.name for p in DEFAULT_SR_MODEL.iterdir() if p.is_dir()) == ["transformer", "vae"]
+    assert sorted(p.name for p in DEFAULT_SR_MODEL.iterdir() if p.is_dir()) == ["onnx", "transformer", "vae"]
+    assert [p.name for p in (DEFAULT_SR_MODEL / "onnx").iterdir()] == ["int8"]
     weights = sorted(str(p.relative_to(DEFAULT_SR_MODEL)) for p in DEFAULT_SR_MODEL.rglob("*.safetensors"))
     assert weights == ["transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
     size = sum(p.stat().st_size for p in DEFAULT_SR_MODEL.rglob("*") if p.is_file())
