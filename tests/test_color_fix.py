@@ -91,7 +91,7 @@ def test_super_resolver_uses_the_levels_its_model_declares(tmp_path):
     assert (fixed - wavelet_color_fix(plain, bicubic, levels=4).clamp(-1, 1)).abs().max() > 0.01
 
 
-def test_the_command_line_bound_on_levels_is_the_fix_own():
+def test_the_command_lines_bound_on_levels_is_the_colour_fixs():
     from flowsr.core.color_fix import MAX_LEVELS
     from flowsr.runtime.options import MAX_COLOR_FIX_LEVELS
 
