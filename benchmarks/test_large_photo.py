@@ -17,7 +17,7 @@ import pytest
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TILES = [256, 512, 768, 1024]
+TILES = [512, 1024, 2048]
 
 SCRIPT = textwrap.dedent(
     """

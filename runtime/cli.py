@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument(
         "--tile",
         type=number_option(0, MAX_TILE, integer=True),
-        default=512,
-        help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 512)",
+        default=1024,
+        help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 1024)",
     )
     sr.add_argument(
         "--overlap",

@@ -117,7 +117,11 @@ class Degrader:
             for start in range(0, len(times), self.batch_size):
                 r = torch.tensor(times[start : start + self.batch_size], device=self.device, dtype=torch.float32)
                 images_r = tiled_map(
-                    x.expand(len(r), -1, -1, -1), lambda tile, r=r: self.run(tile, r), self.tile, self.overlap
+                    x.expand(len(r), -1, -1, -1),
+                    lambda tile, r=r: self.run(tile, r),
+                    self.tile,
+                    self.overlap,
+                    align=self.stride,
                 )
                 out[start : start + len(r)] = images_r[:, :, :height, :width]
                 self.evaluations += len(r)
@@ -130,7 +134,7 @@ class Degrader:
                     counts.append(count)
                     return image
 
-                out[index] = tiled_map(x, solve, self.tile, self.overlap)[0, :, :height, :width]
+                out[index] = tiled_map(x, solve, self.tile, self.overlap, align=self.stride)[0, :, :height, :width]
                 self.evaluations += max(counts)  # per tile; the tiles of one scale run the same solver
         return out.clamp_(-1, 1)
 

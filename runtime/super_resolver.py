@@ -48,7 +48,7 @@ class SuperResolver:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         backend: str = "torch",
-        tile: int = 512,
+        tile: int = 1024,
         overlap: int = 128,
         vae_tile: int = 2048,
         batch_size: int = 1,
@@ -118,9 +118,13 @@ class SuperResolver:
             lr,
             *self.output_size(lr.shape[2], lr.shape[3]),
             self.stride,
-            encode=lambda x: tiled_map(x, graphs["encoder"], self.vae_tile, self.overlap, scale=1 / f),
-            restore=lambda z: tiled_map(z, graphs["transformer"], self.tile // f, self.overlap // f),
-            decode=lambda raw: tiled_map(raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, scale=f),
+            encode=lambda x: tiled_map(
+                x, graphs["encoder"], self.vae_tile, self.overlap, align=self.stride, scale=1 / f
+            ),
+            restore=lambda z: tiled_map(z, graphs["transformer"], self.tile // f, self.overlap // f, align=2),
+            decode=lambda raw: tiled_map(
+                raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, align=2, scale=f
+            ),
             color_fix_levels=self.manifest.color_fix_levels if self.color_fix else 0,
         )
 

@@ -1,12 +1,15 @@
 """Latent-space tiling with blended overlaps.
 
-Tiles are placed on a regular grid (the last one flush with the edge); each tile's result is weighted by a
-ramp that falls off linearly across the overlap on sides that touch another tile, and the weighted results
-are normalized, so neighbouring tiles cross-fade and no seam appears.
+Along each axis the fewest tiles that cover it with at least the overlap asked for, all of one size (no larger
+than the tile asked for, shrunk to what the count needs) and evenly spread, so the work beyond the image's own is
+the overlaps alone: a grid with a fixed tile size and the last tile flush with the edge can nearly double it.
+Each tile's result is weighted by a ramp that falls off linearly across the overlap on sides that touch another
+tile, and the weighted results are normalized, so neighbouring tiles cross-fade and no seam appears.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,15 +24,28 @@ class Span:
     size: int
 
 
-def spans(length: int, tile: int, overlap: int) -> list[Span]:
-    """Cover [0, length) with tiles of `tile` (the last one flush with the end) overlapping by >= `overlap`."""
+def spans(length: int, tile: int, overlap: int, align: int = 1) -> list[Span]:
+    """Cover [0, length) with the fewest tiles of at most `tile` that overlap by >= `overlap`: one size, evenly
+    spread, the last flush with the end. Sizes and starts are multiples of `align` (as `tile` and `length` are), so
+    an overlap that is not one is rounded down to one."""
     if tile <= 0 or length <= tile:
         return [Span(0, length)]
     if not 0 <= overlap < tile:
         raise SettingsError(f"tile overlap {overlap} must be at least 0 and smaller than the tile {tile}")
-    step = tile - overlap
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return [Span(start, tile) for start in starts]
+    overlap = overlap // align * align  # at most tile - align: tiles one `align` apart always meet it
+    count = -(-(length - overlap) // (tile - overlap))
+    while True:  # starts rounded down to `align` may narrow an overlap: grow the tiles, then their number
+        size = -(-(length + (count - 1) * overlap) // count)
+        size = min(tile, -(-size // align) * align)
+        while True:
+            starts = [(index * (length - size) // (count - 1)) // align * align for index in range(count - 1)]
+            starts.append(length - size)
+            if all(size - (right - left) >= overlap for left, right in itertools.pairwise(starts)):
+                return [Span(start, size) for start in starts]
+            if size + align > tile:
+                break
+            size += align
+        count += 1
 
 
 def ramp(span: Span, length: int, overlap: int, device=None) -> torch.Tensor:
@@ -50,16 +66,19 @@ def tiled_map(
     fn: Callable[[torch.Tensor], torch.Tensor],
     tile: int,
     overlap: int,
+    *,
+    align: int,
     scale: float = 1.0,
 ) -> torch.Tensor:
     """Apply `fn` over overlapping tiles of `x` (B, C, H, W) and blend the results.
 
     `fn` maps a (B, C, h, w) tile to (B, C', h*scale, w*scale): scale is 1/8 for a VAE encoder, 1 for the
-    latent restore step, 8 for a decoder. `tile` and `overlap` are in units of `x`. `fn` runs once per tile,
-    and once on the whole input when it fits in one tile.
+    latent restore step, 8 for a decoder. `tile`, `overlap` and `align` (what tile sizes and starts must be
+    multiples of, e.g. the model stride) are in units of `x`. `fn` runs once per tile, and once on the whole input
+    when it fits in one tile.
     """
     batch, _, height, width = x.shape
-    rows, cols = spans(height, tile, overlap), spans(width, tile, overlap)
+    rows, cols = spans(height, tile, overlap, align), spans(width, tile, overlap, align)
     if len(rows) == 1 and len(cols) == 1:
         return fn(x)
 

@@ -72,7 +72,7 @@ def test_one_velocity_evaluation_per_tile(photo):
     r([photo[:100, :150]] * 3)
     f = r.latent_factor
     assert f == 2
-    tiles = len(spans(400 // f, 256 // f, 64 // f)) * len(spans(600 // f, 256 // f, 64 // f))
+    tiles = len(spans(400 // f, 256 // f, 64 // f, align=2)) * len(spans(600 // f, 256 // f, 64 // f, align=2))
     assert tiles == 6
     assert sum(seen) == 3 * tiles
     seen.clear()
@@ -90,8 +90,8 @@ def test_tiled_matches_whole_image_without_seams(photo):
     error = (whole - tiled).abs()[0].mean(0)  # per pixel, in [-1, 1] units (2.0 = full range)
     assert error.mean() < 0.01 and error.flatten().quantile(0.99) < 0.06
     border = torch.zeros_like(error, dtype=torch.bool)
-    for span in spans(1024, 512, 128)[1:]:
-        for edge in (span.start, span.start + span.size):
+    for span in spans(1024 // 2, 512 // 2, 128 // 2, align=2)[1:]:  # the latent tiles (2 pixels each), in pixels
+        for edge in (2 * span.start, 2 * (span.start + span.size)):
             if 0 < edge < 1024:
                 border[:, edge - 8 : edge + 8] = True
                 border[edge - 8 : edge + 8, :] = True
