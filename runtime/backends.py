@@ -30,6 +30,11 @@ class Backend:
     graphs: dict[str, Callable[..., torch.Tensor]]
     folder: Path | None = None  # the ONNX export the graphs were made from (onnxruntime, tensorrt)
 
+    @property
+    def fixed_shapes(self) -> bool:
+        """True where each new input shape costs a compile or a CUDA graph: tiles then keep one size."""
+        return self.name in ("compile", "tensorrt")
+
 
 def _typed(method: Callable, graph: Graph, dtype: torch.dtype, contiguous: bool = False) -> Callable:
     """`method` with image and latent inputs cast to the backend's dtype (target times stay float32)."""

@@ -86,9 +86,10 @@ class Degrader:
         self.s_max, self.stride = model.s_max, model.stride
         self.noise = model.noise_model if noise else None
         self.evaluations = 0  # velocity evaluations so far: one per scale for the one-step solver
-        self.run = create_backend(
+        runtime = create_backend(
             backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir
-        ).graphs["degrader"]
+        )
+        self.run, self.fixed_tiles = runtime.graphs["degrader"], runtime.fixed_shapes
 
     def times(self, scales: Sequence[float]) -> list[float]:
         return [scale_to_time(float(scale), self.s_max) for scale in scales]
@@ -122,6 +123,7 @@ class Degrader:
                     self.tile,
                     self.overlap,
                     align=self.stride,
+                    fixed_size=self.fixed_tiles,
                 )
                 out[start : start + len(r)] = images_r[:, :, :height, :width]
                 self.evaluations += len(r)
@@ -134,7 +136,9 @@ class Degrader:
                     counts.append(count)
                     return image
 
-                out[index] = tiled_map(x, solve, self.tile, self.overlap, align=self.stride)[0, :, :height, :width]
+                out[index] = tiled_map(
+                    x, solve, self.tile, self.overlap, align=self.stride, fixed_size=self.fixed_tiles
+                )[0, :, :height, :width]
                 self.evaluations += max(counts)  # per tile; the tiles of one scale run the same solver
         return out.clamp_(-1, 1)
 

@@ -113,17 +113,19 @@ class SuperResolver:
         return self._super_resolve(lr.to(self.device, torch.float32))
 
     def _super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
-        f, graphs = self.latent_factor, self.backend.graphs
+        f, graphs, fixed = self.latent_factor, self.backend.graphs, self.backend.fixed_shapes
         return super_resolve(
             lr,
             *self.output_size(lr.shape[2], lr.shape[3]),
             self.stride,
             encode=lambda x: tiled_map(
-                x, graphs["encoder"], self.vae_tile, self.overlap, align=self.stride, scale=1 / f
+                x, graphs["encoder"], self.vae_tile, self.overlap, align=self.stride, scale=1 / f, fixed_size=fixed
             ),
-            restore=lambda z: tiled_map(z, graphs["transformer"], self.tile // f, self.overlap // f, align=2),
+            restore=lambda z: tiled_map(
+                z, graphs["transformer"], self.tile // f, self.overlap // f, align=2, fixed_size=fixed
+            ),
             decode=lambda raw: tiled_map(
-                raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, align=2, scale=f
+                raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, align=2, scale=f, fixed_size=fixed
             ),
             color_fix_levels=self.manifest.color_fix_levels if self.color_fix else 0,
         )

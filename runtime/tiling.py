@@ -3,6 +3,8 @@
 Along each axis the fewest tiles that cover it with at least the overlap asked for, all of one size (no larger
 than the tile asked for, shrunk to what the count needs) and evenly spread, so the work beyond the image's own is
 the overlaps alone: a grid with a fixed tile size and the last tile flush with the edge can nearly double it.
+Backends that compile per input shape (torch.compile, TensorRT's CUDA graphs) keep the tiles at the full size
+instead (`fixed_size`), so that images of every size reuse the same graphs.
 Each tile's result is weighted by a ramp that falls off linearly across the overlap on sides that touch another
 tile, and the weighted results are normalized, so neighbouring tiles cross-fade and no seam appears.
 """
@@ -24,10 +26,10 @@ class Span:
     size: int
 
 
-def spans(length: int, tile: int, overlap: int, align: int = 1) -> list[Span]:
-    """Cover [0, length) with the fewest tiles of at most `tile` that overlap by >= `overlap`: one size, evenly
-    spread, the last flush with the end. Sizes and starts are multiples of `align` (as `tile` and `length` are), so
-    an overlap that is not one is rounded down to one."""
+def spans(length: int, tile: int, overlap: int, align: int = 1, fixed_size: bool = False) -> list[Span]:
+    """Cover [0, length) with the fewest tiles of at most `tile` (exactly `tile` with `fixed_size`) that overlap
+    by >= `overlap`: one size, evenly spread, the last flush with the end. Sizes and starts are multiples of `align`
+    (as `tile` and `length` are), so an overlap that is not one is rounded down to one."""
     if tile <= 0 or length <= tile:
         return [Span(0, length)]
     if not 0 <= overlap < tile:
@@ -36,7 +38,7 @@ def spans(length: int, tile: int, overlap: int, align: int = 1) -> list[Span]:
     count = -(-(length - overlap) // (tile - overlap))
     while True:  # starts rounded down to `align` may narrow an overlap: grow the tiles, then their number
         size = -(-(length + (count - 1) * overlap) // count)
-        size = min(tile, -(-size // align) * align)
+        size = tile if fixed_size else min(tile, -(-size // align) * align)
         while True:
             starts = [(index * (length - size) // (count - 1)) // align * align for index in range(count - 1)]
             starts.append(length - size)
@@ -69,16 +71,17 @@ def tiled_map(
     *,
     align: int,
     scale: float = 1.0,
+    fixed_size: bool = False,
 ) -> torch.Tensor:
     """Apply `fn` over overlapping tiles of `x` (B, C, H, W) and blend the results.
 
     `fn` maps a (B, C, h, w) tile to (B, C', h*scale, w*scale): scale is 1/8 for a VAE encoder, 1 for the
     latent restore step, 8 for a decoder. `tile`, `overlap` and `align` (what tile sizes and starts must be
-    multiples of, e.g. the model stride) are in units of `x`. `fn` runs once per tile, and once on the whole input
-    when it fits in one tile.
+    multiples of, e.g. the model stride) are in units of `x`; `fixed_size` keeps every tile at `tile`. `fn` runs
+    once per tile, and once on the whole input when it fits in one tile.
     """
     batch, _, height, width = x.shape
-    rows, cols = spans(height, tile, overlap, align), spans(width, tile, overlap, align)
+    rows, cols = (spans(length, tile, overlap, align, fixed_size) for length in (height, width))
     if len(rows) == 1 and len(cols) == 1:
         return fn(x)
 

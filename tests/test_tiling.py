@@ -85,3 +85,12 @@ def test_single_tile_calls_once_on_whole_input():
 def test_geometry_not_divisible_by_scale_is_refused():
     with pytest.raises(ValueError, match="multiples of the model stride"):
         tiled_map(torch.zeros(1, 1, 60, 60), lambda t: t[..., ::8, ::8], tile=20, overlap=4, align=1, scale=1 / 8)
+
+
+@pytest.mark.parametrize("length,tile,overlap,align", [(4096, 1024, 128, 16), (100, 32, 8, 1), (200, 64, 16, 2)])
+def test_fixed_size_tiles_keep_the_tile_for_compiled_backends(length, tile, overlap, align):
+    """One shape whatever the image size, so a compiled graph is reused; still the fewest that cover."""
+    result = spans(length, tile, overlap, align, fixed_size=True)
+    assert {span.size for span in result} == {tile} and result[0].start == 0 and result[-1].start == length - tile
+    assert all(left.start + left.size - right.start >= overlap for left, right in itertools.pairwise(result))
+    assert len(result) == -(-(length - overlap) // (tile - overlap))
