@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from flowsr.core.images import ImageError, read_image
+from flowsr.core.images import IMAGE_SUFFIXES, ImageError, read_image
 from flowsr.core.sr_model import bicubic_padded
 
 from .spec import ExportError
@@ -29,7 +29,6 @@ QUANTIZED_GRAPHS = ("transformer",)  # of an SR model's runtime graphs
 CALIBRATION_SCALE = 4  # the photos are LR inputs, upscaled by this
 CALIBRATION_SIDE = 128  # each photo's central crop, at most this many LR pixels a side
 MAX_CALIBRATION_PHOTOS = 64
-PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 
 
 def calibration_photos(folder: str | Path) -> list[np.ndarray]:
@@ -38,7 +37,7 @@ def calibration_photos(folder: str | Path) -> list[np.ndarray]:
     if not folder.is_dir():
         raise ExportError(f"--calibrate {folder} is not a folder; give a folder of photos like the ones you will serve")
     photos = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         try:
             rgb = read_image(path, max_pixels=100_000_000).rgb
         except ImageError:
