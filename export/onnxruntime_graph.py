@@ -52,9 +52,11 @@ class OnnxGraph:
     def __init__(self, path: Path, graph: Graph, geometry: Geometry, device: torch.device, dtype: torch.dtype):
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        self.graph, self.geometry, self.device, self.dtype = graph, geometry, device, dtype
+        self.graph, self.geometry, self.device = graph, geometry, device
         name = dtype_name(dtype)
+        # the spec's dtype of each tensor for this export dtype (int8 QDQ graphs take and give float32)
         self.dtypes = [getattr(torch, tensor.dtype(name)) for tensor in graph.inputs]
+        self.output_dtype = getattr(torch, graph.output.dtype(name))
         try:
             self.session = ort.InferenceSession(str(path), session_options(), providers=providers_for(device))
         except (ort_errors.NotImplemented, ort_errors.InvalidGraph) as err:
@@ -70,7 +72,9 @@ class OnnxGraph:
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         inputs = [x.to(self.device, dtype).contiguous() for x, dtype in zip(inputs, self.dtypes, strict=False)]
-        out = torch.empty(self.graph.output_shape(self.geometry, inputs[0].shape), device=self.device, dtype=self.dtype)
+        out = torch.empty(
+            self.graph.output_shape(self.geometry, inputs[0].shape), device=self.device, dtype=self.output_dtype
+        )
         binding = self.session.io_binding()
         for tensor, x in zip(self.graph.inputs, inputs, strict=False):
             self._bind(binding, tensor.name, x)

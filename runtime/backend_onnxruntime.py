@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from flowsr.export.onnxruntime_graph import OnnxGraph, OnnxRuntimeUnavailable, providers_for
-from flowsr.export.spec import QUANTIZED, SPECS, dtype_name, geometry_of
+from flowsr.export.spec import SPECS, geometry_of
 
 from .backends import Backend, export_folder
 
@@ -29,10 +29,9 @@ def onnxruntime_backend(
     providers_for(device)  # refuse before exporting anything
     spec, geometry = SPECS[model.kind], geometry_of(model)
     folder = export_folder(model, dtype, weights_sha256, model_dir)
-    io_dtype = torch.float32 if dtype_name(dtype) in QUANTIZED else dtype  # QDQ graphs take and give float32
     try:
         graphs = {
-            name: OnnxGraph(folder / f"{name}.onnx", spec.graphs[name], geometry, device, io_dtype)
+            name: OnnxGraph(folder / f"{name}.onnx", spec.graphs[name], geometry, device, dtype)
             for name in spec.runtime_graphs
         }
     except OnnxRuntimeUnavailable as err:
