@@ -20,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from flowsr.core.images import IMAGE_SUFFIXES, ImageError, read_image
+from flowsr.core.images import ImageError, find_images, read_image, to_unit_float
 from flowsr.core.sr_model import bicubic_padded
 
 from .spec import ExportError
@@ -32,18 +32,16 @@ MAX_CALIBRATION_PHOTOS = 64
 
 
 def calibration_photos(folder: str | Path) -> list[np.ndarray]:
-    """Up to MAX_CALIBRATION_PHOTOS readable photos of `folder` (sorted, recursive) as RGB uint8 central crops."""
+    """Up to MAX_CALIBRATION_PHOTOS readable photos of `folder` (sorted, recursive) as RGB central crops."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"--calibrate {folder} is not a folder; give a folder of photos like the ones you will serve")
     photos = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    for path in find_images(folder):
         try:
             rgb = read_image(path, max_pixels=100_000_000).rgb
         except ImageError:
             continue  # not a photo: calibration takes the others
-        if rgb.dtype != np.uint8:
-            rgb = (rgb.astype(np.float32) / 257).round().astype(np.uint8)
         top = max(0, (rgb.shape[0] - CALIBRATION_SIDE) // 2)
         left = max(0, (rgb.shape[1] - CALIBRATION_SIDE) // 2)
         photos.append(rgb[top : top + CALIBRATION_SIDE, left : left + CALIBRATION_SIDE])
@@ -59,7 +57,7 @@ def calibration_latents(model: nn.Module, photos: list[np.ndarray]) -> list[np.n
     """The velocity graph's input for each photo as an LR input at x4: its bicubic upscale, padded, encoded."""
     latents = []
     for rgb in photos:
-        lr = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        lr = torch.from_numpy(to_unit_float(rgb)).permute(2, 0, 1)[None] * 2 - 1
         height, width = lr.shape[2] * CALIBRATION_SCALE, lr.shape[3] * CALIBRATION_SCALE
         latents.append(model.encode(bicubic_padded(lr, height, width, model.stride)).float().numpy())
     return latents
