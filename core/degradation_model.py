@@ -97,7 +97,7 @@ class DegradationModel(nn.Module):
 
     @property
     def noise_model(self) -> NoiseModel | None:
-        """The fitted pixel noise of the manifest (`flowsr train noise`), or None."""
+        """The fitted pixel noise of the manifest (`flowsr train degradation noise`), or None."""
         return NoiseModel.from_dict(self.manifest.noise) if self.manifest is not None and self.manifest.noise else None
 
     def graph_constants(self) -> list:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,7 +104,7 @@ class Manifest(_ManifestFile):
     versions: dict = field(default_factory=dict)
     created: str = ""
     format: int = FORMAT_VERSION
-    t_star_source: str = "preset"  # "estimated" once `estimate-tstar` measured it on training pairs
+    t_star_source: str = "preset"  # "estimated" once `flowsr train sr tstar` measured it on training pairs
     weights_sha256: str | None = None  # of the stored weights, hashed when saved: the key of exports made from them
     # The wavelet levels of the colour fix: the result takes the bicubic input's features coarser than about
     # 2^(levels+1) pixels. Fewer levels trust the model in fewer bands; chosen per model on validation photos.
@@ -225,8 +226,12 @@ def _drop_load_paths(folder: Path) -> None:
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def update_manifest(directory: str | Path, **fields) -> Manifest | DegradationManifest:
-    """Change manifest fields in place (t* after estimation, a degradation model's fitted noise), atomically."""
+def update_manifest(
+    directory: str | Path, copy_to: str | Path | None = None, overwrite: bool = False, **fields
+) -> Manifest | DegradationManifest:
+    """Change manifest fields (t* after estimation, a degradation model's fitted noise), atomically: in `directory`
+    itself, or in a copy of it written to `copy_to`. The copy leaves the exports (onnx/) behind: they bake in
+    manifest fields, and the copy makes its own on first use."""
     directory = Path(directory)
     manifest = (DegradationManifest if model_kind(directory) == "degradation" else Manifest).read(directory)
     for key, value in fields.items():
@@ -234,6 +239,16 @@ def update_manifest(directory: str | Path, **fields) -> Manifest | DegradationMa
             raise ValueError(f"manifest has no field {key!r}")
         setattr(manifest, key, value)
     manifest.check(directory / MANIFEST)
-    with atomic_file(directory / MANIFEST, "w") as f:
-        f.write(manifest.to_json())
+    if copy_to is None:
+        with atomic_file(directory / MANIFEST, "w") as f:
+            f.write(manifest.to_json())
+        return manifest
+    copy_to = Path(copy_to)
+    if copy_to.resolve() == directory.resolve():
+        raise ModelDirError(f"{copy_to} is the model directory itself; pass --in-place to change it there")
+    if copy_to.exists() and not overwrite and (not copy_to.is_dir() or any(copy_to.iterdir())):
+        raise ModelDirError(f"{copy_to} already exists; choose another path or pass --overwrite")
+    with atomic_directory(copy_to) as staging:
+        shutil.copytree(directory, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("onnx", MANIFEST))
+        (staging / MANIFEST).write_text(manifest.to_json())
     return manifest

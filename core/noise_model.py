@@ -12,7 +12,7 @@ model, and each seed gives another draw:
   it), and level = exp(spread * N(0, 1)) drawn per image and sample, since one draw of a degradation is noisier
   or cleaner than the next.
 
-The four parameters are tabulated at times r in [0, 1] and interpolated linearly; `flowsr train noise` fits
+The four parameters are tabulated at times r in [0, 1] and interpolated linearly; `flowsr train degradation noise` fits
 them to the model's own residuals against the degradations it learned.
 """
 
@@ -45,7 +45,9 @@ class NoiseModel:
         """From a manifest's `noise` object, checked: one ModelDirError naming what is unusable."""
 
         def fail(why: str) -> ModelDirError:
-            return ModelDirError(f"{path}: {why}; re-fit it with `flowsr train noise` or re-create the model directory")
+            return ModelDirError(
+                f"{path}: {why}; re-fit it with `flowsr train degradation noise` or re-create the model directory"
+            )
 
         if set(values) != set(FIELDS):
             raise fail(f"noise must have exactly the fields {', '.join(FIELDS)}")

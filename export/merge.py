@@ -168,5 +168,5 @@ def merge_adapters(
 ) -> Path:
     """Base model directory + adapters -> a merged model directory (written atomically) that loads without peft."""
     if Path(out_dir).exists() and not overwrite:
-        raise MergeError(f"{out_dir} already exists; choose another path or pass overwrite=True")
+        raise MergeError(f"{out_dir} already exists; choose another path or pass --overwrite")
     return merged_copy(OneStepSR.from_pretrained(model_dir), adapters_dir).save_pretrained(out_dir, overwrite=overwrite)

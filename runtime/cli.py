@@ -11,87 +11,57 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import traceback
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from tqdm import tqdm
-
-from flowsr.core.errors import FlowsrError, out_of_memory, printable
+from flowsr.core.errors import FlowsrError, printable
 
 from .options import (
-    DEFAULT_MAX_MEGAPIXELS,
+    BACKENDS,
     MAX_COLOR_FIX_LEVELS,
-    MAX_MEGAPIXELS,
     MAX_SCALE,
     MAX_STEPS,
     MAX_TILE,
-    MIN_MEGAPIXELS,
     Parser,
+    add_device,
+    add_max_megapixels,
+    add_model,
+    add_output,
+    add_overwrite,
+    add_seed,
+    add_tiles,
     number_option,
 )
 
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
 
 
-def _error(message: str) -> None:
-    tqdm.write(f"flowsr: {printable(message)}", file=sys.stderr)
-
-
 class UsageError(FlowsrError):
     """Something that stops the command before any image is processed."""
 
 
-def _collect_inputs(paths: list[str], out_dir: Path, out_format: str) -> tuple[list[tuple[Path, Path]], int]:
-    """Pair every input file with its output path; named files are always tried, folders contribute their images."""
-    from flowsr.core import images
-
-    jobs, failures, claimed = [], 0, {}
-    for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            found = images.find_images(path)
-            if not found:
-                _error(f"{path}: {images.NO_IMAGES}")
-                failures += 1
-            pairs = [(p, out_dir / p.relative_to(path).with_suffix(f".{out_format}")) for p in found]
-        elif path.is_file():
-            pairs = [(path, out_dir / f"{path.stem}.{out_format}")]
-        else:
-            # Pipes and devices would block or never end; only regular files are read.
-            _error(f"{path}: {'not a regular file' if path.exists() else 'no such file or folder'}")
-            failures += 1
-            continue
-        for source, target in pairs:
-            if target in claimed:
-                _error(
-                    f"{source}: its output {target} would overwrite the output of {claimed[target]}; rename one of them"
-                )
-                failures += 1
-                continue
-            claimed[target] = source
-            jobs.append((source, target))
-    return jobs, failures
-
-
-def run_sr(args: argparse.Namespace) -> int:
-    import torch
-
-    from flowsr.core import images
+def _output_folder(output: str) -> Path:
+    """The output folder of `sr` and `degrade`, cleared of what an interrupted run left half-written."""
     from flowsr.core.atomic import remove_stale_temporaries
-    from flowsr.runtime.default_models import default_sr_model
-    from flowsr.runtime.super_resolver import SuperResolver
 
-    out_dir = Path(args.output)
+    out_dir = Path(output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output {out_dir} exists and is not a folder; choose a folder for -o")
     remove_stale_temporaries(out_dir)
-    if args.model is None:
-        args.model = default_sr_model()
+    return out_dir
+
+
+def run_sr(args: argparse.Namespace) -> int:
+    from flowsr.core import images
+    from flowsr.runtime.batch import collect_inputs, report, run_batch
+    from flowsr.runtime.default_models import default_sr_model
+    from flowsr.runtime.super_resolver import SuperResolver
+
+    out_dir = _output_folder(args.output)
     resolver = SuperResolver(
-        args.model,
+        args.model or default_sr_model(),
         scale=args.scale,
         device=args.device,
         dtype=args.dtype,
@@ -103,37 +73,70 @@ def run_sr(args: argparse.Namespace) -> int:
         color_fix=not args.no_color_fix,
     )
     if not resolver.manifest.trained:
-        _error(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
-    jobs, failures = _collect_inputs(args.inputs, out_dir, args.format)
-    skipped = done = 0
-    started = time.perf_counter()
+        report(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
     input_limit = int(args.max_megapixels * 1e6)
-    for source, target in tqdm(
-        jobs, desc="flowsr sr", unit="image", disable=None if len(jobs) > 1 else True, file=sys.stderr
-    ):
+
+    def upscale(source: Path, target: Path) -> bool:
         if target.exists() and not args.overwrite:
-            skipped += 1
-            continue
-        try:
-            picture = images.read_image(source, max_pixels=input_limit)
-            resolver.check_size(*picture.rgb.shape[:2])
-            images.write_image(target, resolver.upscale_picture(picture))
-            done += 1
-        except FlowsrError as err:
-            _error(f"{source}: {err}")
-            failures += 1
-        except (MemoryError, torch.OutOfMemoryError) as err:
-            _error(f"{source}: {out_of_memory(err)}")
-            failures += 1
-    summary = f"{done} written to {out_dir}"
-    if done:
-        summary += f" ({(time.perf_counter() - started) / done:.2f} s per image)"
-    if skipped:
-        summary += f", {skipped} skipped (output exists; --overwrite replaces)"
-    if failures:
-        summary += f", {failures} failed"
-    print(summary, file=sys.stderr)
-    return 1 if failures else 0
+            return False
+        picture = images.read_image(source, max_pixels=input_limit)
+        resolver.check_size(*picture.rgb.shape[:2])
+        images.write_image(target, resolver.upscale_picture(picture))
+        return True
+
+    jobs, failures = collect_inputs(args.inputs, out_dir, args.format)
+    result = run_batch(jobs, upscale, "flowsr sr", failed=failures)
+    print(
+        result.summary(f"{result.done} written to {out_dir}", skipped_because="output exists; --overwrite replaces"),
+        file=sys.stderr,
+    )
+    return 1 if result.failed else 0
+
+
+def run_degrade(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowsr.runtime.batch import collect_inputs, report, run_batch
+    from flowsr.runtime.default_models import default_degradation_model
+    from flowsr.runtime.degrader import Degrader
+    from flowsr.runtime.pair_dataset import check_samples, name_jobs, parse_scales, shard, write_pairs
+
+    out_dir = _output_folder(args.output)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    parse_scales(args.scale)  # the form and count, before any model loads; the model's s_max bounds them below
+    degrader = Degrader(
+        args.model or default_degradation_model(),
+        device=device,
+        backend=args.backend,
+        solver=args.solver,
+        steps=args.steps,
+        tile=args.tile,
+        overlap=args.overlap,
+        max_megapixels=args.max_megapixels,
+        noise=not args.no_noise,
+    )
+    scales = parse_scales(args.scale, degrader.s_max)
+    check_samples(degrader, args.samples)
+    if not degrader.manifest.trained:
+        report(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not a real degradation")
+    found, failures = collect_inputs(args.inputs, out_dir, "png")
+    jobs, refused = name_jobs(found, out_dir, scales, args.samples)
+
+    def degrade(source: Path, name: str) -> bool:
+        return write_pairs(degrader, source, name, out_dir, scales, args.lr_grid, args.samples, args.seed)
+
+    result = run_batch(shard(jobs, rank, world), degrade, "flowsr degrade", failed=failures + refused)
+    draws = f" x {args.samples} draws" if args.samples > 1 else ""
+    summary = result.summary(
+        f"{result.done} images x {len(scales)} scales{draws} written to {out_dir}",
+        per_image=f", {degrader.evaluations} network evaluations",
+        skipped_because="already complete",
+    )
+    print(f"rank {rank}/{world}: {summary}" if world > 1 else summary, file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def run_model_init(args: argparse.Namespace) -> int:
@@ -152,8 +155,16 @@ def run_model_import(args: argparse.Namespace) -> int:
     OneStepSR.from_flux_pipeline(args.pipeline, args.preset).save_pretrained(args.output, overwrite=args.overwrite)
     print(
         f"wrote the {args.preset} base model from {args.pipeline} to {args.output} "
-        "(fine-tune it with `flowsr train allosr2`)"
+        "(fine-tune it with `flowsr train sr allosr2`)"
     )
+    return 0
+
+
+def run_model_merge(args: argparse.Namespace) -> int:
+    from flowsr.export.merge import merge_adapters
+
+    merge_adapters(args.model, args.adapters, args.output, overwrite=args.overwrite)
+    print(f"wrote {args.model} with the adapters of {args.adapters} merged to {args.output}")
     return 0
 
 
@@ -188,17 +199,6 @@ def run_model_convert(args: argparse.Namespace) -> int:
     model.save_pretrained(args.output, overwrite=args.overwrite)
     print(f"wrote {args.model} with {args.dtype} weights to {args.output}")
     return 0
-
-
-def run_degrade(args: argparse.Namespace) -> int:
-    from flowsr.core.atomic import remove_stale_temporaries
-    from flowsr.runtime.generate import run_degrade as generate
-
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"output {out_dir} exists and is not a folder; choose a folder for -o")
-    remove_stale_temporaries(out_dir)
-    return generate(args, _collect_inputs, _error)
 
 
 def _graph_selection(args: argparse.Namespace, spec, default: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
@@ -274,41 +274,27 @@ def run_export_trt(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="flowsr", description="One-step flow-matching super-resolution.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_sr(commands) -> None:
     sr = commands.add_parser("sr", help="upscale images with one network evaluation per tile")
     sr.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
-    sr.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    add_output(sr, "output folder")
+    add_model(sr, "SR model directory (default: the packaged sr-small-x4 model)")
     sr.add_argument(
         "--scale", type=number_option(1, MAX_SCALE), default=4.0, help="output size / input size (default 4)"
     )
-    sr.add_argument("--model", metavar="DIR", help="flowsr model directory (default: the packaged sr-small-x4 model)")
-    sr.add_argument(
-        "--tile",
-        type=number_option(0, MAX_TILE, integer=True),
-        default=1024,
-        help="transformer tile in output pixels, a multiple of the model stride; 0 = no tiling (default 1024)",
-    )
-    sr.add_argument(
-        "--overlap",
-        type=number_option(0, MAX_TILE, integer=True),
-        default=128,
-        help="tile overlap in output pixels (default 128)",
-    )
+    add_tiles(sr, tile=1024, overlap=128, unit="output")
     sr.add_argument(
         "--vae-tile",
         type=number_option(0, MAX_TILE, integer=True),
         default=2048,
-        help="VAE tile size in output pixels; 0 = no VAE tiling (default 2048)",
+        help="autoencoder tile size in output pixels; 0 = no autoencoder tiling (default 2048)",
     )
     sr.add_argument(
         "--no-color-fix",
         action="store_true",
         help="keep the decoder's colours (default: wavelet color fix to the input's)",
     )
-    sr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    add_device(sr)
     sr.add_argument(
         "--dtype",
         default=None,
@@ -319,34 +305,27 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument(
         "--backend",
         default="torch",
-        help="execution backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), "
-        "onnxruntime (CPU or CUDA), "
-        "tensorrt (NVIDIA GPU); ONNX graphs and engines are made on first use and cached (default torch)",
+        choices=BACKENDS,
+        help="torch (eager), compile (torch.compile; CUDA graphs on GPU), onnxruntime (CPU or CUDA) or tensorrt "
+        "(NVIDIA GPU); ONNX graphs and engines are made on first use and cached (default torch)",
     )
     sr.add_argument("--format", default="png", choices=OUTPUT_FORMATS, help="output file format (default png)")
-    sr.add_argument(
-        "--max-megapixels",
-        type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS),
-        default=DEFAULT_MAX_MEGAPIXELS,
-        help="refuse inputs or outputs larger than this (default 100)",
-    )
-    sr.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
+    add_max_megapixels(sr, "inputs or outputs")
+    add_overwrite(sr, "replace existing outputs (default: keep them)")
     sr.set_defaults(run=run_sr)
 
+
+def _add_degrade(commands) -> None:
     degrade = commands.add_parser(
         "degrade", help="synthesize realistic degraded images at any scale in [1, 4], one network evaluation per scale"
     )
     degrade.add_argument("inputs", nargs="+", metavar="HR", help="HR image files or folders")
-    degrade.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="output folder: OUT/{s}/{name}_HR.png and {name}_LR{s}.png"
-    )
+    add_output(degrade, "output folder: OUT/{s}/{name}_HR.png and {name}_LR{s}.png")
+    add_model(degrade, "degradation model directory (default: the packaged degradation-small model)")
     degrade.add_argument(
         "--scale",
         default="4",
         help="one scale (2.7), a list (2,2.7,4) or a range start:stop:step (1.5:4:0.5); default 4",
-    )
-    degrade.add_argument(
-        "--model", metavar="DIR", help="degradation model directory (default: the packaged degradation-small model)"
     )
     degrade.add_argument(
         "--solver",
@@ -361,24 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         help="Euler steps for --solver euler (default 32)",
     )
-    degrade.add_argument(
-        "--tile",
-        type=number_option(0, MAX_TILE, integer=True),
-        default=512,
-        help="tile size in HR pixels, a multiple of the model stride; 0 = no tiling (default 512)",
-    )
-    degrade.add_argument(
-        "--overlap",
-        type=number_option(0, MAX_TILE, integer=True),
-        default=64,
-        help="tile overlap in HR pixels (default 64)",
-    )
-    degrade.add_argument(
-        "--max-megapixels",
-        type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS),
-        default=DEFAULT_MAX_MEGAPIXELS,
-        help="refuse larger HR images (default 100)",
-    )
+    add_tiles(degrade, tile=512, overlap=64, unit="HR")
+    add_max_megapixels(degrade, "HR images")
     degrade.add_argument(
         "--lr-grid", action="store_true", help="write LR images at round(H/s) x round(W/s) instead of HR size"
     )
@@ -388,28 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="draws per image and scale, {name}_LR{s}_{k}.png (default 1): one network evaluation, other pixel noise",
     )
-    degrade.add_argument(
-        "--seed", type=number_option(0, 2**32 - 1, integer=True), default=0, help="seed of the pixel noise (default 0)"
-    )
+    add_seed(degrade, "seed of the pixel noise (default 0)")
     degrade.add_argument(
         "--no-noise", action="store_true", help="leave out the model's pixel noise: the network's image alone"
     )
-    degrade.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)",
-    )
+    add_device(degrade, "cpu, cuda, cuda:1 ... (default: cuda if present; under torchrun cuda:LOCAL_RANK)")
     degrade.add_argument(
         "--backend",
         default="torch",
-        choices=["torch", "compile", "onnxruntime", "tensorrt"],
+        choices=BACKENDS,
         help="torch (eager), compile, onnxruntime or tensorrt (the last three: one-step only); default torch",
     )
     degrade.set_defaults(run=run_degrade)
 
-    model = commands.add_parser("model", help="model directories").add_subparsers(dest="model_command", required=True)
-    init = model.add_parser("init", help="write an untrained model directory of a preset")
-    init.add_argument("output", metavar="OUT")
+
+def _add_model(commands) -> None:
+    model = commands.add_parser("model", help="make, import, convert and merge model directories")
+    model = model.add_subparsers(dest="model_command", required=True)
+    init = model.add_parser("init", help="write an untrained model directory of a preset (for tests and benchmarks)")
+    add_output(init, "the new model directory")
     # flux-dev is not offered: 12B random parameters help no one; its weights come from a FLUX.1-dev folder.
     init.add_argument("--preset", default="small", choices=["tiny", "tiny-kl", "small"], help="default small")
     init.add_argument(
@@ -418,29 +378,31 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["sr", "degradation"],
         help="super-resolution (default) or DegFlow degradation model",
     )
-    init.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0)
-    init.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    add_seed(init, "seed of the random weights (default 0)")
+    add_overwrite(init)
     init.set_defaults(run=run_model_init)
+
     imported = model.add_parser(
-        "import", help="a base model directory from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev)"
+        "import", help="a base SR model directory from a local diffusers FLUX pipeline folder (e.g. FLUX.1-dev)"
     )
     imported.add_argument(
         "pipeline",
         metavar="PIPELINE_DIR",
         help="diffusers folder: vae/, transformer/, text_encoder(_2)/, tokenizer(_2)/",
     )
-    imported.add_argument("output", metavar="OUT")
+    add_output(imported, "the new model directory")
     imported.add_argument(
         "--preset",
         default="flux-dev",
         choices=["tiny-kl", "flux-dev"],
         help="the architecture to check against (default flux-dev; tiny-kl for tests)",
     )
-    imported.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    add_overwrite(imported)
     imported.set_defaults(run=run_model_import)
+
     convert = model.add_parser("convert", help="copy a model directory with its weights stored in another precision")
-    convert.add_argument("model", metavar="MODEL_DIR")
-    convert.add_argument("output", metavar="OUT")
+    add_model(convert, "the model directory to copy", required=True)
+    add_output(convert, "the new model directory")
     convert.add_argument(
         "--dtype", default="float16", choices=["float32", "float16", "bfloat16"], help="default float16 (half the size)"
     )
@@ -448,19 +410,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--color-fix-levels",
         type=number_option(1, MAX_COLOR_FIX_LEVELS, integer=True),
         help="SR models: the colour fix's wavelet levels stored in the copy (the result takes the input's features "
-        "coarser than about 2^(levels+1) pixels); choose them on validation photos with `flowsr eval`",
+        "coarser than about 2^(levels+1) pixels); choose them on validation photos with `flowsr eval sr`",
     )
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing directory")
+    add_overwrite(convert)
     convert.set_defaults(run=run_model_convert)
 
-    export = commands.add_parser("export", help="ONNX graphs and TensorRT engines").add_subparsers(
-        dest="export_command", required=True
+    merge = model.add_parser("merge", help="fold LoRA adapters into an SR model: a model that serves without peft")
+    add_model(merge, "the base SR model directory the adapters were trained on", required=True)
+    merge.add_argument(
+        "--adapters",
+        required=True,
+        metavar="DIR",
+        help="adapter folder (RUN_DIR/adapters of `flowsr train sr allosr2`)",
     )
+    add_output(merge, "the merged model directory")
+    add_overwrite(merge)
+    merge.set_defaults(run=run_model_merge)
+
+
+def _add_graph_choice(parser, default: str) -> None:
+    """What `export onnx` and `export trt` make: some graphs, or the end-to-end graph at a fixed scale."""
+    parser.add_argument("--graphs", help=f"comma-separated graphs (default {default})")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="one graph of the whole command instead: uint8 pixels in and out, the CLI's pixels (untiled)",
+    )
+    parser.add_argument(
+        "--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)"
+    )
+    parser.add_argument(
+        "--opset",
+        type=number_option(1, 99, integer=True),
+        default=None,
+        help="ONNX opset (default 20; 22 for bfloat16)",
+    )
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="ONNX graphs and TensorRT engines")
+    export = export.add_subparsers(dest="export_command", required=True)
     onnx = export.add_parser(
         "onnx", help="export a model's ONNX graphs with dynamic batch and size, verified against torch"
     )
-    onnx.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
-    onnx.add_argument("output", metavar="OUT", nargs="?", help="output folder (default MODEL_DIR/onnx/<dtype>)")
+    add_model(onnx, "an SR or degradation model directory", required=True)
+    add_output(onnx, "output folder (default DIR/onnx/<dtype>)", required=False)
     onnx.add_argument(
         "--dtype",
         default="float32",
@@ -472,51 +466,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PHOTOS",
         help="int8: a folder of photos like the ones you will serve (LR inputs; up to 64 central 128px crops)",
     )
-    onnx.add_argument(
-        "--graphs", help="comma-separated graphs (default all: sr,encoder,transformer,decoder for SR; degrader)"
-    )
-    onnx.add_argument(
-        "--end-to-end",
-        action="store_true",
-        help="one graph of the whole command instead: uint8 pixels in and out, the CLI's pixels (untiled)",
-    )
-    onnx.add_argument(
-        "--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)"
-    )
-    onnx.add_argument(
-        "--opset",
-        type=number_option(1, 99, integer=True),
-        default=None,
-        help="ONNX opset (default 20; 22 for bfloat16)",
-    )
-    onnx.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_graph_choice(onnx, "all: sr,encoder,transformer,decoder for SR; degrader")
+    add_overwrite(onnx, "replace an existing output folder")
     onnx.set_defaults(run=run_export_onnx)
+
     trt = export.add_parser("trt", help="build cached TensorRT engines from the ONNX export (NVIDIA GPU)")
-    trt.add_argument("model", metavar="MODEL_DIR", help="an SR or degradation model directory")
+    add_model(trt, "an SR or degradation model directory", required=True)
     trt.add_argument(
         "--dtype",
         default="float16",
         choices=["float32", "float16", "bfloat16"],
         help="graph and engine precision (default float16)",
     )
-    trt.add_argument(
-        "--graphs",
-        help="comma-separated graphs (default what the runtime runs: encoder,transformer,decoder for SR; degrader)",
-    )
-    trt.add_argument(
-        "--end-to-end", action="store_true", help="an engine of the end-to-end graph (uint8 pixels in and out) instead"
-    )
-    trt.add_argument(
-        "--scale", type=number_option(1, 8), default=4.0, help="the SR scale fixed in an --end-to-end graph (default 4)"
-    )
-    trt.add_argument(
-        "--opset",
-        type=number_option(1, 99, integer=True),
-        default=None,
-        help="ONNX opset if the graphs must be exported first (default 20; 22 for bfloat16)",
-    )
+    _add_graph_choice(trt, "what the runtime runs: encoder,transformer,decoder for SR; degrader")
     trt.set_defaults(run=run_export_trt)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="flowsr", description="One-step flow-matching super-resolution and degradation synthesis.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_sr(commands)
+    _add_degrade(commands)
+    _add_model(commands)
+    _add_export(commands)
     # Other packages add their commands (flowsr.training: `train` and `eval`) through this entry-point group, so
     # the runtime depends on none of them.
     for entry in entry_points(group="flowsr.commands"):
@@ -531,9 +503,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "critical")  # it logs a failed load as an error before raising
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str | os.PathLike] | None = None) -> int:
+    """`flowsr ARGV...`; paths may be given as `Path`s."""
     _quiet_libraries()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(None if argv is None else [os.fspath(arg) for arg in argv])
     try:
         return args.run(args)
     except FlowsrError as err:  # a bad option, model, data or output folder: nothing could start

@@ -16,6 +16,7 @@ MAX_TILE = 16384
 MAX_BATCH = 1024
 MAX_STEPS = 10000  # Euler steps of the degrader's multi-step reference
 MAX_COLOR_FIX_LEVELS = 8  # core.color_fix.MAX_LEVELS, restated so that parsing options imports no torch
+BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")  # runtime.backends.BACKENDS' names, restated likewise
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,3 +42,59 @@ def number_option(low: float, high: float, integer: bool = False):
 
     parse.__name__ = "integer" if integer else "number"
     return parse
+
+
+# One spelling of each option that several commands share.
+
+
+def add_model(parser: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    parser.add_argument("--model", required=required, metavar="DIR", help=help)
+
+
+def add_output(parser: argparse.ArgumentParser, help: str, required: bool = True, metavar: str = "OUT") -> None:
+    parser.add_argument("-o", "--output", required=required, metavar=metavar, help=help)
+
+
+def add_overwrite(parser: argparse.ArgumentParser, help: str = "replace an existing output") -> None:
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def add_seed(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("--seed", type=number_option(0, 2**32 - 1, integer=True), default=0, help=help)
+
+
+def add_device(parser: argparse.ArgumentParser, help: str = "cpu, cuda, cuda:1 ... (default: cuda if present)") -> None:
+    parser.add_argument("--device", default=None, help=help)
+
+
+def add_tiles(parser: argparse.ArgumentParser, tile: int, overlap: int, unit: str) -> None:
+    """--tile and --overlap, in `unit` pixels."""
+    parser.add_argument(
+        "--tile",
+        type=number_option(0, MAX_TILE, integer=True),
+        default=tile,
+        help=f"tile size in {unit} pixels, a multiple of the model stride; 0 = no tiling (default {tile})",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=number_option(0, MAX_TILE, integer=True),
+        default=overlap,
+        help=f"tile overlap in {unit} pixels (default {overlap})",
+    )
+
+
+def add_max_megapixels(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--max-megapixels",
+        type=number_option(MIN_MEGAPIXELS, MAX_MEGAPIXELS),
+        default=DEFAULT_MAX_MEGAPIXELS,
+        help=f"refuse larger {what} (default {DEFAULT_MAX_MEGAPIXELS:g})",
+    )
+
+
+def add_model_output(parser: argparse.ArgumentParser) -> None:
+    """For a stage that changes a model: -o OUT writes the changed copy, --in-place changes --model itself."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("-o", "--output", metavar="OUT", help="write the changed model to this new directory")
+    where.add_argument("--in-place", action="store_true", help="change the --model directory itself")
+    add_overwrite(parser, "replace an existing OUT")

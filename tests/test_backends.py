@@ -31,10 +31,10 @@ HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt
 def exported(tmp_path_factory):
     """A tiny model directory with its three stages exported by `flowsr export onnx` (and what the command printed)."""
     path = tmp_path_factory.mktemp("models") / "tiny"
-    assert main(["model", "init", "--preset", "tiny", str(path)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", str(path)]) == 0
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["export", "onnx", str(path), "--graphs", ",".join(SR.runtime_graphs)]) == 0
+        assert main(["export", "onnx", "--model", str(path), "--graphs", ",".join(SR.runtime_graphs)]) == 0
     return path, printed.getvalue().splitlines()
 
 

@@ -24,7 +24,7 @@ from flowsr.runtime.cli import main
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "tiny"
-    assert main(["model", "init", "--preset", "tiny", str(path)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", str(path)]) == 0
     return path
 
 
@@ -44,7 +44,7 @@ def error_lines(capsys):
 
 def test_model_init_is_labelled_untrained(model_dir, capsys):
     assert Manifest.read(model_dir).trained is False
-    assert main(["model", "init", "--preset", "tiny", str(model_dir)]) == 2
+    assert main(["model", "init", "--preset", "tiny", "-o", str(model_dir)]) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and "already exists" in lines[0] and "--overwrite" in lines[0]
 
@@ -59,7 +59,7 @@ def test_sr_without_packaged_model_says_so(photos, tmp_path, capsys, monkeypatch
 
 def test_model_convert_to_float16(model_dir, tmp_path):
     half = tmp_path / "half"
-    assert main(["model", "convert", str(model_dir), str(half)]) == 0
+    assert main(["model", "convert", "--model", str(model_dir), "-o", str(half)]) == 0
     weights = "transformer/diffusion_pytorch_model.safetensors"
     assert (half / weights).stat().st_size < 0.6 * (model_dir / weights).stat().st_size
     assert Manifest.read(half).t_star == Manifest.read(model_dir).t_star

@@ -77,8 +77,13 @@ def test_super_resolver_uses_the_levels_its_model_declares(tmp_path):
     fixed with exactly those levels, and other levels give another image."""
     from flowsr.runtime.cli import main
 
-    assert main(["model", "init", "--preset", "tiny", str(tmp_path / "m")]) == 0
-    assert main(["model", "convert", str(tmp_path / "m"), str(tmp_path / "l2"), "--color-fix-levels", "2"]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", str(tmp_path / "m")]) == 0
+    assert (
+        main(
+            ["model", "convert", "--model", str(tmp_path / "m"), "-o", str(tmp_path / "l2"), "--color-fix-levels", "2"]
+        )
+        == 0
+    )
     resolver = SuperResolver(tmp_path / "l2", device="cpu", tile=0, vae_tile=0)
     assert resolver.manifest.color_fix_levels == 2
     assert SuperResolver(tmp_path / "m", device="cpu").manifest.color_fix_levels == 4  # the default

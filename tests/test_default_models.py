@@ -19,7 +19,7 @@ from flowsr.training.degradations import degrade_for_eval
 from flowsr.training.evaluate import gradient_energy
 
 # PSNR gain of the default SR model over bicubic upscaling on the photo below (x4), at least, by kind of input
-# (`flowsr eval --degradation`). The shipped model (colour fix at its 2 levels) measured +1.47 (clean), +0.42 (mild)
+# (`flowsr eval sr --degradation`). The shipped model (colour fix at its 2 levels) measured +1.47 (clean), +0.42 (mild)
 # and +0.06 dB (heavy, the mean of four draws); the bars keep about a third of that as a margin for other CPUs'
 # arithmetic and kernels, and on heavy inputs only that it is not below bicubic.
 MIN_GAIN_DB = {"clean": 1.0, "mild": 0.28, "heavy": 0.02}

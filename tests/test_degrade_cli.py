@@ -1,4 +1,5 @@
-"""`flowsr degrade` and `flowsr train rae|degflow`: the dataset layout, resume, torchrun sharding, the ONNX graph."""
+"""`flowsr degrade` and `flowsr train degradation rae|flow|noise`: the dataset layout, resume, torchrun sharding,
+the ONNX graph."""
 
 import json
 import os
@@ -18,14 +19,14 @@ from flowsr.core.noise_model import NoiseModel
 from flowsr.export.onnx_export import export_onnx
 from flowsr.runtime.cli import main
 from flowsr.runtime.degrader import Degrader
-from flowsr.runtime.generate import parse_scales
+from flowsr.runtime.pair_dataset import parse_scales
 from flowsr.training.noise_fit import calibrate_noise
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "degradation"
-    assert main(["model", "init", "--kind", "degradation", "--preset", "tiny", str(path)]) == 0
+    assert main(["model", "init", "--kind", "degradation", "--preset", "tiny", "-o", str(path)]) == 0
     return path
 
 
@@ -53,7 +54,7 @@ def test_parse_scales():
 
 def test_layout_and_resume(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "2,2.7"]) == 0
+    assert main(["degrade", photos, "-o", out, "--model", model_dir, "--scale", "2,2.7"]) == 0
     names = ["astronaut", "chelsea", "coffee", "sub_rocket"]
     for scale in ("2", "2.7"):
         expected = sorted([f"{n}_HR.png" for n in names] + [f"{n}_LR{scale}.png" for n in names])
@@ -65,7 +66,7 @@ def test_layout_and_resume(model_dir, photos, tmp_path, capsys):
 
     first = (out / "2" / "coffee_LR2.png").stat().st_mtime_ns
     (out / "2.7" / "chelsea_LR2.7.png").unlink()  # an interrupted run: one output missing
-    assert main(["degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "2,2.7"]) == 0
+    assert main(["degrade", photos, "-o", out, "--model", model_dir, "--scale", "2,2.7"]) == 0
     err = capsys.readouterr().err
     assert "1 images x 2 scales" in err and "3 skipped" in err and "1 network evaluations" in err
     assert (out / "2.7" / "chelsea_LR2.7.png").is_file()
@@ -75,25 +76,10 @@ def test_layout_and_resume(model_dir, photos, tmp_path, capsys):
 
 def test_lr_grid_and_bad_scale(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "degrade",
-                str(photos / "coffee.png"),
-                "-o",
-                str(out),
-                "--model",
-                str(model_dir),
-                "--scale",
-                "3",
-                "--lr-grid",
-            ]
-        )
-        == 0
-    )
+    assert main(["degrade", photos / "coffee.png", "-o", out, "--model", model_dir, "--scale", "3", "--lr-grid"]) == 0
     assert Image.open(out / "3" / "coffee_LR3.png").size == (29, 24)  # round(88 / 3) x round(72 / 3)
     capsys.readouterr()
-    assert main(["degrade", str(photos), "-o", str(out), "--model", str(model_dir), "--scale", "6"]) == 2
+    assert main(["degrade", photos, "-o", out, "--model", model_dir, "--scale", "6"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowsr: error")]
     assert len(lines) == 1 and "[1, 4" in lines[0]
 
@@ -153,10 +139,7 @@ def test_onnx_graph_matches_torch_with_dynamic_shapes(model_dir, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error path is for machines without a GPU")
 def test_tensorrt_backend_without_a_gpu_is_one_line(model_dir, photos, tmp_path, capsys):
     """The degrader shares the SR backends' registry: TensorRT too, refused here in one line before any output."""
-    assert (
-        main(["degrade", str(photos), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--backend", "tensorrt"])
-        == 2
-    )
+    assert main(["degrade", photos, "-o", tmp_path / "out", "--model", model_dir, "--backend", "tensorrt"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("flowsr:")]
     assert len(lines) == 1 and ("GPU" in lines[0] or "not installed" in lines[0])
     assert not any((tmp_path / "out").rglob("*.png"))
@@ -164,15 +147,17 @@ def test_tensorrt_backend_without_a_gpu_is_one_line(model_dir, photos, tmp_path,
 
 def test_train_rae_then_degflow_end_to_end(photos, tmp_path, capsys):
     common = ["--data", str(photos), "--crop", "32", "--repeats", "2", "--batch-size", "2", "--steps", "3"]
-    assert main(["train", "rae", "--preset", "tiny", "-o", str(tmp_path / "rae"), *common]) == 0
+    assert main(["train", "degradation", "rae", "--preset", "tiny", "-o", tmp_path / "rae", *common]) == 0
     assert (
         main(
             [
                 "train",
-                "degflow",
-                str(tmp_path / "rae" / "model"),
+                "degradation",
+                "flow",
+                "--model",
+                tmp_path / "rae" / "model",
                 "-o",
-                str(tmp_path / "flow"),
+                tmp_path / "flow",
                 "--lookahead",
                 "l1",
                 *common,
@@ -189,10 +174,12 @@ def test_train_rae_then_degflow_end_to_end(photos, tmp_path, capsys):
         main(
             [
                 "train",
-                "degflow",
-                str(tmp_path / "rae" / "model"),
+                "degradation",
+                "flow",
+                "--model",
+                tmp_path / "rae" / "model",
                 "-o",
-                str(tmp_path / "x"),
+                tmp_path / "x",
                 *common,
                 "--scales",
                 "2,3,4",
@@ -202,17 +189,22 @@ def test_train_rae_then_degflow_end_to_end(photos, tmp_path, capsys):
     )
     assert "--scales to match" in capsys.readouterr().err
     # LPIPS absent
-    assert main(["train", "degflow", str(tmp_path / "rae" / "model"), "-o", str(tmp_path / "y"), *common]) == 2
+    assert (
+        main(["train", "degradation", "flow", "--model", tmp_path / "rae" / "model", "-o", tmp_path / "y", *common])
+        == 2
+    )
     assert "LPIPS" in capsys.readouterr().err
 
 
 def test_degradation_model_feeds_allosr2_in_one_command(model_dir, photos, tmp_path):
     sr_model = tmp_path / "sr"
-    assert main(["model", "init", "--preset", "tiny", str(sr_model)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", sr_model]) == 0
     run = tmp_path / "run"
     command = [
         "train",
+        "sr",
         "allosr2",
+        "--model",
         str(sr_model),
         "--data",
         str(photos),
@@ -239,10 +231,12 @@ def test_degradation_model_feeds_allosr2_in_one_command(model_dir, photos, tmp_p
 
 def test_allosr2_trains_on_several_noise_draws_per_image(model_dir, noisy_model_dir, photos, tmp_path, capsys):
     sr_model = tmp_path / "sr"
-    assert main(["model", "init", "--preset", "tiny", str(sr_model)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", sr_model]) == 0
     command = [
         "train",
+        "sr",
         "allosr2",
+        "--model",
         str(sr_model),
         "--data",
         str(photos),
@@ -257,11 +251,11 @@ def test_allosr2_trains_on_several_noise_draws_per_image(model_dir, noisy_model_
         "--steps",
         "1",
     ]
-    assert main([*command, "--synthesize-with", str(noisy_model_dir), "-o", str(tmp_path / "run")]) == 0
+    assert main([*command, "--synthesize-with", noisy_model_dir, "-o", tmp_path / "run"]) == 0
     names = sorted(p.name for p in (tmp_path / "run" / "pairs" / "2").glob("*_LR*.png"))
     assert len(names) == 2 * 4 and all(name.endswith(("_LR2_0.png", "_LR2_1.png")) for name in names)
     capsys.readouterr()
-    assert main([*command, "--synthesize-with", str(model_dir), "-o", str(tmp_path / "plain")]) == 2
+    assert main([*command, "--synthesize-with", model_dir, "-o", tmp_path / "plain"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "--synth-samples 2 needs a model with fitted pixel noise" in error
     assert not (tmp_path / "plain" / "pairs").exists()
@@ -270,8 +264,7 @@ def test_allosr2_trains_on_several_noise_draws_per_image(model_dir, noisy_model_
 def test_eval_degradation_reports_every_pair(model_dir, photos, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
     assert (
-        main(["eval-degradation", str(photos), "--model", str(model_dir), "--scales", "2,3", "--csv", str(csv_path)])
-        == 0
+        main(["eval", "degradation", "--data", photos, "--model", model_dir, "--scales", "2,3", "--csv", csv_path]) == 0
     )
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "image,scale,pair,psnr,latent_mse,first_noise,second_noise,first_spread,second_spread"
@@ -329,7 +322,7 @@ def test_samples_are_draws_of_one_network_output_reproducible_from_the_seed(nois
 def test_samples_without_a_noise_model_is_refused_in_one_line(model_dir, noisy_model_dir, photos, tmp_path, capsys):
     for model, extra in ((model_dir, []), (noisy_model_dir, ["--no-noise"])):
         out = tmp_path / f"out-{len(extra)}"
-        assert main(["degrade", str(photos), "-o", str(out), "--model", str(model), "--samples", "2", *extra]) == 2
+        assert main(["degrade", photos, "-o", out, "--model", model, "--samples", "2", *extra]) == 2
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and "--samples 2 needs a model with fitted pixel noise" in error
         assert not out.exists()
@@ -338,9 +331,7 @@ def test_samples_without_a_noise_model_is_refused_in_one_line(model_dir, noisy_m
 def test_eval_degradation_scores_the_noise_draws_of_a_model_with_noise(noisy_model_dir, photos, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
     assert (
-        main(
-            ["eval-degradation", str(photos), "--model", str(noisy_model_dir), "--scales", "4", "--csv", str(csv_path)]
-        )
+        main(["eval", "degradation", "--data", photos, "--model", noisy_model_dir, "--scales", "4", "--csv", csv_path])
         == 0
     )
     rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]]
@@ -351,8 +342,8 @@ def test_eval_degradation_scores_the_noise_draws_of_a_model_with_noise(noisy_mod
 
 
 def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy_model_dir, photos, tmp_path):
-    """`train noise --calibrate-on` rescales the table until eval-degradation's noise ratio is 1 on those photos; the
-    table starts almost 5x as grainy as the pipeline on these photos."""
+    """`train degradation noise --calibrate-on` rescales the table until `eval degradation`'s noise ratio is 1 on
+    those photos; the table starts almost 5x as grainy as the pipeline on these photos."""
     model = tmp_path / "model"
     shutil.copytree(noisy_model_dir, model)
     table = {"times": [0.0, 1.0], "base": [0.0, 4e-2], "slope": [0.0, 0.0], "gray": [0.0, 0.5], "spread": [0.0, 0.2]}
@@ -365,16 +356,18 @@ def test_calibrated_noise_is_as_grainy_as_the_pipeline_by_eval_degradation(noisy
     assert (
         main(
             [
-                "eval-degradation",
-                str(photos),
+                "eval",
+                "degradation",
+                "--data",
+                photos,
                 "--model",
-                str(model),
+                model,
                 "--scales",
                 "4",
                 "--max-side",
                 "88",
                 "--csv",
-                str(csv_path),
+                csv_path,
             ]
         )
         == 0
@@ -388,7 +381,20 @@ def test_calibration_on_a_folder_without_images_fails_before_the_fit(noisy_model
     before = (noisy_model_dir / "flowsr.json").read_bytes()
     (tmp_path / "empty").mkdir()
     assert (
-        main(["train", "noise", str(noisy_model_dir), "--data", str(photos), "--calibrate-on", str(tmp_path / "empty")])
+        main(
+            [
+                "train",
+                "degradation",
+                "noise",
+                "--model",
+                noisy_model_dir,
+                "--in-place",
+                "--data",
+                photos,
+                "--calibrate-on",
+                tmp_path / "empty",
+            ]
+        )
         == 2
     )
     error = capsys.readouterr().err.strip()

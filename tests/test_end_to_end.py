@@ -14,7 +14,7 @@ from flowsr.export.spec import SPEC_FILE, SR
 from flowsr.export.tensorrt_engine import profile_shapes
 from flowsr.runtime.cli import main
 from flowsr.runtime.default_models import DEFAULT_DEGRADATION_MODEL, DEFAULT_SR_MODEL
-from flowsr.runtime.generate import output_paths
+from flowsr.runtime.pair_dataset import output_paths
 
 MIN_PSNR_DB = 45.0  # on uint8 outputs; one level off on every pixel would be 48.1 dB
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
@@ -37,7 +37,7 @@ def write_photos(folder, height: int, width: int) -> dict[str, np.ndarray]:
 
 
 def export_end_to_end(model_dir, out, *extra) -> dict:
-    assert main(["export", "onnx", str(model_dir), str(out), "--end-to-end", *extra]) == 0
+    assert main(["export", "onnx", "--model", model_dir, "-o", out, "--end-to-end", *extra]) == 0
     return json.loads((out / SPEC_FILE).read_text())
 
 
@@ -53,20 +53,7 @@ def test_sr_graph_gives_the_pixels_of_flowsr_sr(tmp_path):
     assert profile_shapes(graph) == {"lr": {"min": [1, 16, 16, 3], "opt": [1, 256, 256, 3], "max": [4, 512, 512, 3]}}
     photos = write_photos(tmp_path / "photos", 61, 87)
     assert (
-        main(
-            [
-                "sr",
-                str(tmp_path / "photos"),
-                "-o",
-                str(tmp_path / "sr"),
-                "--tile",
-                "0",
-                "--vae-tile",
-                "0",
-                "--device",
-                "cpu",
-            ]
-        )
+        main(["sr", tmp_path / "photos", "-o", tmp_path / "sr", "--tile", "0", "--vae-tile", "0", "--device", "cpu"])
         == 0
     )
     session = ort.InferenceSession(str(tmp_path / "onnx" / graph["file"]), providers=["CPUExecutionProvider"])
@@ -89,9 +76,9 @@ def test_degradation_graph_gives_the_pixels_of_flowsr_degrade(tmp_path):
         main(
             [
                 "degrade",
-                str(tmp_path / "photos"),
+                tmp_path / "photos",
                 "-o",
-                str(tmp_path / "lr"),
+                tmp_path / "lr",
                 "--scale",
                 "2,3.3",
                 "--tile",
@@ -113,8 +100,14 @@ def test_degradation_graph_gives_the_pixels_of_flowsr_degrade(tmp_path):
 
 
 def test_end_to_end_options_are_checked_in_one_line(tmp_path, capsys):
-    assert main(["export", "onnx", str(DEFAULT_SR_MODEL), str(tmp_path / "a"), "--end-to-end", "--scale", "2.5"]) == 2
-    assert main(["export", "onnx", str(DEFAULT_SR_MODEL), str(tmp_path / "b"), "--end-to-end", "--graphs", "sr"]) == 2
+    assert (
+        main(["export", "onnx", "--model", DEFAULT_SR_MODEL, "-o", tmp_path / "a", "--end-to-end", "--scale", "2.5"])
+        == 2
+    )
+    assert (
+        main(["export", "onnx", "--model", DEFAULT_SR_MODEL, "-o", tmp_path / "b", "--end-to-end", "--graphs", "sr"])
+        == 2
+    )
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 2 and "whole scale" in lines[0] and "exclude each other" in lines[1]
     assert not any(tmp_path.iterdir())

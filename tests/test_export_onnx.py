@@ -134,7 +134,7 @@ def test_existing_output_is_kept_and_failed_export_leaves_nothing(tiny, tmp_path
 def test_cli_bad_options_are_one_line(tmp_path, capsys, args, message):
     model = OneStepSR.from_preset("tiny")
     model.save_pretrained(tmp_path / "model")
-    assert main(["export", "onnx", str(tmp_path / "model"), *args]) == 2
+    assert main(["export", "onnx", "--model", str(tmp_path / "model"), *args]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0]
     assert not (tmp_path / "model" / "onnx").exists()
@@ -143,8 +143,8 @@ def test_cli_bad_options_are_one_line(tmp_path, capsys, args, message):
 def test_cli_refuses_missing_model_and_existing_output(tiny, tmp_path, capsys):
     model, manifest = tiny[:2]
     model.save_pretrained(tmp_path / "model")
-    assert main(["export", "onnx", str(tmp_path / "nothing")]) == 2
-    assert main(["export", "onnx", str(tmp_path / "model"), str(tiny[2])]) == 2
+    assert main(["export", "onnx", "--model", str(tmp_path / "nothing")]) == 2
+    assert main(["export", "onnx", "--model", str(tmp_path / "model"), "-o", str(tiny[2])]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "does not exist" in lines[0] and "already exists" in lines[1]
 
@@ -230,7 +230,7 @@ def degradation(tmp_path_factory):
 
 
 def test_degradation_model_exports_through_the_same_command(degradation, tmp_path, capsys):
-    assert main(["export", "onnx", str(degradation), str(tmp_path / "onnx")]) == 0
+    assert main(["export", "onnx", "--model", str(degradation), "-o", str(tmp_path / "onnx")]) == 0
     spec = json.loads((tmp_path / "onnx" / SPEC_FILE).read_text())
     assert spec["kind"] == "degradation" and list(spec["graphs"]) == ["degrader"]
     hr, r = spec["graphs"]["degrader"]["inputs"]

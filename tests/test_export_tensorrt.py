@@ -34,7 +34,7 @@ def private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.mark.skipif(HAVE_TENSORRT, reason="the error path is for machines without TensorRT or a GPU")
 def test_export_trt_without_tensorrt_is_one_clear_line(model_dir, capsys):
-    assert main(["export", "trt", str(model_dir)]) == 2
+    assert main(["export", "trt", "--model", str(model_dir)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert (
         len(lines) == 1
@@ -45,12 +45,12 @@ def test_export_trt_without_tensorrt_is_one_clear_line(model_dir, capsys):
 
 @needs_tensorrt
 def test_export_trt_builds_cached_engines_and_a_timing_cache(model_dir, tmp_path_factory, capsys):
-    assert main(["export", "trt", str(model_dir), "--dtype", "float32"]) == 0
+    assert main(["export", "trt", "--model", str(model_dir), "--dtype", "float32"]) == 0
     engines = sorted(engine_cache_dir().glob("*.engine"))
     assert [e.name.split("-")[:2] for e in engines] == [["sr", "decoder"], ["sr", "encoder"], ["sr", "transformer"]]
     assert list(engine_cache_dir().glob("timing-*.cache"))
     built = {e: e.stat().st_mtime_ns for e in engines}
-    assert main(["export", "trt", str(model_dir), "--dtype", "float32"]) == 0  # cached: nothing is rebuilt
+    assert main(["export", "trt", "--model", str(model_dir), "--dtype", "float32"]) == 0  # cached: nothing is rebuilt
     assert {e: e.stat().st_mtime_ns for e in engines} == built
 
 

@@ -1,4 +1,4 @@
-"""Hostile input across `sr`, `degrade`, `export onnx` and `eval`: generated malformed files (corruptions at many
+"""Hostile input across `sr`, `degrade`, `export onnx` and `eval sr`: generated malformed files (corruptions at many
 offsets, header bombs, odd modes), model directories broken field by field, and bad numbers.
 
 Every case asserts what the CLI promises: the exit code (0 all done, 1 some files failed, 2 nothing could start),
@@ -29,7 +29,7 @@ from skimage import data
 from flowsr.core import images
 from flowsr.core.errors import SettingsError, printable
 from flowsr.runtime.cli import build_parser, main
-from flowsr.runtime.generate import MAX_SCALES, parse_scales
+from flowsr.runtime.pair_dataset import MAX_SCALES, parse_scales
 
 RGB = np.ascontiguousarray(data.astronaut()[::12, ::12][:40, :40])  # 40x40: fast through the tiny models
 
@@ -190,7 +190,7 @@ def sample(cases: list, keep_every: int, full: bool) -> list:
 @pytest.fixture(scope="module")
 def sr_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "sr"
-    assert main(["model", "init", "--preset", "tiny", str(path)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", str(path)]) == 0
     return path
 
 
@@ -198,14 +198,14 @@ def sr_model(tmp_path_factory):
 def kl_model(tmp_path_factory):
     """The FLUX path in miniature (AutoencoderKL, FluxTransformer2DModel, stored text embeddings)."""
     path = tmp_path_factory.mktemp("models") / "sr-kl"
-    assert main(["model", "init", "--preset", "tiny-kl", str(path)]) == 0
+    assert main(["model", "init", "--preset", "tiny-kl", "-o", str(path)]) == 0
     return path
 
 
 @pytest.fixture(scope="module")
 def degradation_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "degradation"
-    assert main(["model", "init", "--preset", "tiny", "--kind", "degradation", str(path)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "--kind", "degradation", "-o", str(path)]) == 0
     return path
 
 
@@ -565,9 +565,12 @@ def test_export_and_eval_refuse_broken_models_in_one_line(sr_model, full, tmp_pa
     for index, (label, edit, _) in enumerate(sample(bad, 3, full)[: None if full else 12]):
         model = _broken_copy(sr_model, tmp_path / f"m{index}", edit)
         for command, out in (
-            (["export", "onnx", str(model), str(tmp_path / f"onnx{index}")], tmp_path / f"onnx{index}"),
             (
-                ["eval", str(photos), "--model", str(model), "--csv", str(tmp_path / f"e{index}.csv")],
+                ["export", "onnx", "--model", str(model), "-o", str(tmp_path / f"onnx{index}")],
+                tmp_path / f"onnx{index}",
+            ),
+            (
+                ["eval", "sr", "--data", str(photos), "--model", str(model), "--csv", str(tmp_path / f"e{index}.csv")],
                 tmp_path / f"e{index}.csv",
             ),
         ):
@@ -609,10 +612,13 @@ def option_cases() -> list[list[str]]:
         )
     ]
     cases += [
-        ["eval", "PHOTOS", "--model", "MODEL", "--scale", value]
+        ["eval", "sr", "--data", "PHOTOS", "--model", "MODEL", "--scale", value]
         for value in ("0", "-1", "1", "100", "nan", "2.5", "abc")
     ]
-    cases += [["export", "onnx", "MODEL", "OUT", "--opset", value] for value in ("0", "-1", "nan", "1e9", "abc")]
+    cases += [
+        ["export", "onnx", "--model", "MODEL", "-o", "OUT", "--opset", value]
+        for value in ("0", "-1", "nan", "1e9", "abc")
+    ]
     cases += [
         [command, "IMAGE", "-o", "OUT", "--device", device]
         for command in ("sr", "degrade")
@@ -740,7 +746,7 @@ def test_eval_names_a_corrupt_image(sr_model, tmp_path, capsys):
     # 256 px: every metric's minimum size (NIQE's 194)
     Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")
     (photos / "b.png").write_bytes(BASES["png"]()[:300])
-    assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
+    assert main(["eval", "sr", "--data", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
     lines = flowsr_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(photos / "b.png") in lines[0] and "truncated" in lines[0]
     assert not (tmp_path / "e.csv").exists()
@@ -753,7 +759,7 @@ def test_eval_names_an_image_too_small_to_score(sr_model, tmp_path, capsys, side
     photos.mkdir()
     Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")
     Image.fromarray(data.astronaut()[:side, :side]).save(photos / "small.png")
-    assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
+    assert main(["eval", "sr", "--data", str(photos), "--model", str(sr_model), "--csv", str(tmp_path / "e.csv")]) == 2
     lines = flowsr_lines(capsys.readouterr().err)
     assert len(lines) == 1 and str(photos / "small.png") in lines[0] and "too small" in lines[0]
     assert not (tmp_path / "e.csv").exists()
@@ -765,7 +771,7 @@ def test_eval_refuses_a_folder_as_its_csv(sr_model, tmp_path, capsys):
     folder.mkdir()
     (folder / "kept.txt").write_text("the user's")
     Image.fromarray(data.astronaut()[::2, ::2]).save(photos / "a.png")
-    assert main(["eval", str(photos), "--model", str(sr_model), "--csv", str(folder)]) == 2
+    assert main(["eval", "sr", "--data", str(photos), "--model", str(sr_model), "--csv", str(folder)]) == 2
     lines = flowsr_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "--csv" in lines[0] and "is a folder" in lines[0]
     assert [p.name for p in folder.iterdir()] == ["kept.txt"]

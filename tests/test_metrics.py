@@ -1,5 +1,6 @@
-"""`flowsr eval`'s MS-SSIM and VIF against torchmetrics in float64, their closed forms, the comparison picture, and its
-CSV tables and kinds of input; `eval-degradation`'s flat-region noise against the closed form for white noise."""
+"""`flowsr eval sr`'s MS-SSIM and VIF against torchmetrics in float64, their closed forms, the comparison picture,
+and its CSV tables and kinds of input; `eval degradation`'s flat-region noise against the closed form for white
+noise."""
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def test_flat_noise_scales_with_noise_made_on_the_lr_grid():
 
 
 def test_csv_tables_hold_per_image_rows_or_sweep_rows(tmp_path):
-    """Columns are the rows' keys, numbers to 5 decimals; no rows still give `flowsr eval`'s header."""
+    """Columns are the rows' keys, numbers to 5 decimals; no rows still give `flowsr eval sr`'s header."""
     write_csv([{"image": "a.png", "method": "bicubic", **dict.fromkeys(METRICS, 1 / 3)}], tmp_path / "eval.csv")
     assert (tmp_path / "eval.csv").read_text().splitlines() == [
         "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness",

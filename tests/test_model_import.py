@@ -56,7 +56,7 @@ def pipeline_dir(tmp_path_factory):
 
 
 def test_import_computes_the_empty_prompt_with_the_folders_encoders(pipeline_dir, tmp_path):
-    assert main(["model", "import", str(pipeline_dir), str(tmp_path / "base"), "--preset", "tiny-kl"]) == 0
+    assert main(["model", "import", str(pipeline_dir), "-o", str(tmp_path / "base"), "--preset", "tiny-kl"]) == 0
     model = OneStepSR.from_pretrained(tmp_path / "base")
     manifest = model.manifest
     assert manifest.preset == "tiny-kl" and not manifest.trained
@@ -79,8 +79,8 @@ def test_import_computes_the_empty_prompt_with_the_folders_encoders(pipeline_dir
 
 
 def test_import_refuses_a_mismatched_or_incomplete_folder(pipeline_dir, tmp_path, capsys):
-    assert main(["model", "import", str(pipeline_dir), str(tmp_path / "a"), "--preset", "flux-dev"]) == 2
+    assert main(["model", "import", str(pipeline_dir), "-o", str(tmp_path / "a"), "--preset", "flux-dev"]) == 2
     assert "pick the matching --preset" in capsys.readouterr().err
-    assert main(["model", "import", str(tmp_path), str(tmp_path / "b"), "--preset", "tiny-kl"]) == 2
+    assert main(["model", "import", str(tmp_path), "-o", str(tmp_path / "b"), "--preset", "tiny-kl"]) == 2
     err = capsys.readouterr().err
     assert err.count("flowsr: error") == 1 and not (tmp_path / "b").exists()

@@ -41,7 +41,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_int8_export_quantizes_the_inner_convolutions_and_verifies(tiny_dir, calibration, capsys):
-    assert main(["export", "onnx", str(tiny_dir), "--dtype", "int8", "--calibrate", str(calibration)]) == 0
+    assert main(["export", "onnx", "--model", tiny_dir, "--dtype", "int8", "--calibrate", calibration]) == 0
     folder = tiny_dir / "onnx" / "int8"
     document = json.loads((folder / "export.json").read_text())
     assert sorted(document["graphs"]) == ["decoder", "encoder", "transformer"]
@@ -71,16 +71,32 @@ def test_int8_is_refused_in_one_line_where_it_does_not_apply(tiny_dir, calibrati
     photo = tmp_path / "photo.png"
     Image.fromarray(data.astronaut()[::8, ::8]).save(photo)
     cases = [
-        (["export", "onnx", str(tiny_dir), str(tmp_path / "a"), "--dtype", "int8"], "needs --calibrate"),
         (
-            ["export", "onnx", str(tiny_dir), str(tmp_path / "b"), "--dtype", "int8", "--calibrate", str(photo)],
+            ["export", "onnx", "--model", str(tiny_dir), "-o", str(tmp_path / "a"), "--dtype", "int8"],
+            "needs --calibrate",
+        ),
+        (
+            [
+                "export",
+                "onnx",
+                "--model",
+                str(tiny_dir),
+                "-o",
+                str(tmp_path / "b"),
+                "--dtype",
+                "int8",
+                "--calibrate",
+                str(photo),
+            ],
             "is not a folder",
         ),
         (
             [
                 "export",
                 "onnx",
+                "--model",
                 str(tiny_dir),
+                "-o",
                 str(tmp_path / "c"),
                 "--dtype",
                 "int8",
@@ -93,7 +109,9 @@ def test_int8_is_refused_in_one_line_where_it_does_not_apply(tiny_dir, calibrati
             [
                 "export",
                 "onnx",
+                "--model",
                 str(tiny_dir),
+                "-o",
                 str(tmp_path / "d"),
                 "--dtype",
                 "int8",
@@ -108,7 +126,9 @@ def test_int8_is_refused_in_one_line_where_it_does_not_apply(tiny_dir, calibrati
             [
                 "export",
                 "onnx",
+                "--model",
                 str(DEFAULT_DEGRADATION_MODEL),
+                "-o",
                 str(tmp_path / "e"),
                 "--dtype",
                 "int8",
@@ -125,7 +145,9 @@ def test_int8_is_refused_in_one_line_where_it_does_not_apply(tiny_dir, calibrati
             [
                 "export",
                 "onnx",
+                "--model",
                 str(tiny_dir),
+                "-o",
                 str(tmp_path / "f"),
                 "--dtype",
                 "int8",
@@ -143,7 +165,7 @@ def test_int8_is_refused_in_one_line_where_it_does_not_apply(tiny_dir, calibrati
 
 
 def test_serving_int8_without_an_export_says_how_to_make_one(tmp_path, capsys):
-    assert main(["model", "init", "--preset", "tiny", str(tmp_path / "m")]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", tmp_path / "m"]) == 0
     photo = tmp_path / "photo.png"
     Image.fromarray(data.astronaut()[::8, ::8]).save(photo)
     argv = ["sr", str(photo), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "m")]

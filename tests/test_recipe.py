@@ -1,4 +1,4 @@
-"""`flowsr train recipe` end to end on the tiny preset (one model, evaluated on clean, mild and heavy inputs), and
+"""`flowsr train sr recipe` end to end on the tiny preset (one model, evaluated on clean, mild and heavy inputs), and
 resume of every stage after an interruption."""
 
 import json
@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 
 def test_recipe_end_to_end(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 0
+    assert main(["train", "sr", "recipe", "--data", corpus, "-o", out, "--preset", "tiny"]) == 0
     manifest = Manifest.read(out / "model")
     assert manifest.trained and manifest.t_star_estimated and manifest.preset == "tiny"
     with safetensors.safe_open(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors", "pt") as f:
@@ -60,13 +60,15 @@ def test_recipe_end_to_end(corpus, tmp_path, capsys):
     assert "recipe done" in printed and "flowsr" in printed and "mild" in printed
 
     # A finished run is not trained again; an ablation starts from its base and trains only AlloSR².
-    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 0
+    assert main(["train", "sr", "recipe", "--data", corpus, "-o", out, "--preset", "tiny"]) == 0
     again = capsys.readouterr().out
     assert all(f"recipe: {stage} done" in again for stage in STAGES) and "train " not in again
     ablation = tmp_path / "no-atm"
     argv = [
         "train",
+        "sr",
         "recipe",
+        "--data",
         str(corpus),
         "-o",
         str(ablation),
@@ -79,7 +81,7 @@ def test_recipe_end_to_end(corpus, tmp_path, capsys):
         "--clean-share",
         "0.9",
     ]
-    assert main([*argv, "--base", str(out / "flow" / "model")]) == 0
+    assert main([*argv, "--model", out / "flow" / "model"]) == 0
     assert not (ablation / "autoencoder").exists() and not (ablation / "flow").exists()
     losses = [json.loads(line) for line in (ablation / "allosr2" / "losses.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and "atm" not in losses[0] and "fatc" in losses[0]
@@ -94,20 +96,22 @@ def test_an_interrupted_evaluation_leaves_the_model_whole_and_resumes(corpus, tm
 
     with monkeypatch.context() as patch:
         patch.setattr(recipe, "evaluate", interrupted)
-        assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 130  # Ctrl-C
+        assert main(["train", "sr", "recipe", "--data", corpus, "-o", out, "--preset", "tiny"]) == 130  # Ctrl-C
     assert OneStepSR.from_pretrained(out / "model").manifest.trained and not list(out.glob("eval-*.csv"))
-    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 0
+    assert main(["train", "sr", "recipe", "--data", corpus, "-o", out, "--preset", "tiny"]) == 0
     printed = capsys.readouterr().out
     assert "recipe: model done" in printed and "recipe: eval ..." in printed
     assert sorted(p.name for p in out.glob("eval-*.csv")) == ["eval-clean.csv", "eval-heavy.csv", "eval-mild.csv"]
 
 
 def test_recipe_refuses_other_settings_and_missing_corpus(corpus, tmp_path, capsys):
-    assert main(["train", "recipe", str(tmp_path / "nothing"), "-o", str(tmp_path / "run"), "--preset", "tiny"]) == 2
+    assert (
+        main(["train", "sr", "recipe", "--data", tmp_path / "nothing", "-o", tmp_path / "run", "--preset", "tiny"]) == 2
+    )
     out = tmp_path / "run"
     out.mkdir()
     (out / "recipe.json").write_text(json.dumps({"settings": {"preset": "other"}, "seconds": {}, "evaluation": {}}))
-    assert main(["train", "recipe", str(corpus), "-o", str(out), "--preset", "tiny"]) == 2
+    assert main(["train", "sr", "recipe", "--data", corpus, "-o", out, "--preset", "tiny"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and "no train/ folder" in lines[0] and "other settings" in lines[1]
 
@@ -174,7 +178,7 @@ def test_each_stage_resumes_where_it_was_interrupted(corpus, tmp_path, monkeypat
 
 
 def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
-    """`train vae --model M --encoder-only` (the --targets-from model for LoRA on a merged AlloSR² model): from an
+    """`train sr vae --model M --encoder-only` (the --targets-from model for LoRA on a merged AlloSR² model): from an
     encoder knocked off its decoder, the round trip recovers while the decoder, the latent scale and the
     transformer stay bit-identical."""
     crops = Crops(corpus / "train", crop=32, repeats=2)
@@ -189,12 +193,13 @@ def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
         main(
             [
                 "train",
+                "sr",
                 "vae",
                 "--model",
-                str(tmp_path / "knocked"),
+                tmp_path / "knocked",
                 "--encoder-only",
                 "--data",
-                str(corpus / "train"),
+                corpus / "train",
                 "--crop",
                 "32",
                 "--steps",
@@ -204,7 +209,7 @@ def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
                 "--lr",
                 "1e-3",
                 "-o",
-                str(tmp_path / "refit"),
+                tmp_path / "refit",
             ]
         )
         == 0
@@ -222,7 +227,7 @@ def test_encoder_refit_inverts_the_frozen_decoder(corpus, tmp_path, capsys):
         base.normalization.scale,
     )
 
-    assert main(["train", "vae", "--encoder-only", "--data", str(corpus / "train"), "-o", str(tmp_path / "none")]) != 0
+    assert main(["train", "sr", "vae", "--encoder-only", "--data", corpus / "train", "-o", tmp_path / "none"]) != 0
     assert "pass --model" in capsys.readouterr().err
 
 

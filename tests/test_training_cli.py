@@ -44,12 +44,12 @@ def eval_photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "m"
-    assert main(["model", "init", "--preset", "tiny", str(path)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", str(path)]) == 0
     return path
 
 
 def hr_of(folder, name: str, scale: int = 4) -> np.ndarray:
-    """The HR image as `flowsr eval` scores it: 8-bit, cropped to a multiple of the scale."""
+    """The HR image as `flowsr eval sr` scores it: 8-bit, cropped to a multiple of the scale."""
     hr = np.asarray(Image.open(folder / name).convert("RGB"))
     return np.ascontiguousarray(hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale])
 
@@ -69,7 +69,7 @@ def test_hr_crops_repeat_and_shrink(photos):
 
 
 def test_pipeline_commands(photos, tmp_path, capsys):
-    assert main(["train", "vae", "--preset", "tiny", "--data", str(photos), "-o", str(tmp_path / "vae"), *FAST]) == 0
+    assert main(["train", "sr", "vae", "--preset", "tiny", "--data", photos, "-o", tmp_path / "vae", *FAST]) == 0
     vae_model = tmp_path / "vae" / "model"
     manifest = Manifest.read(vae_model)
     # calibrated from the data
@@ -77,7 +77,7 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "vae" / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and {"l1", "mse"} <= set(rows[0])  # a PatchAutoencoder: no KL
 
-    assert main(["train", "flow", str(vae_model), "--data", str(photos), "-o", str(tmp_path / "flow"), *FAST]) == 0
+    assert main(["train", "sr", "flow", "--model", vae_model, "--data", photos, "-o", tmp_path / "flow", *FAST]) == 0
     flow_model = tmp_path / "flow" / "model"
     vae_before = OneStepSR.from_pretrained(vae_model)
     after = OneStepSR.from_pretrained(flow_model)
@@ -93,16 +93,42 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     )
 
     assert Manifest.read(flow_model).t_star_source == "preset"
-    assert (
-        main(["train", "estimate-tstar", str(flow_model), "--data", str(photos), "--crop", "32", "--samples", "4"]) == 0
-    )
+    (flow_model / "onnx" / "float32").mkdir(parents=True)  # an export: it bakes in t*, so a copy leaves it behind
+    tstar = [
+        "train",
+        "sr",
+        "tstar",
+        "--model",
+        str(flow_model),
+        "--data",
+        str(photos),
+        "--crop",
+        "32",
+        "--samples",
+        "4",
+    ]
+    copy = tmp_path / "flow-tstar"
+    assert main([*tstar, "-o", copy]) == 0
+    assert Manifest.read(flow_model).t_star_source == "preset"  # the model itself is untouched
+    assert Manifest.read(copy).t_star_source == "estimated" and not (copy / "onnx").exists()
+    for part in ("vae", "transformer"):
+        for file in (flow_model / part).iterdir():
+            assert (copy / part / file.name).read_bytes() == file.read_bytes()
+    capsys.readouterr()
+    assert main([*tstar, "-o", copy]) == 2  # OUT exists
+    assert main([*tstar, "-o", flow_model]) == 2  # OUT is the model: that is --in-place
+    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # neither -o nor --in-place: argparse says which are needed
+        main(tstar)
+    assert main([*tstar, "--in-place"]) == 0
     assert Manifest.read(flow_model).t_star_source == "estimated"
     t_star = Manifest.read(flow_model).t_star
+    assert Manifest.read(copy).t_star == t_star  # the same pairs, the same estimate
     pairs = DegradedFolder(photos, crop=32, scale=4, repeats=64, max_side=1600)
     assert t_star == pytest.approx(estimate_t_star(after, [pairs[i] for i in range(4)]))
     assert 0 < t_star < 1
 
-    assert main(["train", "allosr2", str(flow_model), "--data", str(photos), "-o", str(tmp_path / "sr"), *FAST]) == 0
+    assert main(["train", "sr", "allosr2", "--model", flow_model, "--data", photos, "-o", tmp_path / "sr", *FAST]) == 0
     adapters = tmp_path / "sr" / "adapters"
     # The tiny preset's LoRA: every convolution of the velocity network, and the PatchAutoencoder's 1x1 encoder.
     layers = {
@@ -122,15 +148,15 @@ def test_pipeline_commands(photos, tmp_path, capsys):
 
 def test_allosr2_on_a_fallback_t_star_warns_in_one_line(photos, tmp_path, capsys):
     base = tmp_path / "base"
-    assert main(["model", "init", "--preset", "tiny", str(base)]) == 0
-    assert main(["train", "allosr2", str(base), "--data", str(photos), "-o", str(tmp_path / "sr"), *FAST]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", base]) == 0
+    assert main(["train", "sr", "allosr2", "--model", base, "--data", photos, "-o", tmp_path / "sr", *FAST]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "never estimated" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("flowsr: warning:") and "estimate-tstar" in warnings[0]
+    assert len(warnings) == 1 and warnings[0].startswith("flowsr: warning:") and "train sr tstar" in warnings[0]
 
 
 def test_eval_scores_bicubic_and_models_on_heavy_inputs_by_default(eval_photos, untrained, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
-    assert main(["eval", str(eval_photos), "--model", f"untrained={untrained}", "--csv", str(csv_path)]) == 0
+    assert main(["eval", "sr", "--data", eval_photos, "--model", f"untrained={untrained}", "--csv", csv_path]) == 0
     assert csv_path.read_text().splitlines()[0] == "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness"
     rows = list(csv.DictReader(csv_path.open()))
     assert {(r["image"], r["method"]) for r in rows} == {
@@ -159,6 +185,8 @@ def test_eval_on_clean_and_mild_inputs(eval_photos, untrained, tmp_path):
         csv_path = tmp_path / f"{kind}.csv"
         argv = [
             "eval",
+            "sr",
+            "--data",
             str(eval_photos),
             "--model",
             str(untrained),
@@ -185,7 +213,20 @@ def test_eval_on_clean_and_mild_inputs(eval_photos, untrained, tmp_path):
 def test_eval_sweep_reports_the_gain_over_bicubic_at_every_strength(eval_photos, untrained, tmp_path, capsys):
     csv_path = tmp_path / "sweep.csv"
     assert (
-        main(["eval", str(eval_photos), "--model", f"m={untrained}", "--degradation", "sweep", "--csv", str(csv_path)])
+        main(
+            [
+                "eval",
+                "sr",
+                "--data",
+                eval_photos,
+                "--model",
+                f"m={untrained}",
+                "--degradation",
+                "sweep",
+                "--csv",
+                csv_path,
+            ]
+        )
         == 0
     )
     assert csv_path.read_text().splitlines()[0] == "strength,method,psnr_gain,worst_gain,ssim_diff,vif_diff,niqe_diff"
@@ -209,24 +250,22 @@ def test_eval_sweep_reports_the_gain_over_bicubic_at_every_strength(eval_photos,
 
 
 def test_bad_training_input_is_one_line(photos, tmp_path, capsys):
+    assert main(["train", "sr", "vae", "--preset", "tiny", "--data", tmp_path / "missing", "-o", tmp_path / "run"]) == 2
     assert (
-        main(["train", "vae", "--preset", "tiny", "--data", str(tmp_path / "missing"), "-o", str(tmp_path / "run")])
-        == 2
-    )
-    assert (
-        main(["train", "allosr2", str(tmp_path / "missing"), "--data", str(photos), "-o", str(tmp_path / "run")]) == 2
+        main(["train", "sr", "allosr2", "--model", tmp_path / "missing", "--data", photos, "-o", tmp_path / "run"]) == 2
     )
     assert (
         main(
             [
                 "train",
+                "sr",
                 "vae",
                 "--preset",
                 "tiny",
                 "--data",
-                str(photos),
+                photos,
                 "-o",
-                str(tmp_path / "run"),
+                tmp_path / "run",
                 "--crop",
                 "32",
                 "--repeats",
@@ -244,17 +283,19 @@ def test_bad_training_input_is_one_line(photos, tmp_path, capsys):
 
 def test_allosr2_relative_rec_trains_the_recipes_reconstruction_term(photos, tmp_path):
     base = tmp_path / "base"
-    assert main(["model", "init", "--preset", "tiny", str(base)]) == 0
+    assert main(["model", "init", "--preset", "tiny", "-o", base]) == 0
     assert (
         main(
             [
                 "train",
+                "sr",
                 "allosr2",
-                str(base),
+                "--model",
+                base,
                 "--data",
-                str(photos),
+                photos,
                 "-o",
-                str(tmp_path / "sr"),
+                tmp_path / "sr",
                 "--relative-rec",
                 "--no-fatc",
                 "--no-atm",
@@ -282,7 +323,19 @@ def test_allosr2_pairs_follow_the_clean_share_and_the_rank_keeps_the_presets_tar
         "train_allosr2",
         lambda model, out, pairs, loop, weights, lora, *args, **kwargs: seen.append((pairs, lora)),
     )
-    argv = ["train", "allosr2", str(untrained), "--data", str(photos), "-o", str(tmp_path / "sr"), "--crop", "32"]
+    argv = [
+        "train",
+        "sr",
+        "allosr2",
+        "--model",
+        str(untrained),
+        "--data",
+        str(photos),
+        "-o",
+        str(tmp_path / "sr"),
+        "--crop",
+        "32",
+    ]
     assert main(argv) == 0 and main([*argv, "--clean-share", "0.7", "--rank", "2"]) == 0
     (default_pairs, default_lora), (pairs, lora) = seen
     assert default_pairs.dataset().config.clean_share == ContinuumConfig.clean_share != 0.7

@@ -1,5 +1,5 @@
 """The picture of an evaluation: for every photo, the same crop of each method's result and of the HR image,
-side by side, enlarged without interpolation so that pixels stay pixels (`flowsr eval --comparison`)."""
+side by side, enlarged without interpolation so that pixels stay pixels (`flowsr eval sr --comparison`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`flowsr eval`: degrade HR images reproducibly, restore them, and score against bicubic upscaling.
+"""`flowsr eval sr`: degrade HR images reproducibly, restore them, and score against bicubic upscaling.
 
 On 8-bit RGB, per image and averaged, one CSV row per image and method: PSNR and SSIM (scikit-image), MS-SSIM
 and VIF (pixel-domain visual information fidelity; torchmetrics, no learned weights), NIQE (no reference: how far

@@ -1,4 +1,4 @@
-"""`flowsr eval-degradation`: how close single-NFE synthesis is to the multi-step solution and to the true
+"""`flowsr eval degradation`: how close single-NFE synthesis is to the multi-step solution and to the true
 degraded images, at the knot scales and at scales the model never saw (x3).
 
 For every HR image and scale s: the true image is the Real-ESRGAN-style pipeline's output at s (seeded per image,

@@ -1,4 +1,4 @@
-"""`flowsr train noise`: fit a degradation model's pixel noise (`core.noise_model`) to its own residuals.
+"""`flowsr train degradation noise`: fit a degradation model's pixel noise (`core.noise_model`) to its own residuals.
 
 For HR crops of the training photos at scales spread over (1, s_max]: the true degraded image (the
 Real-ESRGAN-style pipeline, seeded per crop, brought to HR size as in training) minus the model's one-step image,
@@ -12,7 +12,7 @@ log(variance / fit) across crops, and the fit is divided by E[level] = exp(sprea
 
 The residuals hold some of the network's own error besides the grain it lacks, so the fit alone leaves synthesized
 images grainier than the pipeline's (30% at x4 on held-out photos, 32 draws). `calibrate_noise` then rescales
-each row of the table so that `eval-degradation`'s noise ratio is 1 on other photos than the fit's.
+each row of the table so that `flowsr eval degradation`'s noise ratio is 1 on other photos than the fit's.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def calibrate_noise(
 ) -> NoiseModel:
     """`noise` with each row's base and slope rescaled so that the flat-region grain (`flat_noise`) of the one-step
     image plus the noise matches the pipeline's, as means over the top-left crops of `photos` and CALIBRATION_DRAWS
-    draws of each: `eval-degradation`'s noise ratio, brought to 1 at every time of the table."""
+    draws of each: `flowsr eval degradation`'s noise ratio, brought to 1 at every time of the table."""
     crops = list(top_left_crops(photos, max_side, model.stride))
     draws = [
         (index, hr_tensor, seed + index + DRAW_SEED_STEP * draw)

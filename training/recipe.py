@@ -1,4 +1,4 @@
-"""`flowsr train recipe`: the whole SR training in one resumable command, from a photo corpus to a float16 model
+"""`flowsr train sr recipe`: the whole SR training in one resumable command, from a photo corpus to a float16 model
 directory and its evaluation.
 
 Stages, each in its own folder of RUN:
@@ -16,7 +16,7 @@ Stages, each in its own folder of RUN:
     recipe.json    the settings, each stage's wall time (summed over sittings) and the evaluation table
 
 A finished stage is skipped when the command runs again; an interrupted one resumes from its checkpoint.
-`--base MODEL_DIR` starts from a finished flow stage (autoencoder, prior and t*) of another run, so ablations
+`--model DIR` starts from a finished flow stage (autoencoder, prior and t*) of another run, so ablations
 (`--fatc-weight`, `--atm-weight`, `--allosr2-steps`, `--clean-share`) train only what differs.
 
 The small recipe's L_rec is on pixels: its autoencoder is lossless, so the decoded image's L1 distance to the HR
@@ -157,12 +157,12 @@ class RecipeRun:
         if not self.train_data.is_dir():
             raise DataError(
                 f"{self.corpus} has no train/ folder of HR images; "
-                f"make the corpus with `flowsr train photos {self.corpus}`"
+                f"make the corpus with `flowsr train photos -o {self.corpus}`"
             )
         self.base = Path(base) if base else None
         if self.base is not None and not Manifest.read(self.base).t_star_estimated:
             raise ModelDirError(
-                f"--base {self.base}: its t* was never estimated; pass the flow/model folder of a finished recipe run"
+                f"--model {self.base}: its t* was never estimated; pass the flow/model folder of a finished recipe run"
             )
         self.state_path = self.out / "recipe.json"
         self.state = self._read_state()

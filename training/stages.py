@@ -1,5 +1,5 @@
-"""The SR training stages as functions: what `flowsr train vae|flow|estimate-tstar|allosr2` run and what
-`flowsr train recipe` chains.
+"""The SR training stages as functions: what `flowsr train sr vae|flow|tstar|allosr2` run and what
+`flowsr train sr recipe` chains.
 
 Each training stage runs the shared loop in its run folder (checkpoint, losses.jsonl, runs.jsonl: a re-run
 resumes) and writes the model directory RUN/model. Under torchrun every process trains; rank 0 writes and
@@ -130,13 +130,14 @@ def train_flow(model_dir, out: str | Path, crops: Crops, loop: LoopConfig, resta
     return model.cpu().eval().save_pretrained(Path(out) / "model", overwrite=True)
 
 
-def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256) -> float:
-    """SNR-guided t* from `samples` training pairs, written into the model's manifest (marked as estimated)."""
+def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256, copy_to=None, overwrite: bool = False) -> float:
+    """SNR-guided t* from `samples` training pairs, written into the model's manifest (marked as estimated), or
+    into a copy of the model at `copy_to`."""
     model = OneStepSR.from_pretrained(model_dir)
     dataset = pairs.dataset()
     count = min(samples, len(dataset))
     t_star = estimate_t_star(model, [dataset[i] for i in range(count)])
-    update_manifest(model_dir, t_star=t_star, t_star_source="estimated")
+    update_manifest(model_dir, copy_to, overwrite, t_star=t_star, t_star_source="estimated")
     return t_star
 
 
@@ -162,7 +163,7 @@ def train_allosr2(
         print(
             f"flowsr: warning: {model_dir} has the preset's fallback t* = {manifest.t_star:g}, "
             "never estimated from data; "
-            f"run `flowsr train estimate-tstar {model_dir} --data ...` first",
+            f"run `flowsr train sr tstar --model {model_dir} --in-place --data ...` first",
             file=sys.stderr,
         )
     add_lora(model, lora or LORA_PRESETS.get(manifest.preset, LoraSettings()), seed=loop.seed)
