@@ -1,7 +1,8 @@
 """Latency of the shipped default SR model (runtime/models/sr-small-x4) through SuperResolver, end to end.
 
 128x128 -> 512x512 on every backend of this machine in one run: torch in float32 and bfloat16, torch.compile,
-onnxruntime (CPU or CUDA provider; float32, and int8 from the model directory's QDQ export), TensorRT on a GPU.
+onnxruntime (CPU or CUDA provider; float32, and int8 from the model directory's QDQ export), TensorRT on a GPU
+(float16, and int8 from the same export).
 The colour fix is on, as `flowsr sr` runs it.
 `python benchmarks/backends_report.py RUN.json` tabulates a run.
 """
@@ -25,6 +26,7 @@ CASES = [
     ("onnxruntime", "float32"),
     ("onnxruntime", "int8"),  # the model directory's QDQ export (onnx/int8)
     ("tensorrt", "float16"),
+    ("tensorrt", "int8"),  # the same QDQ export, an explicitly quantized engine
 ]
 
 

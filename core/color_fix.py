@@ -37,10 +37,30 @@ def wavelet_lowpass(image: torch.Tensor, levels: int = DEFAULT_LEVELS) -> torch.
     return image
 
 
-def wavelet_color_fix(restored: torch.Tensor, reference: torch.Tensor, levels: int = DEFAULT_LEVELS) -> torch.Tensor:
-    """High frequencies of `restored`, low frequencies of `reference` (same shape, e.g. the bicubic input)."""
+def wavelet_color_fix(
+    restored: torch.Tensor, reference: torch.Tensor, levels: int = DEFAULT_LEVELS, band: int = 0
+) -> torch.Tensor:
+    """High frequencies of `restored`, low frequencies of `reference` (same shape, e.g. the bicubic input).
+
+    `band` > 0: computed `band` rows at a time, each with the 2^levels - 1 rows around it that the passes reach, and
+    written into `restored` in place: the same result without full-size temporaries (a 4096² image's would be
+    several times its own size). A band's fix is written only after the next band has read its rows."""
     if restored.shape != reference.shape:
         raise ValueError(
             f"color fix needs images of one shape, got {tuple(restored.shape)} and {tuple(reference.shape)}"
         )
-    return restored + wavelet_lowpass(reference.to(restored.dtype) - restored, levels)
+    if not band:
+        return restored + wavelet_lowpass(reference.to(restored.dtype) - restored, levels)
+    halo, height = 2**levels - 1, restored.shape[-2]
+    if band <= halo:
+        raise ValueError(f"color fix bands of {band} rows are too thin for {levels} levels; use more than {halo}")
+    pending = None
+    for top in range(0, height, band):
+        low, high = max(0, top - halo), min(height, top + band + halo)
+        difference = reference[..., low:high, :].to(restored.dtype) - restored[..., low:high, :]
+        fix = wavelet_lowpass(difference, levels)[..., top - low : top - low + band, :]
+        if pending is not None:
+            restored[..., pending[0] : pending[0] + band, :] += pending[1]
+        pending = (top, fix)
+    restored[..., pending[0] : pending[0] + band, :] += pending[1]
+    return restored

@@ -240,12 +240,19 @@ def to_unit_float(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32) / _scale(array.dtype)
 
 
+ROW_BAND = 512  # rows converted at a time: a photo's pixels are converted without full-size temporaries
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """HWC uint8/uint16 RGB -> float32 (1, 3, H, W) in [-1, 1]."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) RGB, got shape {rgb.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
-    return (x * (2.0 / _scale(rgb.dtype)) - 1.0).contiguous()
+    out = torch.empty(1, 3, *rgb.shape[:2])
+    factor = 2.0 / _scale(rgb.dtype)
+    for top in range(0, rgb.shape[0], ROW_BAND):
+        band = torch.from_numpy(np.ascontiguousarray(rgb[top : top + ROW_BAND].transpose(2, 0, 1), dtype=np.float32))
+        out[0, :, top : top + ROW_BAND] = band.mul_(factor).sub_(1.0)
+    return out
 
 
 def from_tensor(x: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
@@ -257,8 +264,12 @@ def from_tensor(x: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     dtype = np.uint8 if bit_depth == 8 else np.uint16
-    levels = (x.detach().float().clamp(-1, 1) + 1) * (_scale(dtype) / 2)
-    return levels.round().permute(1, 2, 0).cpu().numpy().astype(dtype)
+    out = np.empty((x.shape[1], x.shape[2], 3), dtype=dtype)
+    for top in range(0, x.shape[1], ROW_BAND):
+        band = x[:, top : top + ROW_BAND].detach().float().clamp(-1, 1)  # a copy: the in-place steps spare `x`
+        band.add_(1).mul_(_scale(dtype) / 2).round_()
+        out[top : top + ROW_BAND] = band.permute(1, 2, 0).cpu().numpy()
+    return out
 
 
 def resize_alpha(alpha: np.ndarray, height: int, width: int) -> np.ndarray:

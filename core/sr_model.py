@@ -61,15 +61,26 @@ def bicubic_padded(lr: torch.Tensor, height: int, width: int, stride: int) -> to
     return pad_to_multiple(resize_to(lr, height, width), stride)
 
 
-def restore_image(x: torch.Tensor, encode, restore, decode, color_fix_levels: int) -> torch.Tensor:
+def restore_image(
+    x: torch.Tensor, encode, restore, decode, color_fix_levels: int, color_fix_band: int = 0
+) -> torch.Tensor:
     """encode -> restore (one NFE) -> decode, then the wavelet colour fix to the bicubic image `x` with that many
-    levels (0: none): float32."""
+    levels (0: none), in bands of `color_fix_band` rows when given (the runtime's way; a graph takes it whole):
+    float32."""
     y = decode(restore(encode(x))).float()
-    return wavelet_color_fix(y, x, color_fix_levels) if color_fix_levels else y
+    return wavelet_color_fix(y, x, color_fix_levels, band=color_fix_band) if color_fix_levels else y
 
 
 def super_resolve(
-    lr: torch.Tensor, height: int, width: int, stride: int, encode, restore, decode, color_fix_levels: int
+    lr: torch.Tensor,
+    height: int,
+    width: int,
+    stride: int,
+    encode,
+    restore,
+    decode,
+    color_fix_levels: int,
+    color_fix_band: int = 0,
 ) -> torch.Tensor:
     """The SR pipeline around the model: LR (B, 3, h, w) in [-1, 1] -> bicubic to height x width -> pad to the
     stride -> encode -> restore (one NFE) -> decode -> wavelet colour fix to the bicubic image -> crop -> float32
@@ -77,7 +88,8 @@ def super_resolve(
     end-to-end graph, so both give the same pixels.
     """
     x = bicubic_padded(lr, height, width, stride)
-    return restore_image(x, encode, restore, decode, color_fix_levels)[:, :, :height, :width].clamp(-1, 1)
+    y = restore_image(x, encode, restore, decode, color_fix_levels, color_fix_band)
+    return y[:, :, :height, :width].clamp(-1, 1)
 
 
 class OneStepSR(nn.Module):

@@ -2,10 +2,12 @@
 
 One engine per graph with one optimization profile: the min/opt/max shapes of each input in the export spec. The
 precision is the ONNX dtype: float32 graphs build in float32 (TF32 off); float16 and bfloat16 graphs build
-strongly typed, so the engine keeps exactly the graph's types. Builds share a timing cache file per TensorRT
-version and GPU, so tactics timed once are not timed again. Engines live in `$FLOWSR_CACHE/tensorrt/` (default
-`~/.cache/flowsr`), keyed by the graph's ONNX files' sha256, the shapes, the precision, the TensorRT version and the
-GPU name: the same inputs never build twice, and another GPU or TensorRT version builds its own.
+strongly typed, so the engine keeps exactly the graph's types; int8 graphs (QDQ, `export onnx --dtype int8`) build
+with INT8 on, explicitly quantized: the graph's own scales, no calibrator, float32 outside its Q/DQ pairs. Builds
+share a timing cache file per TensorRT version and GPU, so tactics timed once are not timed again. Engines live in
+`$FLOWSR_CACHE/tensorrt/` (default `~/.cache/flowsr`), keyed by the graph's ONNX files' sha256, the shapes, the
+precision, the TensorRT version and the GPU name: the same inputs never build twice, and another GPU or TensorRT
+version builds its own.
 """
 
 from __future__ import annotations
@@ -54,15 +56,18 @@ def build_engine(onnx_path: Path, profile_shapes: dict[str, dict], dtype: str, t
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0 if dtype == "float32" else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    strongly_typed = dtype in ("float16", "bfloat16")
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # from the path, so external weight files are found
         errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
         raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors[0] if errors else 'no error reported'}")
     config = builder.create_builder_config()
-    if dtype == "float32":
+    if not strongly_typed:
         config.clear_flag(trt.BuilderFlag.TF32)  # float32 means float32: the engine matches what onnxruntime verified
+    if dtype == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
     for name, shapes in profile_shapes.items():
         profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])

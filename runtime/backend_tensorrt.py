@@ -28,7 +28,7 @@ class EngineRunner:
         trt = require_tensorrt()
         self.graph, self.device = graph, device
         self.dtypes = [getattr(torch, tensor.dtype(dtype_name(dtype))) for tensor in graph.inputs]
-        self.output_dtype = dtype
+        self.output_dtype = getattr(torch, graph.output.dtype(dtype_name(dtype)))  # float32 for a QDQ graph
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)  # must outlive the engine
         self.engine = self.runtime.deserialize_cuda_engine(engine_file.read_bytes())

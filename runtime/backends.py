@@ -118,9 +118,9 @@ def export_folder(
     if found is not None:
         return found
     if name in QUANTIZED:  # quantizing needs photos to calibrate on, which only the user can name
-        home = model_dir or "MODEL_DIR"
+        home = model_dir or "DIR"
         raise BackendError(
-            f"no {name} export of this model yet: make one with `flowsr export onnx {home} --dtype {name} "
+            f"no {name} export of this model yet: make one with `flowsr export onnx --model {home} --dtype {name} "
             "--calibrate PHOTOS` (a folder of photos like the ones you will serve), or choose another --dtype"
         )
     # the exporter needs onnx and onnxscript; serving an export does not
@@ -156,9 +156,9 @@ def create_backend(
     the weights; the model then belongs to the backend (it may be moved and cast)."""
     if name not in BACKENDS:
         raise SettingsError(f"unknown backend {name!r:.40}; choose one of: {', '.join(BACKENDS)}")
-    if dtype_name(dtype) in QUANTIZED and (name != "onnxruntime" or model.kind != "sr"):
+    if dtype_name(dtype) in QUANTIZED and (name not in ("onnxruntime", "tensorrt") or model.kind != "sr"):
         raise SettingsError(
-            f"{dtype_name(dtype)} is for SR models on the onnxruntime backend (a QDQ export); "
+            f"{dtype_name(dtype)} is for SR models on the onnxruntime or tensorrt backend (a QDQ export); "
             "pass --backend onnxruntime, or another --dtype"
         )
     module, function, install = BACKENDS[name]

@@ -96,11 +96,13 @@ def run_sr(args: argparse.Namespace) -> int:
 def run_degrade(args: argparse.Namespace) -> int:
     import torch
 
+    from flowsr.runtime.allocator import keep_freed_memory
     from flowsr.runtime.batch import collect_inputs, report, run_batch
     from flowsr.runtime.default_models import default_degradation_model
     from flowsr.runtime.degrader import Degrader
     from flowsr.runtime.pair_dataset import check_samples, name_jobs, parse_scales, shard, write_pairs
 
+    keep_freed_memory()
     out_dir = _output_folder(args.output)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = args.device
@@ -258,16 +260,30 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 def run_export_trt(args: argparse.Namespace) -> int:
     from flowsr.export.onnx_export import onnx_dir_for
-    from flowsr.export.spec import SPECS
+    from flowsr.export.spec import QUANTIZED, SPECS
     from flowsr.export.tensorrt_engine import ensure_engine, require_tensorrt
+    from flowsr.runtime.backends import export_folder
 
     require_tensorrt()
     model, home, weights_sha256 = _export_source(args)
     spec = SPECS[model.kind]
     graphs, scale = _graph_selection(args, spec, spec.runtime_graphs)
-    folder = onnx_dir_for(
-        model, args.dtype, opset=args.opset, graphs=graphs, scale=scale, weights_sha256=weights_sha256, model_dir=home
-    )
+    if args.dtype in QUANTIZED:  # the QDQ export of the runtime graphs, made with photos by `export onnx`
+        if graphs != spec.runtime_graphs or model.kind != "sr":
+            raise UsageError(
+                f"{args.dtype} engines are of an SR model's runtime graphs; drop --graphs and --end-to-end"
+            )
+        folder = export_folder(model, args.dtype, weights_sha256, home)
+    else:
+        folder = onnx_dir_for(
+            model,
+            args.dtype,
+            opset=args.opset,
+            graphs=graphs,
+            scale=scale,
+            weights_sha256=weights_sha256,
+            model_dir=home,
+        )
     print(f"ONNX: {folder}")
     for graph in graphs:
         print(f"{graph}: {ensure_engine(folder, graph)}")
@@ -475,8 +491,8 @@ def _add_export(commands) -> None:
     trt.add_argument(
         "--dtype",
         default="float16",
-        choices=["float32", "float16", "bfloat16"],
-        help="graph and engine precision (default float16)",
+        choices=["float32", "float16", "bfloat16", "int8"],
+        help="graph and engine precision (default float16); int8: the QDQ export of `export onnx --dtype int8`",
     )
     _add_graph_choice(trt, "what the runtime runs: encoder,transformer,decoder for SR; degrader")
     trt.set_defaults(run=run_export_trt)

@@ -23,6 +23,7 @@ from flowsr.core.errors import SettingsError, check_number
 from flowsr.core.sr_model import pad_to_multiple, resize_to
 from flowsr.export.spec import dtype_name
 
+from .allocator import release_free_memory
 from .backends import create_backend
 from .default_models import default_degradation_model
 from .devices import resolve_device
@@ -105,33 +106,47 @@ class Degrader:
 
     @torch.inference_mode()
     def degrade_tensor(self, hr: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
-        """(1, 3, H, W) in [-1, 1] -> (S, 3, H, W) in [-1, 1], the network's image per scale, at HR size (no pixel
-        noise: `add_noise` draws it)."""
+        """(1, 3, H, W) HR image -> (S, 3, H, W) float in [-1, 1], the network's image per scale, at HR size (no
+        pixel noise: `add_noise` draws it). `hr` is float in [-1, 1], or uint8/uint16 pixels: those are converted
+        tile by tile as the tiles run, so a large photo is never held in float twice."""
         if hr.ndim != 4 or hr.shape[:2] != (1, 3):
             raise ValueError(f"expected one (1, 3, H, W) image, got shape {tuple(hr.shape)}")
         self.check_size(*hr.shape[2:])
         times = self.times(scales)
         height, width = hr.shape[2:]
-        x = pad_to_multiple(hr.to(self.device, torch.float32), self.stride).to(self.dtype)
-        out = torch.empty(len(times), 3, height, width, device=self.device)
+        if hr.is_floating_point():
+            x = pad_to_multiple(hr.to(self.device, torch.float32), self.stride).to(self.dtype)
+            network_input = None
+        else:
+            x = _pad_pixels(hr, self.stride)
+            levels = float(torch.iinfo(hr.dtype).max)
+
+            def network_input(tile: torch.Tensor) -> torch.Tensor:
+                return (tile.to(self.device, torch.float32) * (2 / levels) - 1).to(self.dtype)
+
         if self.solver == "one-step":
+            chunks = []
             for start in range(0, len(times), self.batch_size):
                 r = torch.tensor(times[start : start + self.batch_size], device=self.device, dtype=torch.float32)
                 images_r = tiled_map(
                     x.expand(len(r), -1, -1, -1),
-                    lambda tile, r=r: self.run(tile, r),
+                    lambda tile, r=r: self.run(network_input(tile) if network_input else tile, r),
                     self.tile,
                     self.overlap,
                     align=self.stride,
                     fixed_size=self.fixed_tiles,
                 )
-                out[start : start + len(r)] = images_r[:, :, :height, :width]
+                chunks.append(images_r[:, :, :height, :width].float())
                 self.evaluations += len(r)
+            # One batch of scales (the usual case) is returned as it is: no second full-size copy of the result.
+            out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         else:
+            out = torch.empty(len(times), 3, height, width, device=self.device)
             for index, r in enumerate(times):
                 counts = []
 
                 def solve(tile: torch.Tensor, r: float = r, counts: list = counts) -> torch.Tensor:
+                    tile = network_input(tile) if network_input else tile
                     image, count = self.model.solve(tile, r, steps=self.steps if self.solver == "euler" else None)
                     counts.append(count)
                     return image
@@ -163,7 +178,8 @@ class Degrader:
         rgb = picture.rgb if isinstance(picture, images.Picture) else picture
         if rgb.ndim == 2:
             rgb = images.gray_to_rgb(rgb)
-        out = self.degrade_tensor(images.to_tensor(rgb), scales)
+        out = self.degrade_tensor(torch.from_numpy(rgb).permute(2, 0, 1)[None], scales)
+        release_free_memory()  # the tiles' kept memory, before the noise's full-size buffers
         for seed in seeds:
             arrays = []
             for scale, network_image in zip(scales, out, strict=True):
@@ -176,3 +192,18 @@ class Degrader:
     def __call__(self, image, scales: Sequence[float], lr_grid: bool = False, seed: int = 0) -> list[np.ndarray]:
         """One draw: `draws` with one seed."""
         return next(self.draws(image, scales, [seed], lr_grid))
+
+
+def _pad_pixels(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
+    """`pad_to_multiple` for integer pixels (which F.pad's reflection does not take), by gathering the same rows and
+    columns: the padded pixels are the ones the float path pads with, and no float copy of the image is made."""
+    if pixels.shape[2] % multiple == 0 and pixels.shape[3] % multiple == 0:
+        return pixels
+    reflect = pixels.shape[2] >= multiple and pixels.shape[3] >= multiple
+
+    def indices(length: int) -> torch.Tensor:
+        extra = torch.arange(-length % multiple)
+        tail = length - 2 - extra if reflect else torch.full_like(extra, length - 1)
+        return torch.cat([torch.arange(length), tail])
+
+    return pixels.index_select(2, indices(pixels.shape[2])).index_select(3, indices(pixels.shape[3]))

@@ -128,6 +128,7 @@ class SuperResolver:
                 raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, align=2, scale=f, fixed_size=fixed
             ),
             color_fix_levels=self.manifest.color_fix_levels if self.color_fix else 0,
+            color_fix_band=images.ROW_BAND,
         )
 
     def __call__(self, image):

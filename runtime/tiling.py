@@ -94,23 +94,29 @@ def tiled_map(
         return int(result)
 
     out_height, out_width, out_overlap = scaled(height), scaled(width), scaled(overlap)
-    out = total = None
-    for row in rows:
+    # A tile's weight is its row ramp times its column ramp, and the tiles form a full grid, so the weights' sum at a
+    # pixel is (the row ramps' sum) x (the column ramps' sum): two vectors normalize the result, not a full plane.
+    row_total = torch.zeros(out_height, device=x.device)
+    col_total = torch.zeros(out_width, device=x.device)
+    out = None
+    for row_index, row in enumerate(rows):
         out_row = Span(scaled(row.start), scaled(row.size))
         row_weight = ramp(out_row, out_height, out_overlap, x.device)
+        row_total[out_row.start : out_row.start + out_row.size] += row_weight
         for col in cols:
             out_col = Span(scaled(col.start), scaled(col.size))
+            col_weight = ramp(out_col, out_width, out_overlap, x.device)
+            if row_index == 0:
+                col_total[out_col.start : out_col.start + out_col.size] += col_weight
             result = fn(x[:, :, row.start : row.start + row.size, col.start : col.start + col.size])
             dtype, result = result.dtype, result.float()
             if out is None:
                 out = torch.zeros(batch, result.shape[1], out_height, out_width, device=x.device)
-                total = torch.zeros(1, 1, out_height, out_width, device=x.device)
-            weight = row_weight[:, None] * ramp(out_col, out_width, out_overlap, x.device)[None, :]
             window = (
                 ...,
                 slice(out_row.start, out_row.start + out_row.size),
                 slice(out_col.start, out_col.start + out_col.size),
             )
-            out[window] += result * weight
-            total[window] += weight
-    return (out / total).to(dtype)
+            out[window] += result * (row_weight[:, None] * col_weight[None, :])
+    del result
+    return out.div_(row_total[:, None]).div_(col_total[None, :]).to(dtype)

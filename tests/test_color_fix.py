@@ -51,11 +51,25 @@ def test_fine_detail_of_the_restored_image_is_kept():
     torch.testing.assert_close(fixed[interior], (reference + checker)[interior], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("levels", "band", "height"), [(1, 2, 9), (2, 4, 37), (4, 16, 64), (4, 40, 101), (3, 512, 90)])
+def test_banded_fix_is_the_whole_image_fix(levels, band, height):
+    """Bands of rows (the runtime's way, in place) give the whole-image result to float rounding, whether the band
+    divides the height or not, and whether it is barely wider than the passes' reach or wider than the image."""
+    generator = torch.Generator().manual_seed(levels * 1000 + band)
+    restored = torch.rand(2, 3, height, 23, generator=generator) * 2 - 1
+    reference = torch.rand(2, 3, height, 23, generator=generator) * 2 - 1
+    whole = wavelet_color_fix(restored, reference, levels)
+    banded = wavelet_color_fix(restored.clone(), reference, levels, band=band)
+    torch.testing.assert_close(banded, whole, rtol=0, atol=1e-6)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="one shape"):
         wavelet_color_fix(photo(), photo(40, 40))
     with pytest.raises(ValueError, match="at least 1 level"):
         wavelet_lowpass(photo(), 0)
+    with pytest.raises(ValueError, match="too thin"):
+        wavelet_color_fix(photo(), photo(), levels=4, band=15)
 
 
 def test_super_resolver_output_takes_the_inputs_colours():

@@ -3,6 +3,7 @@ the ONNX graph."""
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import torch
 from PIL import Image
 from skimage import data
 
+from flowsr.core import images
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.model_dir import DegradationManifest, update_manifest
 from flowsr.core.noise_model import NoiseModel
 from flowsr.export.onnx_export import export_onnx
+from flowsr.runtime.allocator import keep_freed_memory
 from flowsr.runtime.cli import main
 from flowsr.runtime.degrader import Degrader
 from flowsr.runtime.pair_dataset import parse_scales
@@ -113,6 +116,25 @@ def test_torchrun_shards_without_gaps_or_duplicates(model_dir, photos, tmp_path)
     assert reports[0].startswith("rank 0/2: 2 images") and reports[1].startswith("rank 1/2: 2 images")
     written = sorted(p.name for p in (out / "2").glob("*_LR2.png"))
     assert written == ["astronaut_LR2.png", "chelsea_LR2.png", "coffee_LR2.png", "sub_rocket_LR2.png"]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("solver", ["one-step", "euler"])
+def test_pixels_are_converted_per_tile_as_the_whole_float_image_would_be(model_dir, dtype, solver):
+    """Integer pixels (what `flowsr degrade` passes, so an 81 MP photo is never held in float twice) give the network
+    images that the float image in [-1, 1] gives, padding included: 37 x 53 is no multiple of the stride, and the
+    32-pixel tiles make several of them."""
+    rgb = data.astronaut()[:37, :53].astype(dtype) * (257 if dtype == np.uint16 else 1)
+    degrader = Degrader(model_dir, device="cpu", solver=solver, steps=2, tile=32, overlap=16)
+    pixels = degrader.degrade_tensor(torch.from_numpy(rgb).permute(2, 0, 1)[None], [1.7, 3.0])
+    floats = degrader.degrade_tensor(images.to_tensor(rgb), [1.7, 3.0])
+    assert pixels.shape == floats.shape == (2, 3, 37, 53)
+    torch.testing.assert_close(pixels, floats, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_glibc_takes_the_degraders_allocator_thresholds():
+    assert keep_freed_memory()
 
 
 def test_onnx_graph_matches_torch_with_dynamic_shapes(model_dir, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from flowsr.core.degradation_model import DegradationModel
 from flowsr.core.sr_model import OneStepSR
 from flowsr.export.spec import engine_cache_dir
-from flowsr.export.verify import psnr, reference_photo
+from flowsr.export.verify import psnr, psnr_pixels, reference_photo
 from flowsr.runtime.cli import main
 
 HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
@@ -97,3 +97,31 @@ def test_degrader_on_tensorrt_matches_torch(tmp_path):
     engine = Degrader(model, device="cuda", backend="tensorrt")(photo, [1.5, 3.3])
     for a, b in zip(eager, engine, strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@needs_tensorrt
+def test_int8_engine_of_the_default_models_qdq_export_is_close_to_float32(capsys):
+    """`export trt --dtype int8` builds explicitly quantized engines from the shipped QDQ export (onnx/int8), and
+    the tensorrt backend serves them: on a photo, within the int8 export's own bound of torch float32."""
+    from skimage import data
+
+    from flowsr.runtime.default_models import DEFAULT_SR_MODEL
+    from flowsr.runtime.super_resolver import SuperResolver
+
+    assert main(["export", "trt", "--model", DEFAULT_SR_MODEL, "--dtype", "int8"]) == 0
+    assert str(DEFAULT_SR_MODEL / "onnx" / "int8") in capsys.readouterr().out
+    assert {e.name.split("-")[2] for e in engine_cache_dir().glob("sr-*.engine")} >= {"int8"}
+    photo = data.coffee()[::4, ::4][:96, :128]
+    settings = {"device": "cuda", "tile": 0, "vae_tile": 0}
+    reference = SuperResolver(dtype="float32", **settings)(photo)
+    int8 = SuperResolver(backend="tensorrt", dtype="int8", **settings)(photo)
+    assert psnr_pixels(reference, int8) >= 35
+
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="the error path is for machines without TensorRT or a GPU")
+def test_export_trt_int8_without_tensorrt_is_one_clear_line(capsys):
+    from flowsr.runtime.default_models import DEFAULT_SR_MODEL
+
+    assert main(["export", "trt", "--model", DEFAULT_SR_MODEL, "--dtype", "int8"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("flowsr: error: TensorRT")
