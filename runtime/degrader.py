@@ -116,7 +116,10 @@ class Degrader:
         height, width = hr.shape[2:]
         if hr.is_floating_point():
             x = pad_to_multiple(hr.to(self.device, torch.float32), self.stride).to(self.dtype)
-            network_input = None
+
+            def network_input(tile: torch.Tensor) -> torch.Tensor:
+                return tile
+
         else:
             x = _pad_pixels(hr, self.stride)
             levels = float(torch.iinfo(hr.dtype).max)
@@ -130,7 +133,7 @@ class Degrader:
                 r = torch.tensor(times[start : start + self.batch_size], device=self.device, dtype=torch.float32)
                 images_r = tiled_map(
                     x.expand(len(r), -1, -1, -1),
-                    lambda tile, r=r: self.run(network_input(tile) if network_input else tile, r),
+                    lambda tile, r=r: self.run(network_input(tile), r),
                     self.tile,
                     self.overlap,
                     align=self.stride,
@@ -146,8 +149,9 @@ class Degrader:
                 counts = []
 
                 def solve(tile: torch.Tensor, r: float = r, counts: list = counts) -> torch.Tensor:
-                    tile = network_input(tile) if network_input else tile
-                    image, count = self.model.solve(tile, r, steps=self.steps if self.solver == "euler" else None)
+                    image, count = self.model.solve(
+                        network_input(tile), r, steps=self.steps if self.solver == "euler" else None
+                    )
                     counts.append(count)
                     return image
 
