@@ -143,6 +143,7 @@ def run_json(path: Path, device: str, medians: dict[str, float]) -> Path:
 
 ORT, TORCH = "test_default_model_128_to_512[onnxruntime-float32]", "test_default_model_128_to_512[torch-float32]"
 ONE_STEP, EULER = "test_degrade_512[one-step-1]", "test_degrade_512[euler-8]"
+BF16, ESRGAN, SPAN = "test_default_model_128_to_512[torch-bfloat16]", "test_peer_128_to_512", "test_span_128_to_512"
 
 
 @pytest.mark.parametrize(
@@ -150,6 +151,8 @@ ONE_STEP, EULER = "test_degrade_512[one-step-1]", "test_degrade_512[euler-8]"
     [
         ("CPU: AMD EPYC x2", {ORT: 0.255, TORCH: 0.278, ONE_STEP: 0.91, EULER: 1.25}, 0),  # the measured run
         ("CPU: AMD EPYC x2", {ORT: 0.450, TORCH: 0.278}, 1),  # onnxruntime 1.62x eager torch
+        ("CPU: AMD EPYC x2", {BF16: 0.058, ESRGAN: 0.050, SPAN: 0.048}, 0),  # about the peers' times
+        ("CPU: AMD EPYC x2", {BF16: 0.058, ESRGAN: 0.050, SPAN: 0.035}, 1),  # 1.66x SPAN's time
         ("NVIDIA H200", {ORT: 0.004, TORCH: 0.002}, 0),  # a CPU-only ratio does not apply on a GPU
         ("NVIDIA H200", {ONE_STEP: 0.02, EULER: 0.01}, 1),  # one NFE slower than eight
     ],
