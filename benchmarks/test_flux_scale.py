@@ -114,10 +114,11 @@ def test_flux_dev_128_to_512(benchmark, timed, implementation):
     else:
         sr = SuperResolver(model, scale=SCALE, device="cuda", dtype=DTYPE, backend=implementation)
         run, restore = sr.upscale_tensor, sr.backend.graphs["transformer"]
+    t = model.start_time(torch.zeros(BATCH, device="cuda"))
     with FlopCounterMode(display=False) as counter:
-        model.restore(z)  # one transformer evaluation (plus the pack/Euler/unpack, no matmuls)
+        model.restore(z, t)  # one transformer evaluation (plus the pack/Euler/unpack, no matmuls)
     flops = counter.get_total_flops()
-    transformer_ms = cuda_ms(restore, z)
+    transformer_ms = cuda_ms(restore, z, t)
     label, peak = peak_tflops()
     achieved = flops / (transformer_ms * 1e-3) / 1e12
     benchmark.group = f"flux-dev {SIDE}->{SIDE * SCALE} x{BATCH} ({torch.cuda.get_device_name()}, bf16)"

@@ -22,6 +22,8 @@ from diffusers.loaders.peft import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from . import latents
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features of t in [0, 1] (scaled by 1000, as FLUX scales its timestep), (B,) -> (B, dim)."""
@@ -55,15 +57,11 @@ class ConvVelocityModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             nn.init.zeros_(layer.bias)
 
     def forward(self, tokens: torch.Tensor, timestep: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        batch, count, channels = tokens.shape
-        rows, cols = height // 2, width // 2
-        if count != rows * cols:
-            raise ValueError(f"{count} tokens do not form the token grid of a {height}x{width} latent")
-        grid = tokens.view(batch, rows, cols, channels).permute(0, 3, 1, 2)  # a channels-last image: no copy
+        grid = latents.token_grid(tokens, height, width)
         scale, shift = self.time_mlp(
             timestep_embedding(timestep, self.config.time_embedding_dim).to(tokens.dtype)
         ).chunk(2, dim=1)
         h = self.act_in(self.conv_in(grid) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
         for conv, act in zip(self.convs, self.acts, strict=True):
             h = act(conv(h))
-        return self.conv_out(h).permute(0, 2, 3, 1).reshape(batch, count, channels)
+        return latents.grid_tokens(self.conv_out(h))

@@ -115,6 +115,10 @@ class DegradationModel(nn.Module):
         r = torch.as_tensor(r, dtype=torch.float32, device=z.device).expand(z.shape[0])
         return self.unet(z, t * TIME_SCALE, class_labels=r * TIME_SCALE).sample
 
+    def served_times(self, batch: int) -> torch.Tensor:
+        """Target times spread over those the model serves (scales from about x1.6 to x4): what exports verify at."""
+        return torch.linspace(0.2, 1.0, batch)
+
     def forward(self, hr: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Single NFE: HR (B, 3, H, W) in [-1, 1] and target times r (B,) -> degraded images at HR size."""
         z0, skips = self.rae.encode(hr)

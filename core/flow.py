@@ -72,6 +72,13 @@ def snr_start_time(signal: torch.Tensor, degradation: torch.Tensor, grid_size: i
     return float(t[cost.argmin()])
 
 
+def pair_start_time(z_lr: torch.Tensor, z_hr: torch.Tensor) -> torch.Tensor:
+    """Each pair's own SNR-guided start time, the closed form of `snr_start_time` for one sample:
+    t = sqrt(D) / (1 + sqrt(D)), per sample, float32."""
+    root = snr_statistics(z_lr, z_hr)[1].sqrt()
+    return root / (1 + root)
+
+
 def fatc_point(z_hr: torch.Tensor, z_lr: torch.Tensor, t: Time, t_star: Time) -> tuple[torch.Tensor, torch.Tensor]:
     """FATC: z_t^sr = (1 - t/t*) z_H + (t/t*) z_L, with target velocity (z_L - z_H) / t*."""
     t_star = per_sample(t_star, z_hr)

@@ -32,6 +32,22 @@ def pack(z: torch.Tensor) -> torch.Tensor:
     return z.reshape(b, (h // PATCH) * (w // PATCH), c * PATCH * PATCH)
 
 
+def token_grid(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Packed tokens (B, H/2 * W/2, D) of a height x width latent as the image they tile, (B, D, H/2, W/2): a
+    channels-last view, no copy; convolutional velocity networks read them so. `grid_tokens` is its inverse."""
+    batch, count, channels = tokens.shape
+    rows, cols = height // PATCH, width // PATCH
+    if count != rows * cols:
+        raise ValueError(f"{count} tokens do not form the token grid of a {height}x{width} latent")
+    return tokens.view(batch, rows, cols, channels).permute(0, 3, 1, 2)
+
+
+def grid_tokens(grid: torch.Tensor) -> torch.Tensor:
+    """(B, D, rows, cols) -> packed tokens (B, rows * cols, D)."""
+    batch, channels = grid.shape[:2]
+    return grid.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+
+
 def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Inverse of `pack`: (B, H/2 * W/2, 4C) tokens -> (B, C, H, W) for a latent of height x width."""
     b, n, d = tokens.shape

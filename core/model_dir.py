@@ -109,6 +109,9 @@ class Manifest(_ManifestFile):
     # The wavelet levels of the colour fix: the result takes the bicubic input's features coarser than about
     # 2^(levels+1) pixels. Fewer levels trust the model in fewer bands; chosen per model on validation photos.
     color_fix_levels: int = DEFAULT_LEVELS
+    # SNR-guided start times measured at degradation strengths evenly spaced from 0 (clean) to 1 (heavy): the input's
+    # strength picks its t. Null: t* for every input.
+    start_times: list[float] | None = None
 
     T_STAR_SOURCES: ClassVar[tuple[str, ...]] = ("preset", "estimated")
 
@@ -125,6 +128,17 @@ class Manifest(_ManifestFile):
             raise ModelDirError(f"{path} names preset {self.preset!r:.40}; flowsr knows {', '.join(PRESETS)}")
         check_range(path, "t_star", self.t_star, 0.0, 1.0, low_open=True)
         check_range(path, "color_fix_levels", self.color_fix_levels, 1, MAX_LEVELS)
+        if self.start_times is not None:
+            times = self.start_times
+            if (
+                len(times) < 2
+                or not all(isinstance(t, (int, float)) and 0 < t <= 1 for t in times)
+                or any(b < a for a, b in itertools.pairwise(times))
+            ):
+                raise ModelDirError(
+                    f"{path}: start_times {times!r:.60} must be at least two times in (0, 1] that never decrease; "
+                    "re-estimate them with `flowsr train sr tstar`"
+                )
         if (self.guidance is None) != (PRESETS[self.preset].guidance is None):
             needs = (
                 "null: its transformer takes no guidance"

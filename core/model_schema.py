@@ -36,6 +36,10 @@ _TYPES = {
     "float": (_is_number, "a finite number"),
     "float | None": (lambda v: v is None or _is_number(v), "a finite number or null"),
     "list[float]": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v), "a list of finite numbers"),
+    "list[float] | None": (
+        lambda v: v is None or (isinstance(v, list) and all(_is_number(x) for x in v)),
+        "a list of finite numbers or null",
+    ),
     "dict": (lambda v: isinstance(v, dict), "an object"),
     "dict | None": (lambda v: v is None or isinstance(v, dict), "an object or null"),
 }

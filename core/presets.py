@@ -3,12 +3,14 @@
 `small` is the size flowsr trains and ships, `flux-dev` is the exact FLUX.1-dev configuration (its weights load
 from a local diffusers folder); `tiny` and `tiny-kl` are the two in miniature, for tests.
 
-`small` keeps the one-step flow (encode, one velocity evaluation, Euler step, decode) but spends its capacity where
-a CPU-sized model gains most, on pixels: its autoencoder is the lossless principal-component code of 2x2 patches
+`small` keeps the one-step flow (encode, one velocity evaluation, Euler step, decode) but spends its capacity where a
+CPU-sized model gains most, on pixels: its autoencoder is the lossless principal-component code of 2x2 patches
 (`PatchAutoencoder`) and its velocity network is 3x3 convolutions on the token grid, at a quarter of the image size
-(`ConvVelocityModel`), with no text conditioning. `flux-dev` is FLUX's VAE and transformer, with the empty-prompt
-conditioning stored in the model directory. The velocity network is the model directory's `transformer/` part,
-FLUX's name for it, whatever its class.
+(`ConvVelocityModel`), with no text conditioning; one t* serves every input. `small-gated` is the same autoencoder with
+gated blocks of convolutions (`GatedConvVelocityModel`, fewer multiply-adds) and a `StrengthEstimator` that reads how
+degraded the whole input is, which picks the start time per image. `flux-dev` is FLUX's VAE and transformer, with the
+empty-prompt conditioning stored in the model directory. The velocity network is the model directory's `transformer/`
+part, FLUX's name for it, whatever its class.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from .autoencoders import build_autoencoder, downsample_factor
 from .conv_velocity import ConvVelocityModel
 from .errors import ModelDirError, SettingsError
+from .gated_conv_velocity import GatedConvVelocityModel
 from .model_schema import architecture_mismatch
 
 if TYPE_CHECKING:
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
     from .autoencoders import Autoencoder
 
-    VelocityNetwork = FluxTransformer2DModel | ConvVelocityModel
+    VelocityNetwork = FluxTransformer2DModel | ConvVelocityModel | GatedConvVelocityModel
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Preset:
     default_t_star: float  # used until `t*` is estimated from data
     vae_class: str = "AutoencoderKL"
     velocity_class: str = "FluxTransformer2DModel"
+    estimator: dict | None = None  # the StrengthEstimator's config; None: one t* for every input
     notes: str = field(default="", compare=False)
 
     @property
@@ -97,6 +101,14 @@ def _conv_velocity(latent_channels, channels, layers):
     return {"in_channels": latent_channels * 4, "channels": channels, "num_layers": layers, "time_embedding_dim": 64}
 
 
+def _gated_conv_velocity(latent_channels, channels, blocks):
+    return {"in_channels": latent_channels * 4, "channels": channels, "num_blocks": blocks, "time_embedding_dim": 64}
+
+
+def _estimator(channels, hidden, max_side=512):
+    return {"channels": list(channels), "hidden": hidden, "max_side": max_side}
+
+
 def _transformer(latent_channels, layers, single_layers, heads, head_dim, rope, text_dim, pooled_dim, guidance):
     return {
         "patch_size": 1,
@@ -116,12 +128,13 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
         vae=_patch_autoencoder(2, 12),
-        transformer=_conv_velocity(12, 8, 2),
+        transformer=_gated_conv_velocity(12, 8, 1),
         text_tokens=0,
         guidance=None,
         default_t_star=0.5,
         vae_class="PatchAutoencoder",
-        velocity_class="ConvVelocityModel",
+        velocity_class="GatedConvVelocityModel",
+        estimator=_estimator((4, 8), 8, max_side=64),
         notes="the small preset in miniature, for tests",
     ),
     "tiny-kl": Preset(
@@ -143,6 +156,18 @@ PRESETS: dict[str, Preset] = {
         vae_class="PatchAutoencoder",
         velocity_class="ConvVelocityModel",
         notes="the size flowsr trains and ships",
+    ),
+    "small-gated": Preset(
+        name="small-gated",
+        vae=_patch_autoencoder(2, 12),
+        transformer=_gated_conv_velocity(12, 48, 4),
+        text_tokens=0,
+        guidance=None,
+        default_t_star=0.5,
+        vae_class="PatchAutoencoder",
+        velocity_class="GatedConvVelocityModel",
+        estimator=_estimator((16, 32, 64, 64), 64),
+        notes="the small size with a start time per image, fewer multiply-adds",
     ),
     "flux-dev": Preset(
         name="flux-dev",
@@ -172,11 +197,16 @@ def velocity_network_class(name: str) -> type[VelocityNetwork]:
     it pulls in every UNet and transformer it has, seconds of a serving process's start-up)."""
     if name == "ConvVelocityModel":
         return ConvVelocityModel
+    if name == "GatedConvVelocityModel":
+        return GatedConvVelocityModel
     if name == "FluxTransformer2DModel":
         from diffusers import FluxTransformer2DModel
 
         return FluxTransformer2DModel
-    raise ValueError(f"unknown velocity network class {name!r}; flowsr knows ConvVelocityModel, FluxTransformer2DModel")
+    raise ValueError(
+        f"unknown velocity network class {name!r}; flowsr knows ConvVelocityModel, GatedConvVelocityModel, "
+        "FluxTransformer2DModel"
+    )
 
 
 def build_transformer(preset: Preset) -> VelocityNetwork:

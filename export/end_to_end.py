@@ -4,9 +4,10 @@ An engine user then needs no bicubic resize, padding, colour fix or rounding of 
 same code as the runtime (`core.sr_model`) and rounds like the image writer. Pixels are uint8 RGB, (N, H, W, 3),
 as image files hold them.
 
-A graph is three pieces, each traced by torch.onnx on its own and then joined: `pre` (pixels -> the model's
-padded input), `core` (the model, on sides that are multiples of its stride) and `post` (crop to the input's size
-times the scale, round to pixels). Traced as one, the padded sides `16 * ceil(4h / 16)` reach the model's shape
+A graph is pieces, each traced by torch.onnx on its own and then joined: `pre` (pixels -> the model's padded
+input), for SR `time` (pixels -> the strength the model's estimator reads off the whole LR image -> the start time
+t), `core` (the model, on sides that are multiples of its stride) and `post` (crop to the input's size times the
+scale, round to pixels). Traced as one, the padded sides `16 * ceil(4h / 16)` reach the model's shape
 arithmetic, which torch.export cannot prove things about; piece by piece, every shape is one it can.
 """
 
@@ -43,15 +44,30 @@ class _SRPre(nn.Module):
         return bicubic_padded(to_signed(lr), lr.shape[1] * self.scale, lr.shape[2] * self.scale, self.stride)
 
 
+class _SRTime(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        return self.model.start_time(self.model.estimate_strength(to_signed(lr).to(dtype)))
+
+
 class _SRCore(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         model, dtype = self.model, next(self.model.parameters()).dtype
         return restore_image(
-            x, lambda image: model.encode(image.to(dtype)), model.restore, model.decode, model.manifest.color_fix_levels
+            x,
+            t,
+            lambda image: model.encode(image.to(dtype)),
+            model.restore,
+            model.decode,
+            model.manifest.color_fix_levels,
         )
 
 
@@ -120,7 +136,8 @@ def pieces(model: nn.Module, scale: int | None) -> list[tuple[Graph, nn.Module]]
         )
     return [
         (Graph("pre", "forward", (Tensor("lr", "pixels"),), Tensor("x", "image")), _SRPre(model.stride, int(scale))),
-        (Graph("core", "forward", (Tensor("x", "image"),), Tensor("y", "image")), _SRCore(model)),
+        (Graph("time", "forward", (Tensor("lr", "pixels"),), Tensor("t", "time")), _SRTime(model)),
+        (Graph("core", "forward", (Tensor("x", "image"), Tensor("t", "time")), Tensor("y", "image")), _SRCore(model)),
         (
             Graph("post", "forward", (Tensor("y", "image"), Tensor("lr", "pixels")), Tensor("sr", "pixels")),
             _Crop(int(scale)),

@@ -26,7 +26,7 @@ from flowsr.core.atomic import atomic_directory
 from flowsr.core.content_hash import content_sha256
 
 from .end_to_end import EndToEnd, join, pieces
-from .quantize import QUANTIZED_GRAPHS, calibration_latents, calibration_photos, quantize_graph
+from .quantize import QUANTIZED_GRAPHS, calibration_inputs, calibration_photos, quantize_graph
 from .spec import (
     QUANTIZED,
     SPEC_FILE,
@@ -78,6 +78,8 @@ def example_inputs(graph: Graph, geometry: Geometry, dtype: torch.dtype, min_sid
             return torch.tensor([0.3, 0.9]) if space == "time" else torch.tensor([1.5, 3.5])
         if space == "pixels":
             return torch.randint(0, 256, (2, min_side + 21, min_side + 37, 3), dtype=torch.uint8)
+        if space == "lr_image":
+            return torch.randn(2, 3, min_side + 21, min_side + 37, dtype=dtype)
         return torch.randn(geometry.shape(space, 2, 4 * geometry.stride, 6 * geometry.stride), dtype=dtype)
 
     return [example(tensor.space) for tensor in graph.inputs]
@@ -98,6 +100,8 @@ def trace(
         height, width = Dim(f"{tensor.name}_height", min=min_side), Dim(f"{tensor.name}_width", min=min_side)
         if tensor.space == "pixels":
             return {0: batch, 1: height, 2: width}
+        if tensor.space == "lr_image":
+            return {0: batch, 2: height, 3: width}
         multiple = geometry.stride if tensor.space == "image" else geometry.latent_multiple
         height, width = Dim(f"{tensor.name}_height"), Dim(f"{tensor.name}_width")
         return {0: batch, 2: multiple * height, 3: multiple * width}
@@ -210,7 +214,7 @@ def export_onnx(
     nn.Module.to(model, device="cpu", dtype=traced).eval()  # diffusers' ModelMixin.to warns on any cast
     geometry = geometry_of(model)
     photos = calibration_photos(calibrate) if quantized else []
-    samples = calibration_latents(model, photos) if quantized else []
+    samples = calibration_inputs(model, photos) if quantized else []
     quantized_here = QUANTIZED_GRAPHS if quantized else ()
     with atomic_directory(out_dir) as staging:
         written = {}
@@ -224,7 +228,7 @@ def export_onnx(
             if name in quantized_here:
                 float_path = path.with_name(f"{name}.float32.onnx")
                 path.rename(float_path)
-                quantize_graph(float_path, path, graph.inputs[0].name, samples)
+                quantize_graph(float_path, path, samples)
                 float_path.unlink()
             check_graph(path, graph, opset)
             shapes = profile.shapes(geometry, graph)

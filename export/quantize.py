@@ -53,18 +53,22 @@ def calibration_photos(folder: str | Path) -> list[np.ndarray]:
 
 
 @torch.inference_mode()
-def calibration_latents(model: nn.Module, photos: list[np.ndarray]) -> list[np.ndarray]:
-    """The velocity graph's input for each photo as an LR input at x4: its bicubic upscale, padded, encoded."""
-    latents = []
-    for rgb in photos:
+def calibration_inputs(model: nn.Module, photos: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The velocity graph's inputs for each photo as an LR input at x4: its bicubic upscale, padded, encoded, and a
+    start time: the one its estimated strength gives, or, for every second photo, that of the strength at the far
+    end of the range (clean or heavy), so the activation ranges cover every start time the model serves."""
+    inputs = []
+    for index, rgb in enumerate(photos):
         lr = torch.from_numpy(to_unit_float(rgb)).permute(2, 0, 1)[None] * 2 - 1
         height, width = lr.shape[2] * CALIBRATION_SCALE, lr.shape[3] * CALIBRATION_SCALE
-        latents.append(model.encode(bicubic_padded(lr, height, width, model.stride)).float().numpy())
-    return latents
+        latent = model.encode(bicubic_padded(lr, height, width, model.stride)).float().numpy()
+        strength = model.estimate_strength(lr) if index % 2 == 0 else torch.full((1,), float(index % 4 == 1))
+        inputs.append({"latent": latent, "t": model.start_time(strength).float().numpy()})
+    return inputs
 
 
-def quantize_graph(float_path: Path, int8_path: Path, input_name: str, samples: list[np.ndarray]) -> None:
-    """Write the QDQ int8 form of the float32 graph at `float_path`, calibrated on `samples` of its input (after
+def quantize_graph(float_path: Path, int8_path: Path, samples: list[dict[str, np.ndarray]]) -> None:
+    """Write the QDQ int8 form of the float32 graph at `float_path`, calibrated on `samples` of its inputs (after
     onnxruntime's pre-processing: shape inference and graph optimization, as its quantizer expects)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -86,7 +90,7 @@ def quantize_graph(float_path: Path, int8_path: Path, input_name: str, samples: 
 
         def get_next(self):
             sample = next(self.remaining, None)
-            return None if sample is None else {input_name: sample}
+            return sample
 
     quantize_static(
         str(prepared),

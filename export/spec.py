@@ -68,7 +68,7 @@ class Geometry:
 
     def shape(self, space: str, batch: int, height: int, width: int) -> list[int]:
         """The shape of a tensor of `space` for an image of height x width pixels."""
-        if space == "image":
+        if space in ("image", "lr_image"):
             return [batch, 3, height, width]
         if space == "latent":
             return [batch, self.latent_channels, height // self.latent_factor, width // self.latent_factor]
@@ -86,6 +86,8 @@ class Geometry:
             return ["batch"]
         if space == "pixels":
             return ["batch", "height", "width", 3]
+        if space == "lr_image":
+            return ["batch", 3, "height", "width"]
         multiple = self.stride if space == "image" else self.latent_multiple
         channels = 3 if space == "image" else self.latent_channels
         return ["batch", channels, f"{multiple}*height", f"{multiple}*width"]
@@ -100,8 +102,9 @@ def geometry_of(model) -> Geometry:
 
 @dataclass(frozen=True)
 class Tensor:
-    """A graph input or output. "image" (NCHW in [-1, 1]) and "latent" tensors have the export's dtype; "pixels"
-    are uint8 RGB images (NHWC, as files hold them); "time" and "scale" are float32, one value per sample."""
+    """A graph input or output. "image" (NCHW in [-1, 1], sides multiples of the stride), "lr_image" (the same at
+    any size: an LR input as it comes) and "latent" tensors have the export's dtype; "pixels" are uint8 RGB images
+    (NHWC, as files hold them); "time" and "scale" are float32, one value per sample."""
 
     name: str
     space: str
@@ -141,7 +144,7 @@ class Profile:
         def side(value: int) -> int:  # image and latent sides are multiples of the stride; pixels are any size
             return (
                 value
-                if graph.inputs[0].space == "pixels"
+                if graph.inputs[0].space in ("pixels", "lr_image")
                 else max(geometry.stride, value // geometry.stride * geometry.stride)
             )
 
@@ -195,14 +198,20 @@ class ModelSpec:
 SR = ModelSpec(
     kind="sr",
     graphs={
-        # The whole model: an LR image already resized to the output size -> the SR image.
-        "sr": Graph("sr", "forward", (Tensor("image", "image"),), Tensor("sr_image", "image")),
+        # The whole model: an LR image already resized to the output size and its start time t -> the SR image.
+        "sr": Graph("sr", "forward", (Tensor("image", "image"), Tensor("t", "time")), Tensor("sr_image", "image")),
+        # The LR image as it comes (whole, any size) -> its degradation strength in [0, 1]; the runtime turns the
+        # strength into the start time t with the model's table (`OneStepSR.start_time`).
+        "estimator": Graph("estimator", "estimate_strength", (Tensor("lr", "lr_image"),), Tensor("strength", "time")),
         "encoder": Graph("encoder", "encode", (Tensor("image", "image"),), Tensor("latent", "latent")),
-        # The restore stage: normalized LR latent -> raw HR latent, one velocity evaluation and the Euler step.
-        "transformer": Graph("transformer", "restore", (Tensor("latent", "latent"),), Tensor("raw_latent", "latent")),
+        # The restore stage: normalized LR latent and start time t -> raw HR latent, one velocity evaluation and the
+        # Euler step.
+        "transformer": Graph(
+            "transformer", "restore", (Tensor("latent", "latent"), Tensor("t", "time")), Tensor("raw_latent", "latent")
+        ),
         "decoder": Graph("decoder", "decode", (Tensor("raw_latent", "latent"),), Tensor("image", "image")),
     },
-    runtime_graphs=("encoder", "transformer", "decoder"),
+    runtime_graphs=("estimator", "encoder", "transformer", "decoder"),
     # Any padded image up to the default VAE tile, tuned for the default transformer tile, batches up to 4.
     profile=Profile(min_side=16, opt_side=1024, max_side=2048, opt_batch=1, max_batch=4),
     # `flowsr sr` untiled: LR pixels -> bicubic x scale (fixed at export) -> pad -> encode -> restore -> decode ->

@@ -33,25 +33,31 @@ def reference_photo(batch: int, height: int, width: int) -> torch.Tensor:
 
 
 def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
-    """PSNR in dB with the reference's value range as peak (2 for images in [-1, 1]); finite for equal tensors."""
+    """PSNR in dB with the reference's value range as peak (2 for images in [-1, 1]), at least 1 (the range of a
+    strength); finite for equal tensors."""
     reference, test = reference.double().cpu(), test.double().cpu()
     mse = max((reference - test).pow(2).mean().item(), 1e-30)
-    peak = (reference.max() - reference.min()).item()
+    peak = max(1.0, (reference.max() - reference.min()).item())
     return float(10 * np.log10(peak**2 / mse))
 
 
 def pipeline_inputs(model: nn.Module, graph: Graph, image: torch.Tensor) -> list[torch.Tensor]:
-    """What `graph` gets in the model's pipeline for `image`: the image itself, target times spread over (0, 1],
+    """What `graph` gets in the model's pipeline for `image`: the image itself, times spread over those it serves,
     or the latent that the runtime graphs before it make of the image (computed by torch)."""
     spec = SPECS[model.kind]
     values = {
         tensor.name: image
         for name in spec.runtime_graphs
         for tensor in spec.graphs[name].inputs
-        if tensor.space == "image"
+        if tensor.space in ("image", "lr_image")
     }
     values.update(
-        {tensor.name: torch.linspace(0.2, 1.0, image.shape[0]) for tensor in graph.inputs if tensor.space == "time"}
+        {
+            tensor.name: model.served_times(image.shape[0]).cpu()
+            for stage in (graph, *(spec.graphs[name] for name in spec.runtime_graphs))
+            for tensor in stage.inputs
+            if tensor.space == "time"
+        }
     )
     for name in spec.runtime_graphs:
         stage = spec.graphs[name]

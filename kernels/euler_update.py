@@ -1,8 +1,10 @@
 """Fused one-step Euler update: z + dt·v on packed tokens, unpacked to NCHW, denormalized and cast in one pass.
 
 The torch composition reads and writes the latent four or five times (step, unpack copy, divide, add,
-cast); the kernel reads each token tensor once and writes the decoder's input once. SR uses dt = -t*,
-single-NFE degradation synthesis dt = +r; a batch may mix steps.
+cast); the kernel reads each token tensor once and writes the decoder's input once. Its user is SR's restore
+in the torch backend on CUDA (`runtime.backends`), with dt = -t: each image's start time (the model's time for the
+strength its estimator reads off the image, or t*), so a batch carries one step per sample. Steps of either sign
+are fused alike (a single-NFE degradation step would be dt = +r), and a batch may mix them.
 """
 
 from __future__ import annotations

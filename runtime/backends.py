@@ -1,10 +1,11 @@
 """Execution backends of both models: each runs a model's runtime graphs (`export.spec`) on torch tensors.
 
-SR runs encoder -> transformer (restore: one NFE) -> decoder; degradation synthesis runs degrader (hr, r).
+SR runs estimator (the strength of each whole LR image) -> encoder -> transformer (restore from the start time:
+one NFE) -> decoder; degradation synthesis runs degrader (hr, r).
 Every backend gives the same callables by graph name, so the tiling, padding and I/O around them are shared:
-`torch` (eager; on CUDA the SR Euler step is the fused Triton kernel), `compile` (torch.compile; CUDA graphs
-on GPU), `onnxruntime` (the exported graphs, CPU or CUDA provider), `tensorrt` (engines built from the exported
-graphs, CUDA graphs per shape). Exports and engines are made on first use and cached.
+`torch` (eager; on CUDA the SR Euler step is the fused Triton kernel), `compile` (torch.compile, the SR estimator
+eager; CUDA graphs on GPU), `onnxruntime` (the exported graphs, CPU or CUDA provider), `tensorrt` (engines built
+from the exported graphs, CUDA graphs per shape). Exports and engines are made on first use and cached.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ def _fused_restore(model: nn.Module) -> Callable:
     """SR's restore with the Euler step, unpack, denormalization and cast in one Triton kernel (CUDA)."""
     from flowsr.kernels.euler_update import fused_euler_unpack  # triton: imported only where a GPU runs it
 
-    def restore(z_lr: torch.Tensor) -> torch.Tensor:
-        tokens, t_star, velocity = model.predict_velocity(z_lr)
+    def restore(z_lr: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tokens, velocity = model.predict_velocity(z_lr, t)
         norm = model.normalization
-        return fused_euler_unpack(velocity, tokens, -t_star, *z_lr.shape[2:], norm.shift, norm.scale, z_lr.dtype)
+        return fused_euler_unpack(velocity, tokens, -t.float(), *z_lr.shape[2:], norm.shift, norm.scale, z_lr.dtype)
 
     return restore
 
@@ -95,6 +96,11 @@ def compile_backend(model: nn.Module, device: torch.device, dtype: torch.dtype, 
     graphs = {}
     for name in spec.runtime_graphs:
         graph = spec.graphs[name]
+        if graph.inputs[0].space == "lr_image":
+            # The SR estimator sees each whole LR image at its own size, once: compiled per shape it would compile
+            # again for every image size the tiles hide from the other graphs. It is a few small convolutions; eager.
+            graphs[name] = _typed(getattr(model, graph.method), graph, dtype)
+            continue
         compiled = torch.compile(
             getattr(model, graph.method), mode="reduce-overhead" if cuda_graphs else None, dynamic=False
         )

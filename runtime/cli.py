@@ -19,6 +19,7 @@ from pathlib import Path
 from flowsr.core.errors import FlowsrError, printable
 
 from .options import (
+    AUTO,
     BACKENDS,
     MAX_COLOR_FIX_LEVELS,
     MAX_SCALE,
@@ -33,6 +34,7 @@ from .options import (
     add_seed,
     add_tiles,
     number_option,
+    strength_option,
 )
 
 OUTPUT_FORMATS = ("png", "webp", "tif", "jpg")
@@ -71,6 +73,7 @@ def run_sr(args: argparse.Namespace) -> int:
         vae_tile=args.vae_tile,
         max_megapixels=args.max_megapixels,
         color_fix=not args.no_color_fix,
+        strength=args.strength,
     )
     if not resolver.manifest.trained:
         report(f"warning: {args.model} is an UNTRAINED model (random weights): its output is not real super-resolution")
@@ -297,6 +300,13 @@ def _add_sr(commands) -> None:
     add_model(sr, "SR model directory (default: the packaged sr-small-x4 model)")
     sr.add_argument(
         "--scale", type=number_option(1, MAX_SCALE), default=4.0, help="output size / input size (default 4)"
+    )
+    sr.add_argument(
+        "--strength",
+        type=strength_option,
+        default=AUTO,
+        help="how degraded the inputs are, from 0 (clean downscales) to 1 (heavily degraded): it picks the start "
+        "time of the one step; auto: the model reads it off each whole image (default auto)",
     )
     add_tiles(sr, tile=1024, overlap=128, unit="output")
     sr.add_argument(

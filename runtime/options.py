@@ -17,6 +17,17 @@ MAX_BATCH = 1024
 MAX_STEPS = 10000  # Euler steps of the degrader's multi-step reference
 MAX_COLOR_FIX_LEVELS = 8  # core.color_fix.MAX_LEVELS, restated so that parsing options imports no torch
 BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")  # runtime.backends.BACKENDS' names, restated likewise
+AUTO = "auto"  # a strength the model's estimator reads off each image
+
+
+def strength_option(text: str) -> float | str:
+    """`--strength`: "auto", or how degraded the inputs are, from 0 (clean) to 1 (heavy)."""
+    if text == AUTO:
+        return AUTO
+    try:
+        return number_option(0, 1)(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err}; use auto or a strength from 0 (clean) to 1 (heavy)") from None
 
 
 class Parser(argparse.ArgumentParser):

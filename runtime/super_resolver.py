@@ -1,8 +1,9 @@
 """`SuperResolver`: any image in, the image upscaled by any factor out, with one velocity evaluation per tile.
 
-LR image -> bicubic resize to the target size -> pad to the model stride -> encode (tiled) -> restore, one NFE per
-latent tile, blended -> decode (tiled) -> colour fix -> crop -> same type as the input
-(`core.sr_model.super_resolve`, the same code as the end-to-end ONNX graph).
+LR image -> its start time (the estimator's strength of the whole image, or the strength given) -> bicubic resize
+to the target size -> pad to the model stride -> encode (tiled) -> restore from that time, one NFE per latent tile,
+blended -> decode (tiled) -> colour fix -> crop -> same type as the input (`core.sr_model.super_resolve`, the same
+code as the end-to-end ONNX graph).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from flowsr.export.spec import dtype_name
 from .backends import create_backend
 from .default_models import default_sr_model
 from .devices import resolve_device
-from .options import DEFAULT_MAX_MEGAPIXELS, MAX_BATCH, MAX_MEGAPIXELS, MAX_SCALE, MAX_TILE, MIN_MEGAPIXELS
+from .options import AUTO, DEFAULT_MAX_MEGAPIXELS, MAX_BATCH, MAX_MEGAPIXELS, MAX_SCALE, MAX_TILE, MIN_MEGAPIXELS
 from .tiling import tiled_map
 
 
@@ -33,8 +34,10 @@ def default_dtype(device: torch.device) -> torch.dtype:
 class SuperResolver:
     """Upscale images with a one-step flow SR model.
 
-    Sizes are in output pixels, multiples of the model stride. `tile` bounds the transformer's tokens (one
-    velocity evaluation per latent tile); `vae_tile` bounds the VAE's activations. The VAE tile is larger by
+    `strength` is how degraded the inputs are, from 0 (clean downscales) to 1 (heavily degraded), or "auto": the
+    model's estimator reads it off each whole image. It picks the one-step start time, one per image, so the tiles of
+    a large photo agree. Sizes are in output pixels, multiples of the model stride. `tile` bounds the transformer's
+    tokens (one velocity evaluation per latent tile); `vae_tile` bounds the VAE's activations. The VAE tile is larger by
     default because its GroupNorm statistics are per tile, so VAE tiles differ more from the whole image
     than latent tiles do. 0 turns either off; memory then grows with the image. `color_fix` puts the restored
     detail on the bicubic input's low frequencies (`core.color_fix`), over the whole image after the tiles.
@@ -54,8 +57,11 @@ class SuperResolver:
         batch_size: int = 1,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         color_fix: bool = True,
+        strength: float | str = AUTO,
     ):
         check_number("scale", scale, 1, MAX_SCALE)
+        if strength != AUTO:
+            check_number("strength", strength, 0, 1)
         check_number("max megapixels", max_megapixels, MIN_MEGAPIXELS, MAX_MEGAPIXELS)
         check_number("batch size", batch_size, 1, MAX_BATCH, integer=True)
         for name, size in (("tile", tile), ("VAE tile", vae_tile), ("overlap", overlap)):
@@ -81,6 +87,7 @@ class SuperResolver:
         self.scale = float(scale)
         self.tile, self.overlap, self.vae_tile = tile, overlap, vae_tile
         self.batch_size, self.color_fix = batch_size, color_fix
+        self.strength = strength
         self.max_pixels = int(max_megapixels * 1e6)
         self.backend = create_backend(
             backend, model, self.device, self.dtype, weights_sha256=weights_sha256, model_dir=model_dir
@@ -112,17 +119,34 @@ class SuperResolver:
         self.check_size(lr.shape[2], lr.shape[3])
         return self._super_resolve(lr.to(self.device, torch.float32))
 
+    def strength_of(self, lr: torch.Tensor) -> torch.Tensor:
+        """The degradation strength (B,) the LR images (B, 3, h, w) in [-1, 1] are restored at: the one given, or
+        the one the estimator reads off each whole image."""
+        if self.strength == AUTO:
+            return self.backend.graphs["estimator"](lr).float()
+        return torch.full((lr.shape[0],), float(self.strength), device=lr.device)
+
+    def start_time(self, lr: torch.Tensor) -> torch.Tensor:
+        """The start time t (B,) of LR images: the model's time for their strength."""
+        return self.model.start_time(self.strength_of(lr).to(self.model.start_times.device)).to(lr.device)
+
     def _super_resolve(self, lr: torch.Tensor) -> torch.Tensor:
         f, graphs, fixed = self.latent_factor, self.backend.graphs, self.backend.fixed_shapes
         return super_resolve(
             lr,
             *self.output_size(lr.shape[2], lr.shape[3]),
             self.stride,
+            start_time=self.start_time,
             encode=lambda x: tiled_map(
                 x, graphs["encoder"], self.vae_tile, self.overlap, align=self.stride, scale=1 / f, fixed_size=fixed
             ),
-            restore=lambda z: tiled_map(
-                z, graphs["transformer"], self.tile // f, self.overlap // f, align=2, fixed_size=fixed
+            restore=lambda z, t: tiled_map(
+                z,
+                lambda tile: graphs["transformer"](tile, t),
+                self.tile // f,
+                self.overlap // f,
+                align=2,
+                fixed_size=fixed,
             ),
             decode=lambda raw: tiled_map(
                 raw, graphs["decoder"], self.vae_tile // f, self.overlap // f, align=2, scale=f, fixed_size=fixed

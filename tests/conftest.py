@@ -16,6 +16,8 @@ from peft.utils import get_peft_model_state_dict  # noqa: E402
 
 from flowsr.core.sr_model import OneStepSR  # noqa: E402
 from flowsr.export.merge import merge_adapters  # noqa: E402
+from flowsr.export.verify import reference_photo  # noqa: E402
+from flowsr.training.allosr2 import GATED_CONV_VELOCITY_TARGETS, PATCH_ENCODER_TARGETS  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 
@@ -44,10 +46,11 @@ def write_adapters(model, folder, preset="tiny"):
     (folder / "adapters.json").write_text(json.dumps({"t_star": TRAINED_T_STAR, "preset": preset}))
 
 
-# LoRA targets by preset: the ConvVelocityModel's convolutions and the PatchAutoencoder's 1x1 encoder (what AlloSR²
-# tunes in tiny and small), and FLUX's attention and MLP projections with a VAE's encoder convolutions (tiny-kl).
+# LoRA targets by preset: the GatedConvVelocityModel's convolutions and time MLP and the PatchAutoencoder's 1x1
+# encoder (what AlloSR² tunes in tiny and small-gated), and FLUX's attention and MLP projections with a VAE's encoder
+# convolutions (tiny-kl).
 LORA_TARGETS = {
-    "tiny": {"transformer": r"^(conv_in|convs\.\d+|conv_out)$", "vae": r"^encoder$"},
+    "tiny": {"transformer": GATED_CONV_VELOCITY_TARGETS, "vae": PATCH_ENCODER_TARGETS},
     "tiny-kl": {
         "transformer": ["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "proj_out"],
         "vae": r"^encoder\..*(conv1|conv2|to_q|to_v)$",
@@ -74,3 +77,25 @@ def tuned(request, tmp_path_factory):
     write_adapters(model, root / "adapters", preset)
     merge_adapters(root / "base", root / "adapters", root / "merged")
     return root, model.eval()
+
+
+START_TIMES = [0.05, 0.95]  # far apart, so that the start time visibly changes the output
+
+
+def varied_tiny(start_times=START_TIMES, seed: int = 0) -> OneStepSR:
+    """The tiny preset as training leaves it in what matters for start times: a velocity that depends on t (its
+    output and time layers start at zero), an estimator whose strength depends on the image (a strong last layer,
+    centred so that the reference photo reads 0.62 and crops of photos read 0.2 to 0.9), and start times per strength
+    in the manifest (None: t* for every input)."""
+    model = OneStepSR.from_preset("tiny", seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (model.transformer.conv_out, model.transformer.time_mlp[-1]):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.2)
+        last = model.estimator.head[-1]
+        last.weight.copy_(torch.randn(last.weight.shape, generator=generator) * 6)
+        last.bias.sub_(torch.logit(model.estimate_strength(reference_photo(1, 64, 64))) - 0.5)
+    model.manifest.start_times = None if start_times is None else list(start_times)
+    return OneStepSR(
+        model.vae, model.transformer, None, None, model.t_star, None, model.manifest, model.estimator
+    ).eval()

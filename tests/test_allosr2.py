@@ -19,8 +19,8 @@ from flowsr.training.allosr2 import LORA_PRESETS, RELATIVE_FLOOR, AlloSR2Objecti
 from flowsr.training.data import DegradedFolder
 from flowsr.training.loop import LoopConfig, run
 
-# The tiny preset trains LoRA on convolutions (ConvVelocityModel, PatchAutoencoder); tiny-kl on FLUX's attention and
-# MLPs, with its text conditioning in every velocity evaluation.
+# The tiny preset trains LoRA on convolutions (GatedConvVelocityModel, PatchAutoencoder); tiny-kl on FLUX's attention
+# and MLPs, with its text conditioning in every velocity evaluation.
 PRESETS = pytest.mark.parametrize("preset", ["tiny", "tiny-kl"])
 
 
@@ -46,10 +46,11 @@ def photos(tmp_path_factory):
 
 
 def batch(seed=0, size=2, side=32):
+    """(LR, HR, strength) of a pair source that does not know its strength (NaN)."""
     generator = torch.Generator().manual_seed(seed)
     hr = torch.rand(size, 3, side, side, generator=generator) * 2 - 1
     lr = (hr + 0.3 * torch.randn(hr.shape, generator=generator)).clamp(-1, 1)
-    return lr, hr
+    return lr, hr, torch.full((size,), float("nan"))
 
 
 def velocity(model, z, t):
@@ -62,8 +63,8 @@ def test_atm_gradient_is_direction_times_jacobian_by_hand(preset):
     model, _ = lora_model(preset=preset)
     params = [p for p in model.parameters() if p.requires_grad]
     objective = AlloSR2Objective(model, LossWeights(latent_mse=0.0, fatc=0.0, atm=1.0))
-    lr, hr = batch()
-    loss = objective((lr, hr), torch.Generator().manual_seed(5))["loss"]
+    lr, hr, strength = batch()
+    loss = objective((lr, hr, strength), torch.Generator().manual_seed(5))["loss"]
     surrogate_grads = torch.autograd.grad(loss, params)
 
     # By hand: the same random draws, the direction from its definition, then g . dz_hat/dtheta.
@@ -93,9 +94,9 @@ def test_atm_gradient_is_direction_times_jacobian_by_hand(preset):
 def test_fatc_loss_matches_closed_form(preset):
     model, _ = lora_model(preset=preset)
     objective = AlloSR2Objective(model, LossWeights(latent_mse=0.0, fatc=1.0, atm=0.0))
-    lr, hr = batch(1)
+    lr, hr, strength = batch(1)
     with torch.no_grad():
-        loss = objective((lr, hr), torch.Generator().manual_seed(3))["fatc"]
+        loss = objective((lr, hr, strength), torch.Generator().manual_seed(3))["fatc"]
         z_l = model.encode(lr)
         with base_encoder(model):
             z_h = model.encode(hr)
@@ -127,7 +128,7 @@ def test_targets_come_from_the_target_encoder_when_one_is_given():
             p.add_(0.05 * torch.randn_like(p))
     autoencoder.vae.half()  # stored in float16: still the same decoder
     objective = AlloSR2Objective(model, LossWeights(fatc=0.0, atm=0.0), target_vae=autoencoder.vae.float())
-    lr, hr = batch()
+    lr, hr, strength = batch()
     with torch.no_grad():
         expected = autoencoder.encode(hr)
         with base_encoder(model):
@@ -136,7 +137,7 @@ def test_targets_come_from_the_target_encoder_when_one_is_given():
     assert not torch.allclose(expected, own, atol=1e-3)
     z_hr_hat = velocity_step(model, lr)
     torch.testing.assert_close(
-        objective((lr, hr), torch.Generator())["latent_mse"], (z_hr_hat - expected).pow(2).mean()
+        objective((lr, hr, strength), torch.Generator())["latent_mse"], (z_hr_hat - expected).pow(2).mean()
     )
     other = OneStepSR.from_preset("tiny", seed=7)
     with pytest.raises(SettingsError, match="another decoder"):
@@ -153,10 +154,10 @@ def velocity_step(model, lr):
 def test_pixel_term_is_l1_of_the_decoded_one_step_output():
     model, _ = lora_model()
     objective = AlloSR2Objective(model, LossWeights(latent_mse=0.0, pixel=1.0, fatc=0.0, atm=0.0))
-    lr, hr = batch()
-    losses = objective((lr, hr), torch.Generator().manual_seed(0))
+    lr, hr, strength = batch()
+    losses = objective((lr, hr, strength), torch.Generator().manual_seed(0))
     with torch.no_grad():
-        restored = model(lr)  # the runtime path: encode, one Euler step, decode
+        restored = model(lr, torch.full((2,), model.t_star))  # the runtime path: encode, one Euler step, decode
     torch.testing.assert_close(losses["pixel"], (restored - hr).abs().mean(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(losses["loss"], losses["pixel"])
 
@@ -243,9 +244,9 @@ def test_ddp_ranks_hold_identical_weights(photos, tmp_path):
 
 def test_relative_reconstruction_is_each_samples_share_of_its_input_error():
     model, _ = lora_model()
-    lr, hr = batch(size=3)
+    lr, hr, strength = batch(size=3)
     losses = AlloSR2Objective(model, LossWeights(latent_mse=0.0, latent_relative=1.0, fatc=0.0, atm=0.0))(
-        (lr, hr), torch.Generator().manual_seed(0)
+        (lr, hr, strength), torch.Generator().manual_seed(0)
     )
     with torch.no_grad(), base_encoder(model):
         z_hr = model.encode(hr)
@@ -258,4 +259,20 @@ def test_relative_reconstruction_is_each_samples_share_of_its_input_error():
     torch.testing.assert_close(losses["loss"], losses["latent_relative"])
     torch.testing.assert_close(
         losses["gain_db"], 10 * torch.log10((z_lr - z_hr).pow(2).mean() / error.mean()), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_each_pair_starts_at_its_strengths_time_or_its_own_snr_time():
+    """With start times per strength, a pair of known strength starts at the model's time for it; a pair of unknown
+    strength at its own SNR-guided time, sqrt(D) / (1 + sqrt(D))."""
+    model, _ = lora_model()
+    model.start_times = torch.tensor([0.05, 0.25])  # as a manifest with start_times gives them
+    objective = AlloSR2Objective(model, LossWeights(fatc=0.0, atm=0.0))
+    lr, hr, _ = batch(size=3)
+    z_lr, z_hr = model.encode(lr), objective.target_latent(hr)
+    strength = torch.tensor([0.0, 0.5, float("nan")])
+    t = objective.start_time(strength, z_lr, z_hr)
+    degradation = (z_lr - z_hr).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    torch.testing.assert_close(
+        t, torch.stack([torch.tensor(0.05), torch.tensor(0.15), degradation[2] / (1 + degradation[2])])
     )

@@ -11,12 +11,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import varied_tiny
 from PIL import Image
 
 from flowsr.core.content_hash import content_sha256
 from flowsr.core.sr_model import OneStepSR
 from flowsr.export.onnx_export import onnx_dir_for
-from flowsr.export.onnxruntime_graph import OnnxRuntimeUnavailable, providers_for
+from flowsr.export.onnxruntime_graph import OnnxGraph, OnnxRuntimeUnavailable, providers_for
 from flowsr.export.spec import SPEC_FILE, SR, read_spec
 from flowsr.export.verify import psnr, reference_photo
 from flowsr.runtime.cli import main
@@ -29,9 +30,11 @@ HAVE_TENSORRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny model directory with its three stages exported by `flowsr export onnx` (and what the command printed)."""
+    """A tiny model directory with its four runtime graphs exported by `flowsr export onnx` (and what the command
+    printed). Its estimator reads a strength off each image and its velocity depends on the start time that picks,
+    so a backend that got either wrong would give another image."""
     path = tmp_path_factory.mktemp("models") / "tiny"
-    assert main(["model", "init", "--preset", "tiny", "-o", str(path)]) == 0
+    varied_tiny().save_pretrained(path)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(["export", "onnx", "--model", str(path), "--graphs", ",".join(SR.runtime_graphs)]) == 0
@@ -67,10 +70,18 @@ def test_export_command_prints_its_verification(exported):
     "settings", [{"tile": 0, "vae_tile": 0}, {"tile": 128, "overlap": 32, "vae_tile": 256}], ids=["whole", "tiled"]
 )
 def test_onnxruntime_matches_torch(model_dir, settings):
+    """With the strength read off each image (auto): onnxruntime runs the exported estimator too, and every start
+    time it picks gives the torch backend's image."""
     lr = reference_photo(2, 48, 72)  # x4: 192x288 output, several tiles in the tiled run
+    lr[1] = reference_photo(1, 96, 144)[0, :, 24:72, 36:108]  # another picture: another strength
     resolver = SuperResolver(model_dir, backend="onnxruntime", device="cpu", dtype="float32", **settings)
     assert resolver.backend.folder == model_dir / "onnx" / "float32"  # the directory's own export, no re-export
-    assert psnr(upscale(model_dir, "torch", lr, **settings), resolver.upscale_tensor(lr)) >= MIN_PSNR_DB
+    assert resolver.strength == "auto" and isinstance(resolver.backend.graphs["estimator"], OnnxGraph)
+    eager = SuperResolver(model_dir, backend="torch", device="cpu", dtype="float32", **settings)
+    strength = resolver.strength_of(lr)
+    torch.testing.assert_close(strength, eager.strength_of(lr), atol=1e-5, rtol=0)
+    assert (strength[0] - strength[1]).abs() > 0.01
+    assert psnr(eager.upscale_tensor(lr), resolver.upscale_tensor(lr)) >= MIN_PSNR_DB
 
 
 def test_sr_command_with_onnxruntime_backend(model_dir, tmp_path, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import varied_tiny
 from PIL import Image
 from skimage import data
 
@@ -19,6 +20,7 @@ from flowsr.core.model_dir import Manifest
 from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime import default_models
 from flowsr.runtime.cli import main
+from flowsr.runtime.super_resolver import SuperResolver
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +68,12 @@ def test_model_convert_to_float16(model_dir, tmp_path):
     reference = OneStepSR.from_pretrained(model_dir)
     converted = OneStepSR.from_pretrained(half)  # loaded back as float32
     image = torch.from_numpy(data.astronaut()[:64, :64]).permute(2, 0, 1)[None].float() / 127.5 - 1
+    t = torch.full((1,), reference.t_star)
     with torch.no_grad():
-        error = (converted(image) - reference(image)).abs().max().item()
+        error = (converted(image, t) - reference(image, t)).abs().max().item()
+        strength_error = (converted.estimate_strength(image) - reference.estimate_strength(image)).abs().max().item()
     assert 0 < error < 0.02  # fp16 rounding of the weights, nothing more
+    assert strength_error < 0.01  # the estimator is converted too
 
 
 def test_sr_folder_and_files(model_dir, photos, tmp_path, capsys):
@@ -174,6 +179,37 @@ def test_usage_errors_exit_2_with_one_line(model_dir, photos, tmp_path, capsys):
     assert main(["sr", str(photos), "-o", str(tmp_path / "o"), "--model", str(model_dir), "--tile", "258"]) == 2
     lines = [line for line in error_lines(capsys) if line.startswith("flowsr: error")]
     assert len(lines) == 3 and "not a folder" in lines[0] and "does not exist" in lines[1] and "stride" in lines[2]
+
+
+@pytest.mark.parametrize("value", ["1.5", "abc"])
+def test_a_strength_outside_0_to_1_is_one_line(model_dir, photos, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit:  # argparse refuses it before any work
+        main(["sr", str(photos), "-o", str(tmp_path / "o"), "--model", str(model_dir), "--strength", value])
+    assert exit.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--strength" in lines[0] and "auto" in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_strength_sets_every_images_start_time(photos, tmp_path):
+    """--strength S restores every image at the start time of S; auto (the default) at the one its estimator reads."""
+    model = varied_tiny()
+    model.save_pretrained(tmp_path / "model")
+    source = str(photos / "astronaut.png")
+    written = {}
+    for strength in (None, "auto", "0", "1"):
+        out = tmp_path / f"out-{strength}"
+        extra = [] if strength is None else ["--strength", strength]
+        assert main(["sr", source, "-o", str(out), "--model", str(tmp_path / "model"), "--scale", "2", *extra]) == 0
+        written[strength] = np.asarray(Image.open(out / "astronaut.png")).astype(int)
+    lr = np.asarray(Image.open(source))
+    for strength in ("auto", "0", "1"):
+        resolver = SuperResolver(
+            model, scale=2, device="cpu", strength=strength if strength == "auto" else float(strength)
+        )
+        assert np.abs(written[strength] - resolver(lr).astype(int)).max() <= 1, strength
+    assert np.array_equal(written[None], written["auto"])
+    assert np.abs(written["0"] - written["1"]).mean() > 5
 
 
 def test_duplicate_output_names_are_refused(model_dir, photos, tmp_path, capsys):

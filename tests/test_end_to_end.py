@@ -5,16 +5,21 @@ exported by `flowsr export onnx --end-to-end`, run in onnxruntime on real photos
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from conftest import varied_tiny
+from onnx import numpy_helper
 from PIL import Image
 from skimage import data, transform
 
+from flowsr.export.onnx_export import export_onnx
 from flowsr.export.spec import SPEC_FILE, SR
 from flowsr.export.tensorrt_engine import profile_shapes
 from flowsr.runtime.cli import main
 from flowsr.runtime.default_models import DEFAULT_DEGRADATION_MODEL, DEFAULT_SR_MODEL
 from flowsr.runtime.pair_dataset import output_paths
+from flowsr.runtime.super_resolver import SuperResolver
 
 MIN_PSNR_DB = 45.0  # on uint8 outputs; one level off on every pixel would be 48.1 dB
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
@@ -62,6 +67,33 @@ def test_sr_graph_gives_the_pixels_of_flowsr_sr(tmp_path):
         expected = np.asarray(Image.open(tmp_path / "sr" / f"{name}.png"))
         assert got.shape == expected.shape == (244, 348, 3) and got.dtype == np.uint8
         assert psnr(expected, got) >= MIN_PSNR_DB, name
+
+
+def test_sr_graph_starts_each_image_at_the_time_its_estimator_reads(tmp_path):
+    """A tiny model whose estimator reads a strength off each image and whose velocity depends on the start time
+    that picks: its x2 graph gives SuperResolver's pixels (strength auto, untiled); with the graph's estimator weights
+    changed (strength 0 for every image) it gives other pixels, SuperResolver's at strength 0."""
+    model = varied_tiny()
+    spec = export_onnx(model, tmp_path / "onnx", graphs=("end_to_end",), scale=2)
+    assert spec["graphs"]["end_to_end"]["verification"]["psnr_db"] >= MIN_PSNR_DB
+    photos = write_photos(tmp_path / "photos", 29, 43)
+    proto = onnx.load(tmp_path / "onnx" / "end_to_end.onnx")
+    outputs = {}
+    for strength in ("auto", 0.0):
+        if strength == 0.0:
+            (bias,) = [  # the estimator's last layer's: one logit
+                tensor
+                for tensor in proto.graph.initializer
+                if "estimator.head" in tensor.name and tensor.name.endswith("bias") and list(tensor.dims) == [1]
+            ]
+            bias.CopyFrom(numpy_helper.from_array(np.full((1,), -30.0, np.float32), bias.name))  # sigmoid(-30) = 0
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        outputs[strength] = session.run(None, {"lr": np.stack(list(photos.values()))})[0]
+        resolver = SuperResolver(model, scale=2, tile=0, vae_tile=0, device="cpu", strength=strength)
+        for got, expected in zip(outputs[strength], resolver(list(photos.values())), strict=True):
+            assert got.shape == expected.shape == (58, 86, 3)
+            assert psnr(expected, got) >= MIN_PSNR_DB, strength
+    assert all(psnr(read, clean) < 35 for read, clean in zip(outputs["auto"], outputs[0.0], strict=True))
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import json
 import onnx
 import pytest
 import torch
+from conftest import START_TIMES, varied_tiny
 
 from flowsr.core.content_hash import content_sha256, weights_sha256
 from flowsr.core.degradation_model import DegradationModel
@@ -24,14 +25,16 @@ CHECK_SIZES = ((3, 80, 112), (1, 144, 64))
 
 
 def stage_input(model, graph, batch, height, width):
-    """The input a graph gets in the pipeline, computed by torch from the reference photo, written out per graph."""
+    """The input a graph gets in the pipeline, computed by torch from the reference photo, written out per graph:
+    start times (and the degrader's target times) spread over those the model serves."""
     image = reference_photo(batch, height, width).to(next(model.parameters()).dtype)
-    if graph.name in ("sr", "encoder"):
+    t = model.served_times(batch)
+    if graph.name in ("encoder", "estimator"):
         return [image]
-    if graph.name == "degrader":
-        return [image, torch.linspace(0.2, 1.0, batch)]
+    if graph.name in ("sr", "degrader"):
+        return [image, t]
     latent = model.encode(image)
-    return [latent if graph.name == "transformer" else model.restore(latent)]
+    return [latent, t] if graph.name == "transformer" else [model.restore(latent, t)]
 
 
 def onnxruntime_psnr(model, folder, name, sizes=CHECK_SIZES, spec=SR):
@@ -63,8 +66,9 @@ def test_pipeline_inputs_are_what_each_stage_gets(name):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The tiny preset exported in float32, all four parts."""
-    model = OneStepSR.from_preset("tiny")
+    """The tiny preset exported in float32, all its graphs; its velocity depends on t and its estimator on the
+    image (`varied_tiny`), so a graph that lost either input would not verify."""
+    model = varied_tiny()
     manifest = model.manifest
     folder = tmp_path_factory.mktemp("onnx") / "tiny-float32"
     spec = export_onnx(model, folder)
@@ -85,10 +89,15 @@ def test_inputs_and_outputs_are_dynamic(tiny):
         assert [i.name for i in graph.input] == [t.name for t in part.inputs] and [o.name for o in graph.output] == [
             part.output.name
         ]
-        for tensor in (graph.input[0], graph.output[0]):
-            dims = tensor.type.tensor_type.shape.dim
+        for tensor, value in zip((*part.inputs, part.output), (*graph.input, *graph.output), strict=True):
+            dims = value.type.tensor_type.shape.dim
+            if tensor.space == "time":  # a start time or a strength per image
+                assert len(dims) == 1 and dims[0].dim_param, (name, tensor.name)
+                assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+                continue
             assert all(dims[axis].dim_param for axis in (0, 2, 3)), (name, tensor.name)
-            assert dims[1].dim_value == (3 if tensor.name.endswith("image") else model.vae.config.latent_channels)
+            channels = 3 if tensor.space in ("image", "lr_image") else model.vae.config.latent_channels
+            assert dims[1].dim_value == channels, (name, tensor.name)
         assert {node.domain for node in graph.node} <= {"", "ai.onnx"}  # plain ONNX ops only
         onnx.checker.check_model(str(folder / f"{name}.onnx"), full_check=True)
 
@@ -96,7 +105,7 @@ def test_inputs_and_outputs_are_dynamic(tiny):
 def test_spec_records_files_manifest_and_profiles(tiny):
     model, manifest, folder, spec = tiny
     assert json.loads((folder / SPEC_FILE).read_text()) == spec
-    assert spec["content_sha256"] == content_sha256(OneStepSR.from_preset("tiny"))
+    assert spec["content_sha256"] == content_sha256(varied_tiny())
     assert (
         spec["kind"] == "sr" and spec["manifest"]["preset"] == "tiny" and spec["manifest"]["t_star"] == manifest.t_star
     )
@@ -110,6 +119,59 @@ def test_spec_records_files_manifest_and_profiles(tiny):
     # 2x2 patches: the latent of the 1024 px profile image is 512 px a side
     assert decoder["opt"] == [1, latent, 512, 512] and spec["graphs"]["decoder"]["output"]["shape"][1] == 3
     assert spec["graphs"]["transformer"]["inputs"][0]["shape"] == ["batch", latent, "2*height", "2*width"]
+    assert (
+        spec["graphs"]["transformer"]["inputs"][1]
+        == spec["graphs"]["sr"]["inputs"][1]
+        == {
+            "name": "t",
+            "dtype": "float32",
+            "shape": ["batch"],
+            "min": [1],
+            "opt": [1],
+            "max": [4],
+        }
+    )
+    # the estimator takes the LR image as it comes: any sides in the profile, no stride
+    (lr,), strength = spec["graphs"]["estimator"]["inputs"], spec["graphs"]["estimator"]["output"]
+    assert (
+        lr["shape"] == ["batch", 3, "height", "width"] and lr["min"] == [1, 3, 16, 16] and lr["max"][2:] == [2048] * 2
+    )
+    assert strength == {"name": "strength", "dtype": "float32", "shape": ["batch"]}
+    assert spec["manifest"]["start_times"] == START_TIMES
+
+
+def test_the_transformer_graph_restores_each_image_from_its_own_t(tiny):
+    """t is a graph input, one per image, not a constant of the trace: other times give torch's other result."""
+    model, _, folder, _ = tiny
+    session = OnnxGraph(
+        folder / "transformer.onnx", PARTS["transformer"], geometry_of(model), torch.device("cpu"), torch.float32
+    )
+    with torch.inference_mode():
+        latent = model.encode(reference_photo(3, 48, 80))
+        results = []
+        for t in (torch.tensor([0.05, 0.5, 0.95]), torch.tensor([0.95, 0.05, 0.5])):
+            expected = model.restore(latent, t)
+            got = session(latent, t)
+            assert psnr(expected, got) >= 50
+            results.append(got)
+    assert all((results[0][index] - results[1][index]).abs().max() > 1e-2 for index in range(3))
+
+
+def test_the_estimator_graph_reads_lr_images_of_any_size(tiny):
+    """Odd sides, sides under and over the estimator's crop (64 px for tiny): onnxruntime's strength is torch's."""
+    model, _, folder, _ = tiny
+    session = OnnxGraph(
+        folder / "estimator.onnx", PARTS["estimator"], geometry_of(model), torch.device("cpu"), torch.float32
+    )
+    strengths = []
+    with torch.inference_mode():
+        for batch, height, width in ((2, 37, 53), (1, 17, 301), (3, 90, 70)):
+            lr = reference_photo(batch, height, width)
+            expected, got = model.estimate_strength(lr), session(lr)
+            assert got.shape == (batch,) and got.dtype == torch.float32
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+            strengths += got.tolist()
+    assert max(strengths) - min(strengths) > 0.05  # the strength depends on the image
 
 
 def test_existing_output_is_kept_and_failed_export_leaves_nothing(tiny, tmp_path, monkeypatch):

@@ -47,7 +47,12 @@ def test_export_trt_without_tensorrt_is_one_clear_line(model_dir, capsys):
 def test_export_trt_builds_cached_engines_and_a_timing_cache(model_dir, tmp_path_factory, capsys):
     assert main(["export", "trt", "--model", str(model_dir), "--dtype", "float32"]) == 0
     engines = sorted(engine_cache_dir().glob("*.engine"))
-    assert [e.name.split("-")[:2] for e in engines] == [["sr", "decoder"], ["sr", "encoder"], ["sr", "transformer"]]
+    assert [e.name.split("-")[:2] for e in engines] == [
+        ["sr", "decoder"],
+        ["sr", "encoder"],
+        ["sr", "estimator"],
+        ["sr", "transformer"],
+    ]
     assert list(engine_cache_dir().glob("timing-*.cache"))
     built = {e: e.stat().st_mtime_ns for e in engines}
     assert main(["export", "trt", "--model", str(model_dir), "--dtype", "float32"]) == 0  # cached: nothing is rebuilt

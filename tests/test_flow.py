@@ -20,6 +20,16 @@ def test_tstar_matches_closed_form_for_one_sample():
         assert abs(flow.snr_start_time(signal, degradation, grid) - expected) <= 1.0 / (grid + 1)
 
 
+def test_each_pairs_own_start_time_is_the_grid_search_on_that_pair_alone():
+    torch.manual_seed(1)
+    z_hr = torch.randn(3, 4, 8, 8)
+    z_lr = z_hr + torch.tensor([0.05, 0.5, 2.0])[:, None, None, None] * torch.randn_like(z_hr)
+    own = flow.pair_start_time(z_lr, z_hr)
+    for index in range(3):
+        signal, degradation = flow.snr_statistics(z_lr[index : index + 1], z_hr[index : index + 1])
+        assert abs(own[index].item() - flow.snr_start_time(signal, degradation, 1000)) <= 1.0 / 1001
+
+
 def test_tstar_minimizes_mean_abs_snr_gap_over_samples():
     signal = torch.tensor([1.0, 2.0, 0.5])
     degradation = torch.tensor([0.1, 0.4, 0.02])

@@ -319,6 +319,7 @@ SR_FIELDS = {
     "format": [],
     "t_star_source": [],
     "weights_sha256": [None],
+    "start_times": [None],
 }
 DEGRADATION_FIELDS = {
     "kind": ["degradation"],
@@ -384,6 +385,12 @@ SR_FILE_EDITS = {
     "vae-config-binary": lambda d: (d / "vae" / "config.json").write_bytes(b"\xff\xfe\x00" * 100),
     "vae-config-list": lambda d: (d / "vae" / "config.json").write_text("[]"),
     "vae-config-class": lambda d: _set_json(d / "vae" / "config.json", "_class_name", "os.system"),
+    # The strength estimator is the preset's part: the tiny preset reads every input's strength with it.
+    "estimator-missing": lambda d: shutil.rmtree(d / "estimator"),
+    "estimator-weights-random": lambda d: _weights(d / "estimator").write_bytes(random.Random(4).randbytes(4096)),
+    "estimator-weights-missing": lambda d: _weights(d / "estimator").unlink(),
+    "estimator-config-missing": lambda d: (d / "estimator" / "config.json").unlink(),
+    "estimator-config-class": lambda d: _set_json(d / "estimator" / "config.json", "_class_name", "os.system"),
 }
 # Only a text-conditioned velocity network (FLUX: the tiny-kl and flux-dev presets) stores the empty-prompt embeddings.
 KL_FILE_EDITS = {
@@ -396,9 +403,14 @@ KL_FILE_EDITS = {
     "embeddings-header-bomb": lambda d: _safetensors_header_bomb(d / "text_embeddings.safetensors"),
     "transformer-weights-random": lambda d: _weights(d / "transformer").write_bytes(random.Random(2).randbytes(4096)),
     "transformer-config-class": lambda d: _set_json(
-        d / "transformer" / "config.json", "_class_name", "ConvVelocityModel"
+        d / "transformer" / "config.json", "_class_name", "GatedConvVelocityModel"
     ),
     "vae-config-class": lambda d: _set_json(d / "vae" / "config.json", "_class_name", "PatchAutoencoder"),
+    # FLUX presets have one t* for every input: a strength estimator is not theirs to load.
+    "estimator-present": lambda d: (
+        (d / "estimator").mkdir(),
+        (d / "estimator" / "config.json").write_text(json.dumps({"_class_name": "StrengthEstimator"})),
+    ),
 }
 DEGRADATION_FILE_EDITS = {
     **FILE_EDITS,
@@ -409,7 +421,8 @@ DEGRADATION_FILE_EDITS = {
 ARCHITECTURE_KEYS = {
     "sr": {
         "vae": ["in_channels", "patch_size", "latent_channels"],
-        "transformer": ["in_channels", "channels", "num_layers", "time_embedding_dim"],
+        "transformer": ["in_channels", "channels", "num_blocks", "time_embedding_dim"],
+        "estimator": ["channels", "max_side"],
     },
     "sr-kl": {
         "vae": ["block_out_channels", "layers_per_block", "latent_channels"],
@@ -431,8 +444,9 @@ CONFIG_VALUES = [100_000, [], [100_000] * 4, -1, "x", None]
 
 
 def model_cases(kind: str) -> list[tuple[str, object, bool]]:
-    """(label, edit of a model directory copy, valid). "sr": the tiny preset (PatchAutoencoder, ConvVelocityModel, no
-    text); "sr-kl": what only the FLUX path (tiny-kl) holds, its parts' configs and its text embeddings."""
+    """(label, edit of a model directory copy, valid). "sr": the tiny preset (PatchAutoencoder, GatedConvVelocityModel,
+    StrengthEstimator, no text); "sr-kl": what only the FLUX path (tiny-kl) holds, its parts' configs and its text
+    embeddings."""
     if kind == "sr-kl":
         cases = [
             ("unchanged", lambda d: None, True),
@@ -550,8 +564,8 @@ def test_model_directories_broken_field_by_field(kind, sr_model, kl_model, degra
 
 
 def test_a_model_without_text_conditioning_holds_no_embeddings(sr_model, kl_model):
-    """tiny (ConvVelocityModel) stores no text embeddings, so none of the embedding cases above apply to it; tiny-kl
-    does."""
+    """tiny (GatedConvVelocityModel) stores no text embeddings, so none of the embedding cases above apply to it;
+    tiny-kl does."""
     assert (
         not (sr_model / "text_embeddings.safetensors").exists() and (kl_model / "text_embeddings.safetensors").is_file()
     )
@@ -590,6 +604,7 @@ def option_cases() -> list[list[str]]:
             ["sr", "IMAGE", "-o", "OUT", option, value]
             for value in BAD_NUMBERS + ["0.5" if option == "--scale" else "-5", "1e9"]
         ]
+    cases += [["sr", "IMAGE", "-o", "OUT", "--strength", value] for value in BAD_NUMBERS + ["1.5", "-0.1", "AUTO"]]
     for option in ("--steps", "--tile", "--overlap", "--max-megapixels"):
         cases += [["degrade", "IMAGE", "-o", "OUT", option, value] for value in BAD_NUMBERS]
     cases += [

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from conftest import devices
+from conftest import devices, varied_tiny
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from flowsr.core.latents import pack
 from flowsr.kernels import dispatch
 from flowsr.kernels.dispatch import triton_runs_on, use_backend
 from flowsr.kernels.euler_update import fused_euler_unpack, reference
+from flowsr.runtime.backends import _fused_restore
 
 FLUX = 0.1159, 0.3611
 # (input dtype, output dtype): bf16 only where there is bf16 arithmetic
@@ -35,7 +36,7 @@ def tokens(shape, dtype, device):
 
 
 def mixed_steps(batch, device):
-    """SR steps -t* and degradation steps +r in one batch."""
+    """SR steps -t (each image's start time) and degradation steps +r in one batch."""
     steps = torch.rand(batch, device=device)
     return torch.where(torch.arange(batch, device=device) % 2 == 0, -steps, steps)
 
@@ -108,6 +109,20 @@ def test_gradcheck(device):
             atol=1e-3,
             rtol=1e-3,
         )
+
+
+@devices
+def test_the_torch_backends_restore_steps_each_image_from_its_own_start_time(device):
+    """The kernel's user, SR's restore on CUDA: one start time per image, the model's own restore's result."""
+    skip_unless_triton_runs(device)
+    model = varied_tiny().to(device)
+    t = torch.tensor([0.1, 0.8], device=device)
+    with torch.no_grad():
+        z = model.encode(torch.rand(2, 3, 24, 40, device=device) * 2 - 1)
+        with use_backend("triton"):
+            fused = _fused_restore(model)(z, t)
+        torch.testing.assert_close(fused, model.restore(z, t))
+        assert (fused[0] - model.restore(z, t.flip(0))[0]).abs().max() > 1e-3  # the step is each image's
 
 
 @pytest.mark.parametrize("size", [(6, 9), (5, 10), (4, 10)])

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import varied_tiny
 
+from flowsr.core.content_hash import content_sha256, weights_sha256
 from flowsr.core.model_dir import MANIFEST, ModelDirError
 from flowsr.core.sr_model import TEXT_EMBEDDINGS, OneStepSR
 
@@ -24,16 +26,17 @@ def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):
     assert loaded_manifest.t_star == 0.37 and loaded.t_star == 0.37
     assert loaded_manifest.trained is False and loaded_manifest.preset == "tiny"
     assert loaded_manifest.versions["torch"] == torch.__version__
-    x = torch.rand(2, 3, 48, 64) * 2 - 1
+    x, t = torch.rand(2, 3, 48, 64) * 2 - 1, torch.tensor([0.2, 0.8])
     with torch.inference_mode():
-        assert torch.equal(model(x), loaded(x))
+        assert torch.equal(model(x, t), loaded(x, t))
+        assert torch.equal(model.estimate_strength(x), loaded.estimate_strength(x))
     files = {p.name for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in files)
     assert "diffusion_pytorch_model.safetensors" in files
 
 
 def test_only_a_text_conditioned_model_stores_prompt_embeddings(tiny, tmp_path):
-    """tiny's ConvVelocityModel takes no text: no embeddings in memory or on disk. tiny-kl's FLUX transformer does:
+    """tiny's GatedConvVelocityModel takes no text: no embeddings in memory or on disk. tiny-kl's FLUX transformer does:
     its empty-prompt embeddings come back bit for bit."""
     tiny.save_pretrained(tmp_path / "tiny")
     assert tiny.prompt_embeds is None and not (tmp_path / "tiny" / TEXT_EMBEDDINGS).exists()
@@ -143,3 +146,18 @@ def test_manifests_of_older_versions_still_load(tiny, tmp_path):
     (tmp_path / "m" / MANIFEST).write_text(json.dumps(data))
     loaded = OneStepSR.from_pretrained(tmp_path / "m")
     assert loaded.normalization.shift == model.normalization.shift  # the VAE config's, not the stale copy
+
+
+def test_start_times_key_the_exports_but_are_no_weights(tmp_path):
+    """Start times are manifest constants like t*: re-estimating them (`train sr tstar` rewrites only the manifest)
+    leaves the stored weights' digest true, while the export key, which the end-to-end graph's times depend on,
+    changes; a float16 cast leaves them float32."""
+    first, second = varied_tiny(start_times=[0.1, 0.3]), varied_tiny(start_times=[0.1, 0.4])
+    assert weights_sha256(first) == weights_sha256(second) == weights_sha256(varied_tiny(start_times=None))
+    assert content_sha256(first) != content_sha256(second)
+    saved = OneStepSR.from_pretrained(first.save_pretrained(tmp_path / "m"))
+    assert saved.manifest.weights_sha256 == weights_sha256(saved) == weights_sha256(first)
+    half = OneStepSR.from_pretrained(tmp_path / "m", dtype=torch.float16)
+    assert half.start_times.dtype == torch.float32 and half.start_time(torch.tensor([0.5])).tolist() == [
+        pytest.approx(0.2)
+    ]

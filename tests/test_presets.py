@@ -21,16 +21,18 @@ def test_flux_dev_parameter_count_on_meta_device():
 
 # (autoencoder, velocity network, image pixels per latent pixel) of each preset tests build.
 SMALL_PRESETS = {
-    "tiny": ("PatchAutoencoder", "ConvVelocityModel", 2),
+    "tiny": ("PatchAutoencoder", "GatedConvVelocityModel", 2),
     "tiny-kl": ("AutoencoderKL", "FluxTransformer2DModel", 8),
     "small": ("PatchAutoencoder", "ConvVelocityModel", 2),
+    "small-gated": ("PatchAutoencoder", "GatedConvVelocityModel", 2),
 }
 
 
 @pytest.mark.parametrize("name", list(SMALL_PRESETS))
 def test_small_presets_build_and_run(name):
-    """tiny and small: 2x2 patches to 12 latent channels (lossless), tokens of 2x2 latent pixels, so the velocity
-    network works at a quarter of the image size; tiny-kl keeps FLUX's geometry (latent at 1/8, 16 pixels per token)."""
+    """tiny, small and small-gated: 2x2 patches to 12 latent channels (lossless), tokens of 2x2 latent pixels, so the
+    velocity network works at a quarter of the image size; tiny-kl keeps FLUX's geometry (latent at 1/8, 16 pixels per
+    token)."""
     autoencoder, velocity, downsample = SMALL_PRESETS[name]
     preset = get_preset(name)
     vae, transformer = build_vae(preset), build_transformer(preset)
@@ -42,6 +44,8 @@ def test_small_presets_build_and_run(name):
     assert preset.vae_downsample == downsample and preset.stride == 2 * downsample
     assert preset.transformer["in_channels"] == 4 * preset.latent_channels
     assert (preset.text_tokens > 0) == (velocity == "FluxTransformer2DModel")  # only FLUX is text-conditioned
+    # the gated presets read each input's strength (one start time per image); small and FLUX's have one t*
+    assert (preset.estimator is not None) == (velocity == "GatedConvVelocityModel")
     height, width = 4 * preset.stride, 6 * preset.stride
     with torch.no_grad():
         latent = latent_of(vae.encode(torch.zeros(1, 3, height, width)))
@@ -49,7 +53,7 @@ def test_small_presets_build_and_run(name):
 
 
 def test_unknown_preset_lists_choices():
-    with pytest.raises(ValueError, match="tiny, tiny-kl, small, flux-dev"):
+    with pytest.raises(ValueError, match="tiny, tiny-kl, small, small-gated, flux-dev"):
         get_preset("huge")
 
 

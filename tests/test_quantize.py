@@ -5,14 +5,17 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import varied_tiny
 from PIL import Image
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
-from flowsr.core.sr_model import OneStepSR
+from flowsr.export.quantize import calibration_inputs, calibration_photos
+from flowsr.export.verify import psnr
 from flowsr.runtime.cli import build_parser, main
 from flowsr.runtime.default_models import DEFAULT_DEGRADATION_MODEL, DEFAULT_SR_MODEL
 from flowsr.runtime.super_resolver import SuperResolver
@@ -31,26 +34,47 @@ def calibration(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """A tiny model whose velocity is not zero (its last convolution starts at zero), so quantization shows."""
-    model = OneStepSR.from_preset("tiny", seed=0)
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        for parameter in model.transformer.conv_out.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    """A tiny model whose velocity is not zero and depends on t (its output and time layers start at zero), with an
+    estimator and start times per strength, so quantization shows and the transformer's second input matters."""
     folder = tmp_path_factory.mktemp("tiny") / "m"
-    model.save_pretrained(folder)
+    varied_tiny().save_pretrained(folder)
     return folder
+
+
+def test_calibration_covers_the_start_times_the_model_serves(calibration):
+    """Every photo's latent with a start time: its estimated strength's, or, for every second photo, the time of
+    the clean or the heavy end, in turn."""
+    model = varied_tiny()
+    photos = calibration_photos(calibration)
+    samples = calibration_inputs(model, photos)
+    assert len(samples) == len(photos) == 4 and all(set(sample) == {"latent", "t"} for sample in samples)
+    with torch.no_grad():
+        for index in (0, 2):
+            lr = torch.from_numpy(photos[index]).permute(2, 0, 1)[None].float() / 127.5 - 1
+            expected = model.start_time(model.estimate_strength(lr))
+            np.testing.assert_allclose(samples[index]["t"], expected.numpy(), atol=1e-6)
+    assert [sample["t"].tolist() for sample in samples[1::2]] == [[pytest.approx(0.95)], [pytest.approx(0.05)]]
+    for sample, photo in zip(samples, photos, strict=True):
+        assert sample["t"].dtype == np.float32 and sample["latent"].dtype == np.float32
+        assert sample["latent"].shape == (1, 12, 2 * photo.shape[0], 2 * photo.shape[1])  # x4, 2x2 patches
 
 
 def test_int8_export_quantizes_the_inner_convolutions_and_verifies(tiny_dir, calibration, capsys):
     assert main(["export", "onnx", "--model", tiny_dir, "--dtype", "int8", "--calibrate", calibration]) == 0
     folder = tiny_dir / "onnx" / "int8"
     document = json.loads((folder / "export.json").read_text())
-    assert sorted(document["graphs"]) == ["decoder", "encoder", "transformer"]
+    assert sorted(document["graphs"]) == ["decoder", "encoder", "estimator", "transformer"]
     assert document["quantization"]["graphs"] == ["transformer"] and document["quantization"]["calibration_photos"] == 4
     assert document["graphs"]["transformer"]["verification"]["min_psnr_db"] == 35
     assert document["graphs"]["encoder"]["verification"]["min_psnr_db"] == 50  # float graphs keep float's bar
+    assert document["graphs"]["estimator"]["verification"]["min_psnr_db"] == 50
+    assert not any(node.op_type == "DequantizeLinear" for node in onnx.load(folder / "estimator.onnx").graph.node)
     graph = onnx.load(folder / "transformer.onnx").graph
+    # the latent and the start time in, both float32 (only the inner convolutions are int8)
+    assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
+        ("latent", onnx.TensorProto.FLOAT),
+        ("t", onnx.TensorProto.FLOAT),
+    ]
     produced_by = {output: node for node in graph.node for output in node.output}
     convs = [node for node in graph.node if node.op_type == "Conv"]
     quantized = [conv for conv in convs if getattr(produced_by.get(conv.input[1]), "op_type", "") == "DequantizeLinear"]
@@ -58,6 +82,12 @@ def test_int8_export_quantizes_the_inner_convolutions_and_verifies(tiny_dir, cal
     assert convs[0] not in quantized and convs[-1] not in quantized
     assert all(node.domain in ("", "ai.onnx") for node in graph.node)  # plain ONNX: TensorRT takes QDQ as INT8
     assert "QDQ" not in capsys.readouterr().err
+    # served: the int8 graphs give about the float32 image, at the start time each image's strength picks
+    lr = torch.from_numpy(data.astronaut()[::8, ::8][:40, :56].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    int8 = SuperResolver(tiny_dir, backend="onnxruntime", dtype="int8", device="cpu", tile=0, vae_tile=0)
+    assert int8.backend.folder == folder
+    reference = SuperResolver(tiny_dir, device="cpu", dtype="float32", tile=0, vae_tile=0)
+    assert psnr(reference.upscale_tensor(lr), int8.upscale_tensor(lr)) > 35
 
 
 def test_int8_serving_of_the_default_model_is_close_to_float32():

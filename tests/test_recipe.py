@@ -10,6 +10,7 @@ from PIL import Image
 from skimage import data
 
 from flowsr.core.model_dir import Manifest
+from flowsr.core.presets import get_preset
 from flowsr.core.sr_model import OneStepSR
 from flowsr.runtime.cli import main
 from flowsr.training import loop, recipe
@@ -18,7 +19,16 @@ from flowsr.training.data import HRCrops
 from flowsr.training.evaluate import reconstruction_psnr
 from flowsr.training.loop import LoopConfig
 from flowsr.training.recipe import RECIPES, STAGES
-from flowsr.training.stages import Crops, Pairs, estimate_tstar, train_allosr2, train_autoencoder, train_flow
+from flowsr.training.stages import (
+    START_TIME_STRENGTHS,
+    Crops,
+    Pairs,
+    estimate_tstar,
+    train_allosr2,
+    train_autoencoder,
+    train_estimator,
+    train_flow,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +51,25 @@ def test_recipe_end_to_end(corpus, tmp_path, capsys):
         assert {f.get_tensor(key).dtype for key in f.keys()} == {torch.float16}
     merged = OneStepSR.from_pretrained(out / "allosr2" / "model")
     assert merged.t_star == pytest.approx(manifest.t_star)
-    # One plain model directory: its two parts and the manifest (the tiny preset takes no text, so no embeddings).
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["flowsr.json", "transformer", "vae"]
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["allosr2", "autoencoder", "flow", "model"]
+    # One plain model directory: its three parts and the manifest (the tiny preset takes no text, so no embeddings).
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["estimator", "flowsr.json", "transformer", "vae"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "allosr2",
+        "autoencoder",
+        "estimator",
+        "flow",
+        "model",
+    ]
+    # the start times measured per strength (tstar stage) reach the result through the estimator and AlloSR² stages
+    assert len(manifest.start_times) == START_TIME_STRENGTHS and manifest.start_times == sorted(manifest.start_times)
+    assert merged.manifest.start_times == manifest.start_times
     state = json.loads((out / "recipe.json").read_text())
     assert list(state["seconds"]) == list(STAGES) and all(seconds >= 0 for seconds in state["seconds"].values())
     assert list(state["evaluation"]) == ["clean", "mild", "heavy"]
     for kind in ("clean", "mild", "heavy"):
         assert set(state["evaluation"][kind]) == {"bicubic", "flowsr"}
         rows = (out / f"eval-{kind}.csv").read_text().splitlines()
-        assert rows[0] == "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness"
+        assert rows[0] == "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness,strength"
         assert [row.split(",")[:2] for row in rows[1:]] == [["coffee.png", "bicubic"], ["coffee.png", "flowsr"]]
     bicubic_psnr = {kind: state["evaluation"][kind]["bicubic"]["psnr"] for kind in ("clean", "mild", "heavy")}
     assert bicubic_psnr["clean"] > bicubic_psnr["mild"] > bicubic_psnr["heavy"]  # the three kinds really differ
@@ -142,7 +161,7 @@ def _weights(model_dir):
     return model.state_dict()
 
 
-@pytest.mark.parametrize("stage", ["autoencoder", "flow", "allosr2"])
+@pytest.mark.parametrize("stage", ["autoencoder", "flow", "estimator", "allosr2"])
 def test_each_stage_resumes_where_it_was_interrupted(corpus, tmp_path, monkeypatch, stage):
     """Interrupted after its first step and run again, a stage ends with the weights of an uninterrupted run."""
     crops = Crops(corpus / "train", crop=32, repeats=2)
@@ -159,6 +178,8 @@ def test_each_stage_resumes_where_it_was_interrupted(corpus, tmp_path, monkeypat
             return train_autoencoder(out, crops, STAGE_CONFIG, preset="tiny")
         if stage == "flow":
             return train_flow(base, out, crops, STAGE_CONFIG)
+        if stage == "estimator":
+            return train_estimator(base, out, pairs, STAGE_CONFIG)
         return train_allosr2(base, out, pairs, STAGE_CONFIG)
 
     straight = _weights(train(tmp_path / "straight"))
@@ -249,6 +270,9 @@ def test_recipes_weigh_the_allosr2_terms_and_tune_their_presets_layers():
             preset.encoder_targets,
         ), name
         assert lora.rank == settings.lora_rank and lora.alpha == settings.lora_rank, name
+        # an estimator stage exactly where the preset has a strength estimator
+        assert (settings.estimator is None) == (get_preset(settings.preset).estimator is None), name
+        assert settings.estimator is None or settings.estimator.schedule == "cosine", name
 
 
 def test_autocast_follows_native_bfloat16(monkeypatch):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import START_TIMES, varied_tiny
 from PIL import Image
 from skimage import data, transform
 
@@ -29,7 +30,7 @@ def resolver():
 
 def count_velocity_samples(resolver):
     """Number of latent tiles the velocity network has evaluated: batch size summed over calls (its tokens come
-    first: ConvVelocityModel's positional `tokens`, FLUX's `hidden_states`)."""
+    first: GatedConvVelocityModel's positional `tokens`, FLUX's `hidden_states`)."""
     seen = []
     resolver.model.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
@@ -51,7 +52,7 @@ def test_pipeline_order_resize_pad_encode_restore_decode_fix_crop(photo, color_f
     to that padded image, cropped."""
     r = SuperResolver.from_preset("tiny", scale=1.5, tile=0, vae_tile=0, color_fix=color_fix)
     model = r.model
-    # ConvVelocityModel starts at zero velocity; made explicit here
+    # GatedConvVelocityModel starts at zero velocity; made explicit here
     torch.nn.init.zeros_(model.transformer.conv_out.weight)
     torch.nn.init.zeros_(model.transformer.conv_out.bias)
     lr = images.to_tensor(photo[:50, :70])
@@ -97,6 +98,41 @@ def test_tiled_matches_whole_image_without_seams(photo):
                 border[edge - 8 : edge + 8, :] = True
     # A seam would concentrate the error where tiles meet.
     assert error[border].mean() < 1.2 * error[~border].mean()
+
+
+def test_one_start_time_per_image_tiled_or_whole(photo):
+    """The estimator reads the whole LR image, so every tile of it is restored from the same start time: tiled and
+    whole agree as they do at one t*, though crops of the photo read other strengths; that time is the one the
+    image's strength gives."""
+    model = varied_tiny()
+    lr = images.to_tensor(photo[::4, ::4])  # 64 x 64: 256 x 256 out, 4 x 4 tiles of 64 px
+    with torch.no_grad():
+        whole_strength = model.estimate_strength(lr)
+        crops = [model.estimate_strength(lr[..., y : y + 32, x : x + 32]) for y in (0, 32) for x in (0, 32)]
+    assert max((crop - whole_strength).abs().item() for crop in crops) > 0.05  # a tile alone would read another
+    whole = SuperResolver(model, scale=4, tile=0, vae_tile=0).upscale_tensor(lr)
+    tiled = SuperResolver(model, scale=4, tile=64, overlap=32, vae_tile=0).upscale_tensor(lr)
+    error = (whole - tiled).abs()[0].mean(0)
+    assert error.mean() < 0.01 and error.flatten().quantile(0.99) < 0.06
+    given = SuperResolver(model, scale=4, tile=0, vae_tile=0, strength=whole_strength.item()).upscale_tensor(lr)
+    torch.testing.assert_close(whole, given, atol=1e-5, rtol=0)
+
+
+def test_the_strength_given_picks_the_start_time(photo):
+    """strength 0 and 1 start at the model's first and last start times: other images where those differ, the same
+    image where they do not (and a model without start times starts everything at t*)."""
+    lr = images.to_tensor(photo[:32, :48])
+    outputs = {}
+    for times in (START_TIMES, [0.4, 0.4], None):
+        model = varied_tiny(start_times=times)
+        for strength in (0.0, 1.0):
+            resolver = SuperResolver(model, scale=2, tile=0, vae_tile=0, strength=strength)
+            expected_t = times[int(strength)] if times else model.t_star
+            assert resolver.start_time(lr).tolist() == [pytest.approx(expected_t)]
+            outputs[str(times), strength] = resolver.upscale_tensor(lr)
+    assert (outputs[str(START_TIMES), 0.0] - outputs[str(START_TIMES), 1.0]).abs().mean() > 0.02
+    for times in ([0.4, 0.4], None):
+        torch.testing.assert_close(outputs[str(times), 0.0], outputs[str(times), 1.0])
 
 
 def test_input_types_round_trip(photo, resolver):
@@ -162,6 +198,9 @@ def test_bad_settings_are_refused():
     for megapixels in (0, float("nan"), float("inf"), -1):
         with pytest.raises(SettingsError, match="max megapixels must be"):
             SuperResolver.from_preset("tiny", max_megapixels=megapixels)
+    for strength in (2, -0.1, float("nan"), "abc", "0.5", None):
+        with pytest.raises(SettingsError, match=r"strength must be a number in \[0, 1\]"):
+            SuperResolver.from_preset("tiny", strength=strength)
     with pytest.raises(SettingsError, match="unknown backend"):
         SuperResolver.from_preset("tiny", backend="tensorflow")
     with pytest.raises(images.ImageError, match="over the 1 MP limit"):

@@ -3,6 +3,7 @@ sweep)."""
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from flowsr.runtime.super_resolver import SuperResolver
 from flowsr.training.allosr2 import estimate_t_star
 from flowsr.training.data import DegradedFolder, HRCrops
 from flowsr.training.degradations import SWEEP, ContinuumConfig, bicubic_downscale, degrade, degrade_for_eval
+from flowsr.training.stages import START_TIME_STRENGTHS
 
 FAST = ["--steps", "2", "--batch-size", "2", "--crop", "32", "--repeats", "2", "--checkpoint-every", "1"]
 
@@ -54,9 +56,14 @@ def hr_of(folder, name: str, scale: int = 4) -> np.ndarray:
     return np.ascontiguousarray(hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale])
 
 
+def eight_bit(lr: np.ndarray) -> np.ndarray:
+    """The LR image as `flowsr eval sr` gives it to every method: rounded to 8 bits."""
+    return np.round(lr * 255) / 255
+
+
 def bicubic_psnr(hr: np.ndarray, lr: np.ndarray) -> float:
-    """PSNR of the bicubic upscale of an LR float image in [0, 1] against the 8-bit HR image."""
-    lr_tensor = torch.from_numpy(lr).permute(2, 0, 1)[None] * 2 - 1
+    """PSNR of the bicubic upscale of an LR float image in [0, 1] (rounded to 8 bits) against the 8-bit HR image."""
+    lr_tensor = torch.from_numpy(eight_bit(lr)).permute(2, 0, 1)[None] * 2 - 1
     return peak_signal_noise_ratio(hr, images.from_tensor(resize_to(lr_tensor, *hr.shape[:2])[0]))
 
 
@@ -111,7 +118,7 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert main([*tstar, "-o", copy]) == 0
     assert Manifest.read(flow_model).t_star_source == "preset"  # the model itself is untouched
     assert Manifest.read(copy).t_star_source == "estimated" and not (copy / "onnx").exists()
-    for part in ("vae", "transformer"):
+    for part in ("vae", "transformer", "estimator"):
         for file in (flow_model / part).iterdir():
             assert (copy / part / file.name).read_bytes() == file.read_bytes()
     capsys.readouterr()
@@ -124,20 +131,37 @@ def test_pipeline_commands(photos, tmp_path, capsys):
     assert Manifest.read(flow_model).t_star_source == "estimated"
     t_star = Manifest.read(flow_model).t_star
     assert Manifest.read(copy).t_star == t_star  # the same pairs, the same estimate
+    # a model with a strength estimator gets its start times too: one per strength, never decreasing
+    start_times = Manifest.read(flow_model).start_times
+    assert len(start_times) == START_TIME_STRENGTHS and start_times == sorted(start_times)
+    assert Manifest.read(copy).start_times == start_times
     pairs = DegradedFolder(photos, crop=32, scale=4, repeats=64, max_side=1600)
     assert t_star == pytest.approx(estimate_t_star(after, [pairs[i] for i in range(4)]))
     assert 0 < t_star < 1
 
     assert main(["train", "sr", "allosr2", "--model", flow_model, "--data", photos, "-o", tmp_path / "sr", *FAST]) == 0
     adapters = tmp_path / "sr" / "adapters"
-    # The tiny preset's LoRA: every convolution of the velocity network, and the PatchAutoencoder's 1x1 encoder.
+    # The tiny preset's LoRA: every convolution of the velocity network and its time MLP (one gated block), and the
+    # PatchAutoencoder's 1x1 encoder.
     layers = {
         part: {
             key.split(".lora_")[0] for key in safetensors.torch.load_file(adapters / part / "adapter_model.safetensors")
         }
         for part in ("transformer", "vae")
     }
-    assert layers == {"transformer": {"conv_in", "convs.0", "convs.1", "conv_out"}, "vae": {"encoder"}}
+    assert layers == {
+        "transformer": {
+            "conv_in",
+            "blocks.0.conv1",
+            "blocks.0.conv2",
+            "blocks.0.conv3",
+            "fuse",
+            "conv_out",
+            "time_mlp.0",
+            "time_mlp.2",
+        },
+        "vae": {"encoder"},
+    }
     assert json.loads((adapters / "adapters.json").read_text())["t_star"] == pytest.approx(t_star)
     merged = OneStepSR.from_pretrained(tmp_path / "sr" / "model")
     manifest = merged.manifest
@@ -157,12 +181,15 @@ def test_allosr2_on_a_fallback_t_star_warns_in_one_line(photos, tmp_path, capsys
 def test_eval_scores_bicubic_and_models_on_heavy_inputs_by_default(eval_photos, untrained, tmp_path, capsys):
     csv_path = tmp_path / "scores.csv"
     assert main(["eval", "sr", "--data", eval_photos, "--model", f"untrained={untrained}", "--csv", csv_path]) == 0
-    assert csv_path.read_text().splitlines()[0] == "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness"
+    assert csv_path.read_text().splitlines()[0] == "image,method,psnr,ssim,ms_ssim,vif,niqe,sharpness,strength"
     rows = list(csv.DictReader(csv_path.open()))
     assert {(r["image"], r["method"]) for r in rows} == {
         (i, m) for i in ("astronaut.png", "rocket.png") for m in ("bicubic", "untrained")
     }
     assert all(float(r["niqe"]) > 0 for r in rows)
+    # the strength each model restored its input at (its estimator's reading); none for bicubic
+    assert all(math.isnan(float(r["strength"])) == (r["method"] == "bicubic") for r in rows)
+    assert all(0 <= float(r["strength"]) <= 1 for r in rows if r["method"] == "untrained")
     # The default input is the heavy pipeline, seeded per image in listing order from --seed (0).
     for seed, name in enumerate(("astronaut.png", "rocket.png")):
         hr = hr_of(eval_photos, name)
@@ -229,7 +256,10 @@ def test_eval_sweep_reports_the_gain_over_bicubic_at_every_strength(eval_photos,
         )
         == 0
     )
-    assert csv_path.read_text().splitlines()[0] == "strength,method,psnr_gain,worst_gain,ssim_diff,vif_diff,niqe_diff"
+    assert csv_path.read_text().splitlines()[0] == (
+        "strength,method,psnr_gain,worst_gain,strength_read,strength_read_min,strength_read_max,ssim_diff,vif_diff,"
+        "niqe_diff"
+    )
     rows = list(csv.DictReader(csv_path.open()))
     assert [(r["strength"], r["method"]) for r in rows] == [(str(s), "m") for s in SWEEP]
     assert all(float(r["worst_gain"]) <= float(r["psnr_gain"]) for r in rows)
@@ -237,7 +267,8 @@ def test_eval_sweep_reports_the_gain_over_bicubic_at_every_strength(eval_photos,
     resolver, gains = SuperResolver(untrained, scale=4, device="cpu", tile=0, vae_tile=0), []
     for name in ("astronaut.png", "rocket.png"):
         hr = hr_of(eval_photos, name)
-        lr = torch.from_numpy(bicubic_downscale(hr.astype(np.float32) / 255, 4)).permute(2, 0, 1)[None] * 2 - 1
+        lr = torch.from_numpy(eight_bit(bicubic_downscale(hr.astype(np.float32) / 255, 4))).permute(2, 0, 1)[None]
+        lr = lr * 2 - 1
         restored, bicubic = (
             images.from_tensor(resolver.upscale_tensor(lr)[0]),
             images.from_tensor(resize_to(lr, *hr.shape[:2])[0]),

@@ -1,10 +1,13 @@
 """AlloSR² fine-tuning: LoRA on the VAE encoder and the transformer, losses Rec + FATC + ATM.
 
+Each pair starts at the SNR-guided time of its own degradation: the model's start time at the strength the pair was
+degraded at (`start_times`, measured per strength), or, where the strength is not known (paired folders), the
+pair's own SNR-guided time; a model with one t* starts every pair there.
+
 The decoder stays frozen; z_H comes from the frozen base encoder (the same encoder with its adapters off), or from
 a target encoder given apart. That one is needed when the base is itself a merged AlloSR² model: its encoder was
 tuned to encode LR images, not to be the decoder's inverse, so HR targets encoded by it decode to a worse image
-than the HR itself (the shipped clean expert's encoder round-trips the held-out photos at 33 dB, where its
-autoencoder gave 40) and tuning towards them loses PSNR.
+than the HR itself.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ TRANSFORMER_TARGETS = (
     r"|ff\.net\.(0\.proj|2)|ff_context\.net\.(0\.proj|2)|proj_mlp|proj_out))$"
 )
 ENCODER_TARGETS = r"^encoder\.(conv_in|conv_out|conv1|.*\.(conv1|conv2|conv_shortcut|to_q|to_k|to_v|to_out\.0))$"
-# Every convolution of a ConvVelocityModel; a PatchAutoencoder's encoder is one 1x1 convolution.
+# Every convolution of a ConvVelocityModel; every convolution of a GatedConvVelocityModel and the MLP that turns t into
+# its modulation (so the fine-tuned model responds to the start times of SR, not only to the generative prior's); a
+# PatchAutoencoder's encoder is one 1x1 convolution.
 CONV_VELOCITY_TARGETS = r"^(conv_in|convs\.\d+|conv_out)$"
+GATED_CONV_VELOCITY_TARGETS = r"^(conv_in|blocks\.\d+\.conv\d|fuse|conv_out|time_mlp\.[02])$"
 PATCH_ENCODER_TARGETS = r"^encoder$"
 
 
@@ -51,11 +57,14 @@ class LoraSettings:
 
 LORA_PRESETS = {
     "tiny": LoraSettings(
-        rank=4, alpha=4.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS
+        rank=4, alpha=4.0, transformer_targets=GATED_CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS
     ),
     "tiny-kl": LoraSettings(rank=4, alpha=4.0),
     "small": LoraSettings(
         rank=64, alpha=64.0, transformer_targets=CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS
+    ),
+    "small-gated": LoraSettings(
+        rank=32, alpha=32.0, transformer_targets=GATED_CONV_VELOCITY_TARGETS, encoder_targets=PATCH_ENCODER_TARGETS
     ),
     "flux-dev": LoraSettings(rank=64, alpha=64.0),  # the paper's setting
 }
@@ -152,13 +161,20 @@ class AlloSR2Objective(nn.Module):
     def velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return latents.unpack(self.model.velocity(latents.pack(z), t, z.shape[2], z.shape[3]), z.shape[2], z.shape[3])
 
+    def start_time(self, strength: torch.Tensor, z_lr: torch.Tensor, z_hr: torch.Tensor) -> torch.Tensor:
+        """Each pair's start time: the model's at its strength, or its own SNR-guided one where that is unknown."""
+        t = self.model.start_time(strength.nan_to_num(0.0))
+        if self.model.start_times.numel() == 0:
+            return t
+        return torch.where(strength.isnan(), flow.pair_start_time(z_lr.detach(), z_hr), t)
+
     def forward(self, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        lr, hr = batch
+        lr, hr, strength = batch
         model, weights = self.model, self.weights
         z_lr = model.encode(lr)
         z_hr = self.target_latent(hr)
         size = z_lr.shape[0]
-        t_star = torch.full((size,), model.t_star, device=z_lr.device)
+        t_star = self.start_time(strength.to(z_lr.device), z_lr, z_hr)
         z_hr_hat = flow.one_step_sr(z_lr, self.velocity(z_lr, t_star), t_star)
 
         error = (z_hr_hat.float() - z_hr.float()).pow(2).flatten(1).mean(dim=1)
@@ -175,7 +191,7 @@ class AlloSR2Objective(nn.Module):
             if weights.lpips:
                 losses["lpips"] = self.lpips(decoded, hr.float()).mean()
 
-        t = torch.rand(size, generator=generator, device=z_lr.device) * model.t_star
+        t = torch.rand(size, generator=generator, device=z_lr.device) * t_star
         z_sr, target = paths.fatc_point(z_hr, z_lr, t, t_star)
         v_sr = None
         if weights.fatc:
@@ -206,10 +222,10 @@ class AlloSR2Objective(nn.Module):
 
 @torch.no_grad()
 def estimate_t_star(model: OneStepSR, pairs, batch_size: int = 8, grid_size: int = 1000) -> float:
-    """SNR-guided t* from (LR at HR size, HR) pairs, both encoded by the frozen encoder."""
+    """SNR-guided t* from (LR at HR size, HR, strength) pairs, both images encoded by the frozen encoder."""
     signals, degradations = [], []
     for start in range(0, len(pairs), batch_size):
-        lr, hr = (
+        lr, hr, _ = (
             torch.stack(part)
             for part in zip(*(pairs[i] for i in range(start, min(start + batch_size, len(pairs)))), strict=True)
         )

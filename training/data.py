@@ -1,4 +1,6 @@
-"""Training pairs for one-step SR: (LR resized to the HR size, HR), both float (3, H, W) in [-1, 1].
+"""Training pairs for one-step SR: (LR resized to the HR size, HR, strength), the images float (3, H, W) in [-1, 1],
+the strength a float32 scalar: the degradation continuum's strength the pair was made at (0 clean, 1 heavy), or NaN
+where it is not known (paired folders, synthesized pairs).
 
 Sources: paired LR/HR folders, HR-only folders degraded on the fly along the degradation continuum
 (training/degradations.py), pairs a DegFlow model synthesized (`flowsr degrade`), or a mix of two of them.
@@ -22,7 +24,7 @@ from flowsr.core import images
 from flowsr.core.errors import FlowsrError
 from flowsr.core.sr_model import resize_to
 
-from .degradations import ContinuumConfig, degrade_continuum
+from .degradations import ContinuumConfig, degrade_continuum, draw_strength
 
 DEFAULT_CONTINUUM = ContinuumConfig()
 
@@ -72,6 +74,14 @@ def _dihedral(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.nda
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1) * 2 - 1
+
+
+def _as_8bit(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] rounded to the 8-bit levels that every served input has."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
+
+
+UNKNOWN_STRENGTH = torch.tensor(float("nan"))
 
 
 class EpochKey(NamedTuple):
@@ -148,9 +158,9 @@ class HRCrops(_EpochDataset):
 
 
 class DegradedFolder(HRCrops):
-    """HR-only folder: random HR crop, degraded to LR at a strength drawn from the degradation continuum (clean
-    downscales, the mild middle, the heavy pipeline; `training.degradations.degrade_continuum`); yields
-    (LR at HR size, HR)."""
+    """HR-only folder: random HR crop, degraded to LR (8-bit) at a strength drawn from the degradation continuum
+    (clean downscales, the mild middle, the heavy pipeline; `training.degradations.degrade_continuum`), or at
+    `strength` when given; yields (LR at HR size, HR, strength)."""
 
     def __init__(
         self,
@@ -159,17 +169,32 @@ class DegradedFolder(HRCrops):
         scale: float = 4.0,
         seed: int = 0,
         config: ContinuumConfig = DEFAULT_CONTINUUM,
+        strength: float | None = None,
         **crops,
     ):
         if not 0 <= config.clean_share <= 1:
             raise DataError(f"the clean share must lie in [0, 1], got {config.clean_share}")
         super().__init__(root, crop=crop, seed=seed, **crops)
-        self.scale, self.config = scale, config
+        self.scale, self.config, self.strength = scale, config, strength
+
+    def degraded(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+        """(LR at its own size, HR, strength) as float HWC arrays in [0, 1]."""
+        hr = self.hr_crop(index, rng)
+        strength = draw_strength(rng, self.config) if self.strength is None else self.strength
+        lr = degrade_continuum(hr, self.scale, seed=int(rng.integers(2**31)), strength=strength, config=self.config)
+        return _as_8bit(lr), hr, strength
+
+    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lr, hr, strength = self.degraded(index, rng)
+        return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr), torch.tensor(strength)
+
+
+class StrengthSamples(DegradedFolder):
+    """What the strength estimator learns from: (LR at its own size, the strength it was degraded at)."""
 
     def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        hr = self.hr_crop(index, rng)
-        lr = degrade_continuum(hr, self.scale, seed=int(rng.integers(2**31)), config=self.config)
-        return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
+        lr, _, strength = self.degraded(index, rng)
+        return _tensor(lr), torch.tensor(strength, dtype=torch.float32)
 
 
 class PairedFolders(_EpochDataset):
@@ -223,7 +248,7 @@ class PairedFolders(_EpochDataset):
         lr_path, hr_path = self.pairs[index]
         return self._decode(lr_path), self._decode(hr_path)
 
-    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         factor = self.factors[index]
         lr, hr = self._pair(index)
         # Crop on the LR grid so LR and HR crops cover exactly the same area.
@@ -233,7 +258,7 @@ class PairedFolders(_EpochDataset):
         small = self.crop // factor
         lr = lr[top // factor : top // factor + small, left // factor : left // factor + small]
         lr, hr = _dihedral([images.to_unit_float(lr), images.to_unit_float(hr)], rng)
-        return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr)
+        return resize_to(_tensor(lr)[None], self.crop, self.crop)[0], _tensor(hr), UNKNOWN_STRENGTH
 
 
 class SynthesizedPairs(PairedFolders):
@@ -275,7 +300,7 @@ class MixedPairs(_EpochDataset):
     def __len__(self) -> int:
         return len(self.main)
 
-    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if rng.uniform() < self.share:
             return self.extra.sample(int(rng.integers(len(self.extra))), rng)
         return self.main.sample(index, rng)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowsr.runtime.options import add_device, add_model, add_seed, number_option
+from flowsr.runtime.options import AUTO, add_device, add_model, add_seed, number_option, strength_option
+
+from .peers import NAMES as PEER_NAMES
 
 
 def run_eval(args) -> int:
     from flowsr.core.errors import SettingsError
     from flowsr.runtime.super_resolver import SuperResolver
 
+    if not args.model and not args.peer:
+        args.parser.error("the following arguments are required: --model (or --peer)")
     if Path(args.csv).is_dir():
         raise SettingsError(
             f"--csv {args.csv} is a folder; name a file to write the scores to, e.g. {Path(args.csv) / 'eval.csv'}"
@@ -19,13 +23,27 @@ def run_eval(args) -> int:
     from .comparison import ComparisonSheet
     from .degradations import SWEEP
     from .evaluate import METRICS, evaluate, summarize, sweep, write_csv
+    from .peers import Peer
 
+    # Peers first, so that a missing wheel or a --scale they cannot run stops the command before any model loads;
+    # they are scored after the models.
+    peers = {name: Peer(name, scale=args.scale) for name in args.peer or ()}
     models = {}
-    for spec in args.model:
+    for spec in args.model or ():
         name, _, path = spec.rpartition("=")
-        models[name or Path(path).name] = SuperResolver(
-            path, scale=args.scale, device=args.device, tile=0, vae_tile=0, color_fix=not args.no_color_fix
+        name = name or Path(path).name
+        if name in peers:
+            raise SettingsError(f"--model {spec}: {name} is also a --peer; name the model: --model OTHER={path}")
+        models[name] = SuperResolver(
+            path,
+            scale=args.scale,
+            device=args.device,
+            tile=0,
+            vae_tile=0,
+            color_fix=not args.no_color_fix,
+            strength=args.strength,
         )
+    models |= peers
     if args.degradation == "sweep":
         rows = sweep(args.data, models, scale=args.scale, seed=args.seed)
         write_csv(rows, args.csv)
@@ -35,11 +53,19 @@ def run_eval(args) -> int:
             f"seeded per image from {args.seed}; "
             f"table: {args.csv}"
         )
-        print(f"{'strength':<9} {'method':<24} {'gain':>8} {'worst':>8} {'ssim':>8} {'vif':>8} {'niqe':>8}")
+        print("read: the strength the model restored at, mean (min-max) over the images")
+        print(
+            f"{'strength':<9} {'method':<24} {'gain':>8} {'worst':>8} {'ssim':>8} {'vif':>8} {'niqe':>8} {'read':>17}"
+        )
         for row in rows:
+            read = (
+                f"{row['strength_read']:.2f} ({row['strength_read_min']:.2f}-{row['strength_read_max']:.2f})"
+                if row["strength_read"] == row["strength_read"]  # NaN for peers
+                else ""
+            )
             print(
                 f"{row['strength']:<9} {row['method']:<24} {row['psnr_gain']:8.3f} {row['worst_gain']:8.3f} "
-                f"{row['ssim_diff']:8.4f} {row['vif_diff']:8.4f} {row['niqe_diff']:8.3f}"
+                f"{row['ssim_diff']:8.4f} {row['vif_diff']:8.4f} {row['niqe_diff']:8.3f} {read:>17}"
             )
         return 0
     sheet = ComparisonSheet() if args.comparison else None
@@ -96,11 +122,25 @@ def _add_eval_sr(evaluations) -> None:
     evaluation.add_argument(
         "--model",
         action="append",
-        required=True,
         metavar="[NAME=]DIR",
-        help="SR model directory; repeat to compare (e.g. ablations)",
+        help="SR model directory; repeat to compare (e.g. ablations); required unless --peer is given",
+    )
+    evaluation.add_argument(
+        "--peer",
+        action="append",
+        choices=PEER_NAMES,
+        metavar="NAME",
+        help=f"also score a peer x4 model on the CPU (ncnn; pip install 'flowsr[peer]'): {', '.join(PEER_NAMES)}; "
+        "repeat for both",
     )
     evaluation.add_argument("--scale", type=number_option(2, 16, integer=True), default=4, help="default 4")
+    evaluation.add_argument(
+        "--strength",
+        type=strength_option,
+        default=AUTO,
+        help="the degradation strength the models restore at, 0 (clean) to 1 (heavy), or auto: each model's "
+        "estimator reads it off each image (default auto)",
+    )
     add_seed(evaluation, "degradation seed of the first image (then +1 per image)")
     evaluation.add_argument("--csv", default="eval.csv", help="per-image scores (default eval.csv)")
     add_device(evaluation)
@@ -117,7 +157,7 @@ def _add_eval_sr(evaluations) -> None:
     evaluation.add_argument(
         "--comparison", metavar="PNG", help="also write side-by-side crops (bicubic, each model, HR) of every image"
     )
-    evaluation.set_defaults(run=run_eval)
+    evaluation.set_defaults(run=run_eval, parser=evaluation)
 
 
 def _add_eval_degradation(evaluations) -> None:

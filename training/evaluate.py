@@ -7,12 +7,17 @@ the HR image). PSNR favours blur; MS-SSIM and VIF rank a sharper faithful result
 
 The kinds of input (`training.degradations.degrade_for_eval`): clean bicubic downscales, mild (blur, noise and JPEG
 as web and phone pictures have them), heavy (the Real-ESRGAN-style pipeline), and a sweep of strengths between.
+Every method, bicubic included, gets the same LR image rounded to 8 bits, as it would be read from a file: the peers
+(`training.peers`, run with ncnn) take 8-bit input, and a model must not gain from precision no file carries.
+
+`models` may hold peers (`training.peers.Peer`) beside SR models: each has `upscale_tensor`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +102,7 @@ MIN_EVAL_SIDE = max(NIQE_MIN_SIDE, VIF_MIN_SIDE)  # HR sides, after cropping to 
 def evaluate(
     hr_root, models: dict[str, object], scale: int = 4, seed: int = 0, degradation: str | float = "clean", on_image=None
 ) -> list[dict]:
-    """Rows of (image, method, *METRICS); `models` maps a method name to a SuperResolver at `scale`.
+    """Rows of (image, method, *METRICS); `models` maps a method name to a SuperResolver or a peer at `scale`.
 
     `degradation`: "clean", "mild", "heavy" or a sweep strength in [0, 1], seeded per image (`seed` + its index).
     `on_image(hr, results)`, if given, sees every HR image and the uint8 results by method (a comparison sheet)."""
@@ -119,13 +124,19 @@ def evaluate(
             )
         hr = np.ascontiguousarray(hr[:height, :width])
         lr = degrade_for_eval(hr.astype(np.float32) / 255, scale, degradation, seed=seed + index)
+        lr = np.round(lr * 255) / 255  # 8 bits, as files and the peers have it: the same LR for every method
         lr_tensor = torch.from_numpy(lr).permute(2, 0, 1)[None] * 2 - 1
         outputs = {"bicubic": resize_to(lr_tensor, height, width)[0]}
+        strengths = {}
         for name, resolver in models.items():
             outputs[name] = resolver.upscale_tensor(lr_tensor)[0]
+            if hasattr(resolver, "strength_of"):  # a flowsr model: the strength it restored the input at
+                strengths[name] = float(resolver.strength_of(lr_tensor)[0])
         results = {name: images.from_tensor(output) for name, output in outputs.items()}
         for name, result in results.items():
-            rows.append({"image": path.name, "method": name, **_score(result, hr)})
+            rows.append(
+                {"image": path.name, "method": name, **_score(result, hr), "strength": strengths.get(name, math.nan)}
+            )
         if on_image is not None:
             on_image(hr, results)
     return rows
@@ -179,12 +190,17 @@ def sweep(hr_root, models: dict[str, object], scale: int = 4, seed: int = 0) -> 
         for name in models:
             mine = [row for row in scored if row["method"] == name]
             gains = [row["psnr"] - bicubic[row["image"]]["psnr"] for row in mine]
+            read = [row["strength"] for row in mine]
             rows.append(
                 {
                     "strength": str(strength),
                     "method": name,
                     "psnr_gain": float(np.mean(gains)),
                     "worst_gain": float(np.min(gains)),
+                    # the strength the model restored at (its estimator's reading with --strength auto)
+                    "strength_read": float(np.mean(read)),
+                    "strength_read_min": float(np.min(read)),
+                    "strength_read_max": float(np.max(read)),
                     **{
                         f"{key}_diff": float(np.mean([row[key] - bicubic[row["image"]][key] for row in mine]))
                         for key in ("ssim", "vif", "niqe")

@@ -5,8 +5,9 @@ Stages, each in its own folder of RUN:
 
     autoencoder/   the preset's autoencoder on HR crops (the small preset's is the principal components of 2x2
                    patches, fitted without training steps: a lossless code)
-    flow/          the velocity network as a generative flow prior in that latent space; t* is estimated from
-                   training pairs into its manifest
+    flow/          the velocity network as a generative flow prior in that latent space; t* and the start times
+                   per degradation strength are estimated from training pairs into its manifest
+    estimator/     the strength estimator on LR crops of the continuum (the prior with its estimator trained)
     allosr2/       AlloSR² LoRA fine-tuning (L_rec, plus FATC, ATM and the pixel term at their weights), merged, on
                    pairs along the degradation continuum: clean downscales, the mild middle, the heavy pipeline
     model/         the merged model in float16: the result
@@ -47,9 +48,9 @@ from .data import DataError
 from .degradations import ContinuumConfig
 from .evaluate import DEGRADATIONS, METRICS, evaluate, summarize, write_csv
 from .loop import LoopConfig
-from .stages import Crops, Pairs, estimate_tstar, train_allosr2, train_autoencoder, train_flow
+from .stages import Crops, Pairs, estimate_tstar, train_allosr2, train_autoencoder, train_estimator, train_flow
 
-STAGES = ("autoencoder", "flow", "tstar", "allosr2", "model", "eval")
+STAGES = ("autoencoder", "flow", "tstar", "estimator", "allosr2", "model", "eval")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class Recipe:
     autoencoder: LoopConfig
     flow: LoopConfig
     allosr2: LoopConfig
+    estimator: LoopConfig | None = None  # None: the preset has no strength estimator
+    estimator_crop: int = 256  # HR crops the estimator's LR inputs come from
     crop: int = 128
     repeats: int = 64
     max_side: int = 1600
@@ -80,10 +83,10 @@ class Recipe:
     def crops(self, data: Path) -> Crops:
         return Crops(data, crop=self.crop, repeats=self.repeats, max_side=self.max_side, seed=self.seed)
 
-    def pairs(self, data: Path) -> Pairs:
+    def pairs(self, data: Path, crop: int | None = None) -> Pairs:
         return Pairs(
             data,
-            crop=self.crop,
+            crop=crop or self.crop,
             repeats=self.repeats,
             max_side=self.max_side,
             seed=self.seed,
@@ -126,7 +129,22 @@ RECIPES = {
         autoencoder=_cosine(0, 8, 5e-4, precision="float32"),
         flow=_cosine(1500, 16, 3e-4),
         allosr2=_cosine(8000, 20, 5e-4),
-        crop=160,  # the largest multiple of 16 that the corpus's smallest photo (172 px) holds
+        crop=160,  # the largest multiple of 16 that the first corpus's smallest photo (172 px) held
+        latent_weight=0.0,
+        relative_rec=False,
+        pixel_weight=1.0,
+        pixel_log_floor=0.005,
+    ),
+    # The start time per image: a strength estimator and start times per strength; in training (see its card).
+    "small-gated": Recipe(
+        preset="small-gated",
+        autoencoder=_cosine(0, 8, 5e-4, precision="float32"),
+        flow=_cosine(300, 16, 3e-4),
+        allosr2=_cosine(6000, 16, 5e-4),
+        estimator=_cosine(1500, 32, 3e-3),
+        crop=192,
+        estimator_crop=256,
+        lora_rank=32,
         latent_weight=0.0,
         relative_rec=False,
         pixel_weight=1.0,
@@ -138,7 +156,9 @@ RECIPES = {
         autoencoder=_cosine(2, 2, 1e-3),
         flow=_cosine(2, 2, 1e-3),
         allosr2=_cosine(2, 2, 1e-3),
+        estimator=_cosine(2, 2, 1e-3),
         crop=32,
+        estimator_crop=32,
         repeats=2,
         tstar_samples=4,
         lora_rank=4,
@@ -192,9 +212,12 @@ class RecipeRun:
         outputs = {
             "autoencoder": "autoencoder/model",
             "flow": "flow/model",
+            "estimator": "estimator/model",
             "allosr2": "allosr2/model",
             "model": "model",
         }
+        if stage == "estimator" and self.recipe.estimator is None:
+            return True
         if stage in outputs:
             return (self.out / outputs[stage]).is_dir()
         if stage == "tstar":
@@ -237,10 +260,24 @@ class RecipeRun:
         t_star = estimate_tstar(self.base_model, self.recipe.pairs(self.train_data), samples=self.recipe.tstar_samples)
         self.log(f"recipe: t* = {t_star:.4f}")
 
+    def _estimator(self) -> None:
+        recipe = self.recipe
+        train_estimator(
+            self.base_model,
+            self.out / "estimator",
+            recipe.pairs(self.train_data, crop=recipe.estimator_crop),
+            recipe.estimator,
+        )
+
+    @property
+    def sr_base(self) -> Path:
+        """What AlloSR² fine-tunes: the prior with its trained estimator, or the prior itself."""
+        return self.out / "estimator" / "model" if self.recipe.estimator is not None else self.base_model
+
     def _allosr2(self) -> None:
         recipe = self.recipe
         train_allosr2(
-            self.base_model,
+            self.sr_base,
             self.out / "allosr2",
             recipe.pairs(self.train_data),
             recipe.allosr2,

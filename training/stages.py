@@ -8,6 +8,7 @@ gets the model directory back, the others get None.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from flowsr.core.sr_model import OneStepSR
 from flowsr.export.merge import merge_adapters
 
 from .allosr2 import LORA_PRESETS, AlloSR2Objective, LoraSettings, LossWeights, add_lora, estimate_t_star, save_adapters
-from .data import DegradedFolder, HRCrops, MixedPairs, PairedFolders, SynthesizedPairs
+from .data import DegradedFolder, HRCrops, MixedPairs, PairedFolders, StrengthSamples, SynthesizedPairs
 from .degradations import ContinuumConfig
+from .estimator import StrengthObjective
 from .evaluate import reconstruction_psnr
 from .loop import LoopConfig, distributed, run
 from .perceptual import load_lpips
@@ -58,20 +60,26 @@ class Pairs(Crops):
     lr_data: str | Path | None = None
     synthesized: str | Path | None = None
     synthesized_share: float = 1.0
+    strength: float | None = None  # every continuum pair at this strength instead of drawn ones
+
+    def continuum(self, kind: type[DegradedFolder] = DegradedFolder) -> DegradedFolder:
+        """The HR folder's crops degraded along the continuum, as (LR, HR, strength) pairs or another `kind`."""
+        return kind(
+            self.data,
+            crop=self.crop,
+            scale=self.scale,
+            seed=self.seed,
+            repeats=self.repeats,
+            max_side=self.max_side,
+            config=ContinuumConfig(clean_share=self.clean_share),
+            strength=self.strength,
+        )
 
     def dataset(self):
         if self.lr_data:
             main = PairedFolders(self.lr_data, self.data, crop=self.crop, seed=self.seed)
         else:
-            main = DegradedFolder(
-                self.data,
-                crop=self.crop,
-                scale=self.scale,
-                seed=self.seed,
-                repeats=self.repeats,
-                max_side=self.max_side,
-                config=ContinuumConfig(clean_share=self.clean_share),
-            )
+            main = self.continuum()
         if not self.synthesized:
             return main
         synthesized = SynthesizedPairs(self.synthesized, crop=self.crop, seed=self.seed)
@@ -130,15 +138,37 @@ def train_flow(model_dir, out: str | Path, crops: Crops, loop: LoopConfig, resta
     return model.cpu().eval().save_pretrained(Path(out) / "model", overwrite=True)
 
 
+START_TIME_STRENGTHS = 11  # the strengths start times are measured at: 0, 0.1, ..., 1
+
+
 def estimate_tstar(model_dir, pairs: Pairs, samples: int = 256, copy_to=None, overwrite: bool = False) -> float:
     """SNR-guided t* from `samples` training pairs, written into the model's manifest (marked as estimated), or
-    into a copy of the model at `copy_to`."""
+    into a copy of the model at `copy_to`. A model with a strength estimator also gets its start times: t* of
+    `samples` // 4 continuum pairs at each strength of START_TIME_STRENGTHS, never decreasing with the strength."""
     model = OneStepSR.from_pretrained(model_dir)
     dataset = pairs.dataset()
     count = min(samples, len(dataset))
     t_star = estimate_t_star(model, [dataset[i] for i in range(count)])
-    update_manifest(model_dir, copy_to, overwrite, t_star=t_star, t_star_source="estimated")
+    fields = {"t_star": t_star, "t_star_source": "estimated"}
+    if model.estimator is not None and pairs.lr_data is None:
+        times = []
+        for index in range(START_TIME_STRENGTHS):
+            at_strength = dataclasses.replace(pairs, strength=index / (START_TIME_STRENGTHS - 1)).dataset()
+            measured = estimate_t_star(model, [at_strength[i] for i in range(max(1, count // 4))])
+            times.append(round(max([measured, *times]), 6))
+        fields["start_times"] = times
+    update_manifest(model_dir, copy_to, overwrite, **fields)
     return t_star
+
+
+def train_estimator(model_dir, out: str | Path, pairs: Pairs, loop: LoopConfig, restart: bool = False) -> Path | None:
+    """The model's strength estimator on LR crops of the continuum (the rest of the model frozen); writes RUN/model."""
+    model = OneStepSR.from_pretrained(model_dir)
+    samples = pairs.continuum(StrengthSamples)
+    run(StrengthObjective(model), samples, loop, out, resume=not restart, description="train estimator")
+    if distributed()[0]:
+        return None
+    return model.cpu().eval().save_pretrained(Path(out) / "model", overwrite=True)
 
 
 def train_allosr2(

@@ -53,10 +53,10 @@ def _pairs(args, synthesized=None):
 def run_photos(args) -> int:
     from .photos import write_corpus
 
-    train, holdout = write_corpus(args.output)
+    train, holdout = write_corpus(args.output, root=args.root)
     print(
         f"wrote {train} training images to {Path(args.output) / 'train'} and {holdout} held-out photos to "
-        f"{Path(args.output) / 'holdout'}"
+        f"{Path(args.output) / 'holdout'}; their sources and licences to {Path(args.output) / 'SOURCES.md'}"
     )
     return 0
 
@@ -400,7 +400,10 @@ def _add_sr_stages(stages) -> None:
     )
     add_output(recipe, "run folder; running the command again resumes it", metavar="RUN_DIR")
     recipe.add_argument(
-        "--preset", default="small", choices=["small", "tiny"], help="default small (what ships); tiny for tests"
+        "--preset",
+        default="small",
+        choices=["small", "small-gated", "tiny"],
+        help="default small (what ships); small-gated: a start time per image; tiny for tests",
     )
     add_model(recipe, "start from this finished flow stage (RUN_DIR/flow/model of another run)")
     _add_amount(recipe, "fatc-weight", help="weight of the FATC term (default: the preset recipe's; the paper's is 1)")
@@ -602,6 +605,14 @@ def add_commands(commands) -> None:
     train = train.add_subparsers(dest="train_command", required=True)
     photos = train.add_parser("photos", help="write the packaged photo corpus (train/ and holdout/)")
     add_output(photos, "corpus folder")
+    photos.add_argument(
+        "--root",
+        default="/",
+        metavar="DIR",
+        help="folder the Debian packages' files are looked up under (default: /, where they are installed); "
+        "without installing them: `apt-get download PKG... && for f in *.deb; do dpkg -x $f DIR; done`, all of "
+        "them, plasma-workspace-wallpapers included (a missing one is named)",
+    )
     photos.set_defaults(run=run_photos)
     sr = train.add_parser("sr", help="SR model stages: recipe (all of them), vae, flow, tstar, allosr2")
     _add_sr_stages(sr.add_subparsers(dest="stage", required=True, metavar="STAGE"))
