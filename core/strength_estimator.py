@@ -36,22 +36,30 @@ def central_crop(image: torch.Tensor, max_side: int) -> torch.Tensor:
     return image[:, :, top : top + crop_h, left : left + crop_w]
 
 
+def _mean_or_zero(values: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B,): the mean, 0 where N is 0. Sums, not means: ONNX's ReduceMean of nothing is not torch's NaN."""
+    return values.sum(dim=1) / torch.ones_like(values).sum(dim=1).clamp(min=1)
+
+
+def _border_ratio(differences: torch.Tensor) -> torch.Tensor:
+    """(B, N) mean |difference| per pixel step along one axis -> log(mean across the 8-pixel block borders) -
+    log(mean of all), 0 (no blocking) where the side crosses no border (8 px or fewer)."""
+    border = differences[:, JPEG_BLOCK - 1 :: JPEG_BLOCK]
+    ratio = torch.log(_mean_or_zero(border) + EPSILON) - torch.log(_mean_or_zero(differences) + EPSILON)
+    crossed = torch.ones_like(border).sum(dim=1) > 0  # no branch on the size: exported graphs take any size
+    return torch.where(crossed, ratio, torch.zeros_like(ratio))
+
+
 def blockiness(image: torch.Tensor) -> torch.Tensor:
-    """(B, 2): per axis, log(mean |difference| across the 8-pixel block borders) - log(mean |difference|)."""
+    """(B, 2): per axis, log(mean |difference| across the 8-pixel block borders) - log(mean |difference|); 0 (no
+    blocking) along a side of 8 px or fewer, which crosses no border."""
     dx = (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().mean(dim=(1, 2))
     dy = (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().mean(dim=(1, 3))
-    border = JPEG_BLOCK - 1
-    return torch.stack(
-        [
-            torch.log(dx[:, border::JPEG_BLOCK].mean(dim=1) + EPSILON) - torch.log(dx.mean(dim=1) + EPSILON),
-            torch.log(dy[:, border::JPEG_BLOCK].mean(dim=1) + EPSILON) - torch.log(dy.mean(dim=1) + EPSILON),
-        ],
-        dim=1,
-    )
+    return torch.stack([_border_ratio(dx), _border_ratio(dy)], dim=1)
 
 
 class StrengthEstimator(ModelMixin, ConfigMixin):
-    """LR image (B, 3, h, w) in [-1, 1], any size of at least 9 px -> degradation strength (B,) in [0, 1]."""
+    """LR image (B, 3, h, w) in [-1, 1], any size -> degradation strength (B,) in [0, 1]."""
 
     @register_to_config
     def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 64), hidden: int = 64, max_side: int = 512):

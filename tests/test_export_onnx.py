@@ -158,14 +158,15 @@ def test_the_transformer_graph_restores_each_image_from_its_own_t(tiny):
 
 
 def test_the_estimator_graph_reads_lr_images_of_any_size(tiny):
-    """Odd sides, sides under and over the estimator's crop (64 px for tiny): onnxruntime's strength is torch's."""
+    """Odd sides, sides under and over the estimator's crop (64 px for tiny), sides too short to cross a JPEG block
+    border: onnxruntime's strength is torch's, finite."""
     model, _, folder, _ = tiny
     session = OnnxGraph(
         folder / "estimator.onnx", PARTS["estimator"], geometry_of(model), torch.device("cpu"), torch.float32
     )
     strengths = []
     with torch.inference_mode():
-        for batch, height, width in ((2, 37, 53), (1, 17, 301), (3, 90, 70)):
+        for batch, height, width in ((2, 37, 53), (1, 17, 301), (3, 90, 70), (1, 6, 8)):  # 6x8: no JPEG grid
             lr = reference_photo(batch, height, width)
             expected, got = model.estimate_strength(lr), session(lr)
             assert got.shape == (batch,) and got.dtype == torch.float32

@@ -118,6 +118,17 @@ def test_one_start_time_per_image_tiled_or_whole(photo):
     torch.testing.assert_close(whole, given, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("size", [(5, 7), (8, 8), (3, 40)])
+def test_images_too_small_for_a_jpeg_block_get_a_start_time(size):
+    """Under 9 px a side the estimator has no 8-pixel grid to read blocking on: still one finite strength each."""
+    resolver = SuperResolver(varied_tiny(), scale=4, tile=0, vae_tile=0)
+    lr = torch.rand(2, 3, *size) * 2 - 1
+    strength = resolver.strength_of(lr)
+    assert strength.shape == (2,) and torch.isfinite(strength).all() and ((0 <= strength) & (strength <= 1)).all()
+    out = resolver.upscale_tensor(lr)
+    assert out.shape == (2, 3, 4 * size[0], 4 * size[1]) and torch.isfinite(out).all()
+
+
 def test_the_strength_given_picks_the_start_time(photo):
     """strength 0 and 1 start at the model's first and last start times: other images where those differ, the same
     image where they do not (and a model without start times starts everything at t*)."""
